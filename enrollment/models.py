@@ -1,0 +1,172 @@
+"""Screening, consent, eligibility and participants.
+
+Everyone screened has a Screening row (the screening log, which feeds CONSORT). An eligible,
+consented person becomes a Participant; the participant's primary key *is* the screening's, so
+one id names the person in every audit row from screening to the last visit."""
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+from django.utils.translation import gettext_lazy as _
+
+from trialsite.audit import Audited
+from trialsite.models import Signature, Site
+
+
+class Sex(models.TextChoices):
+    FEMALE = "F", _("Female")
+    MALE = "M", _("Male")
+
+
+class Answer(models.TextChoices):
+    YES = "yes", _("Yes")
+    NO = "no", _("No")
+
+
+class Outcome(models.TextChoices):
+    ELIGIBLE = "eligible", _("Eligible")
+    INELIGIBLE = "ineligible", _("Not eligible")
+    INCOMPLETE = "incomplete", _("Incomplete")
+
+
+class Screening(Audited, models.Model):
+    audit_subject_column = "id"
+    audit_clinical_fields = ("initials", "date_of_birth", "sex", "hospital_record_number", "screening_date")
+
+    site = models.ForeignKey(Site, on_delete=models.PROTECT, related_name="screenings")
+    initials = models.CharField(_("initials"), max_length=4)
+    date_of_birth = models.DateField(_("date of birth"))
+    sex = models.CharField(_("sex"), max_length=1, choices=Sex.choices)
+    hospital_record_number = models.CharField(_("hospital record number"), max_length=40)
+    screening_date = models.DateField(_("screening date"))
+    outcome = models.CharField(max_length=12, choices=Outcome.choices)
+    # Every reason the verdict is not "eligible", as [{"code": ..., "text": ...}], in protocol order.
+    reasons = models.JSONField(default=list)
+    # Levels of the protocol's extra stratification factors, {factor code: level}.
+    stratification = models.JSONField(default=dict, blank=True)
+    screened_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-screening_date", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["site", "hospital_record_number"], name="screening_record_number_unique_per_site"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"Screening {self.pk} ({self.initials})"
+
+    @property
+    def masked_record_number(self) -> str:
+        number = self.hospital_record_number
+        return "•" * max(len(number) - 3, 0) + number[-3:]
+
+
+class Consent(Audited, models.Model):
+    audit_subject_column = "screening_id"
+    audit_clinical_fields = ("version", "signed_on")
+
+    screening = models.ForeignKey(Screening, on_delete=models.PROTECT, related_name="consents")
+    # The row's site, copied from its screening, so site scoping and the audit trail need no join.
+    site = models.ForeignKey(Site, on_delete=models.PROTECT, related_name="+")
+    version = models.CharField(_("consent version"), max_length=40)
+    signed_on = models.DateField(_("consent date"))
+    obtained_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    recorded_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-signed_on", "-id"]
+
+    def __str__(self) -> str:
+        return f"Consent v{self.version} on {self.signed_on}"
+
+
+class EligibilityAnswer(Audited, models.Model):
+    """One answer per protocol criterion; the criteria themselves live in the protocol file,
+    so a new protocol's questions need no code. No answer (NULL) means not yet answered."""
+
+    audit_subject_column = "screening_id"
+    audit_clinical_fields = ("answer",)
+
+    screening = models.ForeignKey(Screening, on_delete=models.PROTECT, related_name="answers")
+    # The row's site, copied from its screening, so site scoping and the audit trail need no join.
+    site = models.ForeignKey(Site, on_delete=models.PROTECT, related_name="+")
+    criterion_code = models.CharField(max_length=20)
+    answer = models.CharField(max_length=3, choices=Answer.choices, null=True, blank=True)
+
+    class Meta:
+        ordering = ["screening", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["screening", "criterion_code"], name="one_answer_per_criterion"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.criterion_code}: {self.answer or 'unanswered'}"
+
+
+class ParticipantStatus(models.TextChoices):
+    ENROLLED = "enrolled", _("Enrolled")
+    RANDOMIZED = "randomized", _("Randomized")
+    WITHDRAWN = "withdrawn", _("Withdrawn")
+    COMPLETED = "completed", _("Completed")
+
+
+class Participant(Audited, models.Model):
+    """An eligible, consented person. Never deleted (PROTECT everywhere); a participant leaves
+    the trial by withdrawal. The arm is not here: it lives only on the randomization slot."""
+
+    audit_subject_column = "screening_id"
+    audit_clinical_fields = ("contact_email",)
+
+    screening = models.OneToOneField(Screening, on_delete=models.PROTECT, primary_key=True, related_name="participant")
+    site = models.ForeignKey(Site, on_delete=models.PROTECT, related_name="participants")
+    screening_number = models.CharField(_("screening number"), max_length=20, unique=True)
+    status = models.CharField(max_length=12, choices=ParticipantStatus.choices, default=ParticipantStatus.ENROLLED)
+    randomization_number = models.CharField(_("randomization number"), max_length=20, unique=True, null=True)
+    randomized_at = models.DateTimeField(null=True)
+    eligibility_signature = models.OneToOneField(
+        Signature, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    # Set when the blind was broken for this participant in an emergency.
+    unblinded_at = models.DateTimeField(null=True, blank=True)
+    # Reminders to the participant only where they agreed to be contacted.
+    contact_consent = models.BooleanField(_("agreed to be contacted"), default=False)
+    contact_email = models.EmailField(_("contact e-mail"), blank=True)
+    language = models.CharField(max_length=10, choices=settings.LANGUAGES, default="zh-hans")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["screening_number"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(randomization_number__isnull=True) | Q(randomized_at__isnull=False),
+                name="randomization_number_has_time",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.randomization_number or self.screening_number
+
+    @property
+    def label(self) -> str:
+        """How blinded screens name the participant."""
+        return self.randomization_number or self.screening_number
+
+
+class Withdrawal(Audited, models.Model):
+    audit_subject_column = "participant_id"
+    audit_clinical_fields = ("withdrawn_on", "reason")
+
+    participant = models.OneToOneField(Participant, on_delete=models.PROTECT, related_name="withdrawal")
+    # The row's site, copied from its screening, so site scoping and the audit trail need no join.
+    site = models.ForeignKey(Site, on_delete=models.PROTECT, related_name="+")
+    withdrawn_on = models.DateField(_("withdrawal date"))
+    reason = models.TextField(_("reason for withdrawal"))
+    recorded_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    recorded_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"Withdrawal of {self.participant_id} on {self.withdrawn_on}"

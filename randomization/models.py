@@ -1,0 +1,123 @@
+"""Randomization lists, their slots, and emergency unblinding.
+
+The arm of a participant exists in exactly one place: `Slot.arm` of the slot they were
+allocated. Blinded surfaces never read it; `randomization.selectors.arm_for` is the only
+function that does, and it asks `trialsite.access` first."""
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+from django.utils.translation import gettext_lazy as _
+
+from enrollment.models import Participant
+from trialsite.audit import Audited
+from trialsite.models import Arm, Site, Trial
+
+
+class RandomizationList(Audited, models.Model):
+    """A versioned list. Generated from a seed (re-derivable by an auditor with
+    `manage.py randomization_list`) or imported from a statistician's CSV; hashed with SHA-256
+    and locked before the first participant is randomized. A database trigger refuses any
+    change to a locked list's slots other than filling an empty slot once."""
+
+    class Source(models.TextChoices):
+        GENERATED = "generated", _("Generated in the application")
+        IMPORTED = "imported", _("Imported from CSV")
+
+    audit_site_column = None
+    audit_blinded_fields = ("seed",)
+
+    trial = models.ForeignKey(Trial, on_delete=models.PROTECT, related_name="randomization_lists")
+    version = models.PositiveIntegerField()
+    source = models.CharField(max_length=10, choices=Source.choices)
+    # The secret seed of a generated list; never shown to a blinded user.
+    seed = models.CharField(max_length=200, blank=True)
+    block_sizes = models.JSONField(default=list)
+    slots_per_stratum = models.PositiveIntegerField()
+    sha256 = models.CharField(max_length=64)
+    reason = models.TextField(blank=True, help_text=_("Why a new version replaces the previous one"))
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    locked_at = models.DateTimeField(null=True, blank=True)
+    locked_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    # Only the active list of a trial hands out slots; a new version retires the previous one.
+    is_active = models.BooleanField(default=False)
+
+    class Meta:
+        ordering = ["trial", "-version"]
+        constraints = [
+            models.UniqueConstraint(fields=["trial", "version"], name="randomization_list_version_unique"),
+            models.UniqueConstraint(
+                fields=["trial"], condition=Q(is_active=True), name="one_active_randomization_list_per_trial"
+            ),
+            models.CheckConstraint(condition=Q(version=1) | ~Q(reason=""), name="new_list_version_needs_reason"),
+            models.CheckConstraint(
+                condition=Q(is_active=False) | Q(locked_at__isnull=False), name="active_list_is_locked"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.trial} randomization list v{self.version}"
+
+
+class Slot(Audited, models.Model):
+    """One line of a list: the `sequence`-th allocation of a stratum."""
+
+    audit_subject_column = "participant_id"
+    audit_blinded_fields = ("arm",)
+
+    randomization_list = models.ForeignKey(RandomizationList, on_delete=models.PROTECT, related_name="slots")
+    # "NT" for site-only strata; "NT|liver_metastasis=yes" with further factors.
+    stratum = models.CharField(max_length=200)
+    # The site the stratum belongs to, for scoping (every stratum includes the site).
+    site = models.ForeignKey(Site, on_delete=models.PROTECT, related_name="+")
+    sequence = models.PositiveIntegerField()
+    block = models.PositiveIntegerField()
+    block_size = models.PositiveSmallIntegerField()
+    arm = models.ForeignKey(Arm, on_delete=models.PROTECT, related_name="+")
+    participant = models.OneToOneField(
+        Participant, on_delete=models.PROTECT, null=True, blank=True, related_name="slot"
+    )
+    allocated_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["randomization_list", "stratum", "sequence"]
+        constraints = [
+            models.UniqueConstraint(fields=["randomization_list", "stratum", "sequence"], name="slot_sequence_unique"),
+            models.CheckConstraint(
+                condition=Q(participant__isnull=True, allocated_at__isnull=True)
+                | Q(participant__isnull=False, allocated_at__isnull=False),
+                name="slot_allocated_with_time",
+            ),
+        ]
+        indexes = [
+            models.Index(
+                fields=["randomization_list", "stratum", "sequence"],
+                condition=Q(participant__isnull=True),
+                name="slot_free_by_stratum",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.stratum} #{self.sequence}"
+
+
+class Unblinding(Audited, models.Model):
+    """An emergency break of the blind for one participant, for one user: who, when, why."""
+
+    audit_subject_column = "participant_id"
+
+    participant = models.ForeignKey(Participant, on_delete=models.PROTECT, related_name="unblindings")
+    site = models.ForeignKey(Site, on_delete=models.PROTECT, related_name="+")
+    unblinded_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    reason = models.TextField()
+    unblinded_at = models.DateTimeField(auto_now_add=True)
+    sponsor_notified_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-unblinded_at"]
+
+    def __str__(self) -> str:
+        return f"Unblinding of {self.participant_id} by {self.unblinded_by}"

@@ -1,0 +1,65 @@
+import pytest
+from django.conf import settings
+from django.test import Client
+from rest_framework.test import APIClient
+
+from tests import factories
+from trialsite.models import Role, Site
+from trialsite.protocol import load_protocol
+
+
+@pytest.fixture(autouse=True)
+def _fast_passwords_and_local_mail(settings):
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+
+
+@pytest.fixture
+def trial(db):
+    return load_protocol(settings.PROTOCOL_FILE)
+
+
+@pytest.fixture
+def site(trial) -> Site:
+    return trial.sites.get(code="NT")
+
+
+@pytest.fixture
+def other_site(trial) -> Site:
+    return factories.make_site(trial, "SH")
+
+
+class Cast(dict):
+    """One user per role at the Nantong site, plus a coordinator and a monitor elsewhere."""
+
+    def __getattr__(self, name):
+        return self[name]
+
+
+@pytest.fixture
+def cast(site, other_site) -> Cast:
+    people = Cast({role.value: factories.make_user(role.value, site, username=role.value) for role in Role})
+    people["other_coordinator"] = factories.make_user(Role.COORDINATOR, other_site, username="other_coordinator")
+    people["other_monitor"] = factories.make_user(Role.MONITOR, other_site, username="other_monitor")
+    people["nobody"] = factories.make_user(None, None, username="nobody")
+    return people
+
+
+@pytest.fixture
+def client_for():
+    def logged_in(user) -> Client:
+        client = Client()
+        client.force_login(user)
+        return client
+
+    return logged_in
+
+
+@pytest.fixture
+def api_for():
+    def logged_in(user) -> APIClient:
+        client = APIClient()
+        client.force_login(user)
+        return client
+
+    return logged_in

@@ -1,0 +1,73 @@
+"""Test data built through the same code paths as production where one exists, and plainly
+through the ORM (inside an audit context) where the capability under test is not enrollment."""
+
+from __future__ import annotations
+
+import datetime
+import itertools
+
+from django.contrib.auth import get_user_model
+
+from enrollment.models import Answer, Consent, EligibilityAnswer, Outcome, Participant, Screening
+from trialsite.audit import audit_context
+from trialsite.models import Site, StaffRole, Trial
+
+PASSWORD = "correct-horse-battery-staple"
+_numbers = itertools.count(1)
+
+
+def make_user(role: str | None = None, site: Site | None = None, *, username: str | None = None, **fields):
+    username = username or f"{role or 'user'}-{next(_numbers)}"
+    user = get_user_model().objects.create_user(username=username, password=PASSWORD, **fields)
+    if role is not None:
+        with audit_context(reason="test cast"):
+            StaffRole.objects.create(user=user, site=site, role=role)
+    return user
+
+
+def make_site(trial: Trial, code: str, *, time_zone: str = "Asia/Shanghai") -> Site:
+    with audit_context(reason="test site"):
+        return Site.objects.create(trial=trial, code=code, name=f"Hospital {code}", time_zone=time_zone)
+
+
+def make_screening(
+    site: Site,
+    *,
+    by,
+    date_of_birth=datetime.date(1970, 6, 1),
+    screening_date=datetime.date(2026, 11, 2),
+    eligible: bool = True,
+    record_number: str | None = None,
+    stratification=None,
+) -> Screening:
+    """A complete screening, written directly (enrollment's own tests go through its services)."""
+    with audit_context(actor=by, reason="test screening"):
+        screening = Screening.objects.create(
+            site=site,
+            initials="TS",
+            date_of_birth=date_of_birth,
+            sex="F",
+            hospital_record_number=record_number or f"HRN{next(_numbers):06d}",
+            screening_date=screening_date,
+            outcome=Outcome.ELIGIBLE if eligible else Outcome.INELIGIBLE,
+            reasons=[] if eligible else [{"code": "EX1", "text": "Liver disease"}],
+            stratification=stratification or {},
+            screened_by=by,
+        )
+        Consent.objects.create(screening=screening, site=site, version="1.0", signed_on=screening_date, obtained_by=by)
+        for criterion in site.trial.eligibility["criteria"]:
+            wanted = Answer.YES if criterion["kind"] == "inclusion" else Answer.NO
+            EligibilityAnswer.objects.create(
+                screening=screening, site=site, criterion_code=criterion["code"], answer=wanted
+            )
+    return screening
+
+
+def make_participant(site: Site, *, by, **screening_fields) -> Participant:
+    screening = make_screening(site, by=by, **screening_fields)
+    with audit_context(actor=by, reason="test enrollment"):
+        site.last_screening_number += 1
+        site.save(update_fields=["last_screening_number"])
+        return Participant.objects.create(
+            screening=screening, site=site, screening_number=f"S-{site.code}-{site.last_screening_number:04d}"
+        )

@@ -1,0 +1,151 @@
+"""Who may do what, where: the one place permissions are decided.
+
+Web views, API views, exports and the admin all ask these functions. A user's roles are held
+per site; a capability is granted at a site by any role the user has there. Records of a site
+the user has no matching role at do not exist for them: `get_for_user` raises Http404, never
+403, so that existence does not leak."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from django.db import models
+from django.db.models import QuerySet
+from django.http import Http404
+from django.utils.translation import gettext_lazy as _
+
+from trialsite.models import Role, Site, StaffRole
+
+
+class Capability(models.TextChoices):
+    VIEW_PARTICIPANTS = "view_participants", _("See participants (blinded)")
+    SCREEN = "screen", _("Screen, consent, enroll and withdraw participants")
+    SIGN_ELIGIBILITY = "sign_eligibility", _("Sign off eligibility")
+    RANDOMIZE = "randomize", _("Randomize participants")
+    RECORD_VISITS = "record_visits", _("Record visits and doses")
+    DISPENSE = "dispense", _("Dispense and receive kits")
+    MANAGE_RANDOMIZATION = "manage_randomization", _("Generate, import and lock randomization lists")
+    MANAGE_SUPPLY = "manage_supply", _("Import, ship and release kits")
+    VIEW_ALLOCATION = "view_allocation", _("View allocation (unblinded)")
+    EMERGENCY_UNBLIND = "emergency_unblind", _("Break the blind for one participant in an emergency")
+    EXPORT_REPORTS = "export_reports", _("Export reports")
+    READ_AUDIT = "read_audit", _("Read the audit trail")
+    RAISE_QUERIES = "raise_queries", _("Raise data queries")
+
+
+# The protocol file may override these per trial (`[roles]`); these are the defaults
+# TRIAL.md describes: only the statistician and the supply manager see arms.
+DEFAULT_ROLE_CAPABILITIES: dict[str, frozenset[str]] = {
+    Role.COORDINATOR: frozenset(
+        {Capability.VIEW_PARTICIPANTS, Capability.SCREEN, Capability.RANDOMIZE, Capability.RECORD_VISITS}
+    ),
+    Role.PHARMACIST: frozenset({Capability.VIEW_PARTICIPANTS, Capability.DISPENSE}),
+    Role.INVESTIGATOR: frozenset(
+        {
+            Capability.VIEW_PARTICIPANTS,
+            Capability.SIGN_ELIGIBILITY,
+            Capability.EXPORT_REPORTS,
+            Capability.EMERGENCY_UNBLIND,
+            Capability.READ_AUDIT,
+        }
+    ),
+    Role.MONITOR: frozenset(
+        {Capability.VIEW_PARTICIPANTS, Capability.READ_AUDIT, Capability.RAISE_QUERIES, Capability.EXPORT_REPORTS}
+    ),
+    Role.STATISTICIAN: frozenset(
+        {Capability.MANAGE_RANDOMIZATION, Capability.VIEW_ALLOCATION, Capability.EXPORT_REPORTS}
+    ),
+    Role.SUPPLY_MANAGER: frozenset({Capability.MANAGE_SUPPLY, Capability.VIEW_ALLOCATION}),
+}
+
+
+def role_capabilities(site: Site, role: str) -> frozenset[str]:
+    overrides = (site.trial.definition.get("roles") or {}).get(role)
+    if overrides is not None:
+        return frozenset(overrides["capabilities"])
+    return DEFAULT_ROLE_CAPABILITIES.get(role, frozenset())
+
+
+def _grants(user) -> dict[int, frozenset[str]]:
+    """Capabilities per site id for this user, computed once per user object (one query)."""
+    if not getattr(user, "is_authenticated", False) or not user.is_active:
+        return {}
+    cached = getattr(user, "_trial_capabilities", None)
+    if cached is None:
+        cached = {}
+        for staff_role in StaffRole.objects.filter(user=user).select_related("site__trial"):
+            site_id = staff_role.site_id
+            cached[site_id] = cached.get(site_id, frozenset()) | role_capabilities(staff_role.site, staff_role.role)
+        user._trial_capabilities = cached
+    return cached
+
+
+def forget_grants(user) -> None:
+    """Drop the cached capabilities, after roles change."""
+    if hasattr(user, "_trial_capabilities"):
+        del user._trial_capabilities
+
+
+def site_ids(user) -> set[int]:
+    """Every site the user holds any role at."""
+    return set(_grants(user))
+
+
+def get_object_or_404(queryset: QuerySet, **lookup):
+    """Like Django's, but a malformed id is a 404 too rather than a 500."""
+    try:
+        return queryset.get(**lookup)
+    except (queryset.model.DoesNotExist, ValueError, TypeError):
+        raise Http404("Not found") from None
+
+
+def site_ids_with(user, capability: str) -> set[int]:
+    return {site_id for site_id, capabilities in _grants(user).items() if capability in capabilities}
+
+
+def can(user, capability: str, site: Site | int | None = None) -> bool:
+    """May `user` use `capability` at `site` (or, with no site, at any site)?"""
+    if site is None:
+        return bool(site_ids_with(user, capability))
+    site_id = site if isinstance(site, int) else site.pk
+    return capability in _grants(user).get(site_id, frozenset())
+
+
+def sites_for(user, capability: str) -> QuerySet[Site]:
+    return Site.objects.filter(pk__in=site_ids_with(user, capability))
+
+
+def roles_of(user) -> set[str]:
+    if not getattr(user, "is_authenticated", False):
+        return set()
+    return set(StaffRole.objects.filter(user=user).values_list("role", flat=True))
+
+
+def scope(queryset: QuerySet, user, capability: str, site_field: str = "site") -> QuerySet:
+    """Only the rows at sites where `user` has `capability`."""
+    return queryset.filter(**{f"{site_field}__in": site_ids_with(user, capability)})
+
+
+def get_for_user(queryset: QuerySet, user, capability: str, *, site_field: str = "site", **lookup):
+    """The one row matching `lookup` that `user` may use with `capability`, or Http404 whether
+    the row does not exist or belongs to a site the user cannot see."""
+    return get_object_or_404(scope(queryset, user, capability, site_field), **lookup)
+
+
+def require(user, capability: str, site: Site | int | None = None) -> None:
+    """Refuse a site-less page (a list, a form) with 404 when the user lacks `capability`."""
+    if not can(user, capability, site):
+        raise Http404("Not found")
+
+
+def capabilities_anywhere(user) -> set[str]:
+    return set().union(*_grants(user).values()) if _grants(user) else set()
+
+
+def users_with(capability: str, site: Site) -> Iterable:
+    from django.contrib.auth import get_user_model
+
+    roles = [role for role in Role.values if capability in role_capabilities(site, role)]
+    return (
+        get_user_model().objects.filter(trial_roles__site=site, trial_roles__role__in=roles, is_active=True).distinct()
+    )

@@ -1,0 +1,100 @@
+"""The admin is a read-only window on trial data, scoped and blinded by the same access
+functions as every other surface. Writes go through the services, which audit them."""
+
+from django.contrib import admin
+
+from trialsite import access
+from trialsite.access import Capability
+from trialsite.models import Arm, AuditEvent, Signature, Site, StaffRole, Trial
+
+
+class TrialDataAdmin(admin.ModelAdmin):
+    # Path from the model to its site, for scoping; None for trial-wide tables.
+    site_field: str | None = "site"
+    # Fields shown only to users who may view allocation at the row's site.
+    blinded_fields: tuple[str, ...] = ()
+    # A trial-wide table that is itself allocation (the arms): visible only when unblinded.
+    allocation_table = False
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def has_view_permission(self, request, obj=None):
+        if self.allocation_table:
+            return access.can(request.user, Capability.VIEW_ALLOCATION)
+        return request.user.is_active and request.user.is_staff
+
+    def has_module_permission(self, request):
+        return self.has_view_permission(request)
+
+    def get_queryset(self, request):
+        queryset = super().get_queryset(request)
+        if self.site_field is None:
+            return queryset
+        return queryset.filter(**{f"{self.site_field}__in": access.site_ids(request.user)})
+
+    def get_exclude(self, request, obj=None):
+        excluded = list(super().get_exclude(request, obj) or [])
+        site = getattr(obj, "site_id", None) if obj is not None else None
+        if self.blinded_fields and not access.can(request.user, Capability.VIEW_ALLOCATION, site):
+            excluded += list(self.blinded_fields)
+        return excluded
+
+    def get_list_display(self, request):
+        display = list(super().get_list_display(request))
+        if not access.can(request.user, Capability.VIEW_ALLOCATION):
+            display = [name for name in display if name not in self.blinded_fields]
+        return display
+
+    def get_list_filter(self, request):
+        filters = list(super().get_list_filter(request))
+        if not access.can(request.user, Capability.VIEW_ALLOCATION):
+            filters = [name for name in filters if name not in self.blinded_fields]
+        return filters
+
+
+@admin.register(Trial)
+class TrialAdmin(TrialDataAdmin):
+    site_field = None
+    list_display = ["nct_id", "title", "target_enrollment", "loaded_at"]
+    exclude = ["definition"]
+
+
+@admin.register(Arm)
+class ArmAdmin(TrialDataAdmin):
+    site_field = None
+    allocation_table = True
+    list_display = ["code", "name", "ratio", "trial"]
+
+
+@admin.register(Site)
+class SiteAdmin(TrialDataAdmin):
+    site_field = "pk"
+    list_display = ["code", "name", "time_zone", "trial"]
+
+
+@admin.register(StaffRole)
+class StaffRoleAdmin(TrialDataAdmin):
+    list_display = ["user", "site", "role"]
+
+
+@admin.register(Signature)
+class SignatureAdmin(TrialDataAdmin):
+    list_display = ["signer", "meaning", "signed_at", "record_table", "record_pk"]
+
+
+@admin.register(AuditEvent)
+class AuditEventAdmin(TrialDataAdmin):
+    site_field = "site_id"
+    list_display = ["occurred_at", "action", "table_name", "record_pk", "actor", "reason"]
+    list_filter = ["action", "table_name"]
+    exclude = ["old_values", "new_values"]
+
+    def has_view_permission(self, request, obj=None):
+        return access.can(request.user, Capability.READ_AUDIT)

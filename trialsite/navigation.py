@@ -1,0 +1,10 @@
+"""The menu: (label, url name, capability needed or None). Each capability's pages add a line."""
+
+from django.utils.translation import gettext_lazy as _
+
+from trialsite.access import Capability
+
+NAVIGATION = [
+    (_("Home"), "home", None),
+    (_("Audit trail"), "audit-trail", Capability.READ_AUDIT),
+]

@@ -1,0 +1,31 @@
+from django.contrib import admin
+from django.contrib.auth import views as auth_views
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from trialsite import api, views
+
+api_patterns = [
+    path("me/", api.MeView.as_view(), name="api-me"),
+    path("sites/", api.SiteList.as_view(), name="api-sites"),
+    path("sites/<int:pk>/", api.SiteDetail.as_view(), name="api-site"),
+    path("audit-events/", api.AuditEventList.as_view(), name="api-audit-events"),
+    path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    path("docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    path("", include("enrollment.api_urls")),
+    path("", include("randomization.api_urls")),
+    path("", include("dosing.api_urls")),
+]
+
+urlpatterns = [
+    path("", views.home, name="home"),
+    path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
+    path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("audit/", views.audit_trail, name="audit-trail"),
+    path("i18n/", include("django.conf.urls.i18n")),
+    path("admin/", admin.site.urls),
+    path("api/v1/", include(api_patterns)),
+    path("", include("enrollment.urls")),
+    path("", include("randomization.urls")),
+    path("", include("dosing.urls")),
+]
