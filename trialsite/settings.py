@@ -82,6 +82,7 @@ INSTALLED_APPS = [
     "enrollment",
     "randomization",
     "dosing",
+    "reports",
 ]
 
 MIDDLEWARE = [

@@ -15,6 +15,7 @@ api_patterns = [
     path("", include("enrollment.api_urls")),
     path("", include("randomization.api_urls")),
     path("", include("dosing.api_urls")),
+    path("", include("reports.api_urls")),
 ]
 
 urlpatterns = [
@@ -28,4 +29,5 @@ urlpatterns = [
     path("", include("enrollment.urls")),
     path("", include("randomization.urls")),
     path("", include("dosing.urls")),
+    path("", include("reports.urls")),
 ]
