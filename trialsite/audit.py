@@ -30,9 +30,10 @@ DECLARE
     old_row jsonb := CASE WHEN TG_OP IN ('UPDATE', 'DELETE') THEN to_jsonb(OLD) END;
     new_row jsonb := CASE WHEN TG_OP IN ('INSERT', 'UPDATE') THEN to_jsonb(NEW) END;
     current_row jsonb := coalesce(new_row, old_row);
-    site_column text := nullif(TG_ARGV[0], '');
-    subject_column text := nullif(TG_ARGV[1], '');
-    clinical text[] := coalesce(TG_ARGV[2:], '{}');
+    pk_column text := TG_ARGV[0];
+    site_column text := nullif(TG_ARGV[1], '');
+    subject_column text := nullif(TG_ARGV[2], '');
+    clinical text[] := coalesce(TG_ARGV[3:], '{}');
     changed text[];
     reason text := coalesce(current_setting('trial.reason', true), '');
     actor text := nullif(current_setting('trial.actor_id', true), '');
@@ -63,7 +64,7 @@ BEGIN
         occurred_at, table_name, record_pk, action, old_values, new_values, changed_fields,
         actor_id, reason, site_id, subject_id, database_user
     ) VALUES (
-        clock_timestamp(), TG_TABLE_NAME, current_row ->> 'id', TG_OP, old_row, new_row, changed,
+        clock_timestamp(), TG_TABLE_NAME, current_row ->> pk_column, TG_OP, old_row, new_row, changed,
         actor::bigint, reason,
         CASE WHEN site_column IS NOT NULL THEN (current_row ->> site_column)::bigint END,
         CASE WHEN subject_column IS NOT NULL THEN (current_row ->> subject_column)::bigint END,
@@ -133,7 +134,12 @@ def trigger_arguments(model: type[Audited]) -> list[str]:
     site = model.audit_site_column if model.audit_site_column in column_names else None
     subject = model.audit_subject_column
     clinical = [column_names[name] for name in model.audit_clinical_fields]
-    return [column_names.get(site, "") if site else "", column_names.get(subject, "") if subject else "", *clinical]
+    return [
+        model._meta.pk.column,
+        column_names.get(site, "") if site else "",
+        column_names.get(subject, "") if subject else "",
+        *clinical,
+    ]
 
 
 def install_triggers(using: str = "default", **kwargs) -> None:
