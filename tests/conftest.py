@@ -33,7 +33,10 @@ class Cast(dict):
     """One user per role at the Nantong site, plus a coordinator and a monitor elsewhere."""
 
     def __getattr__(self, name):
-        return self[name]
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
 
 
 @pytest.fixture
