@@ -44,3 +44,23 @@ class SiteTimezoneMiddleware:
             return self.get_response(request)
         finally:
             timezone.deactivate()
+
+
+class ApiJsonErrorsMiddleware:
+    """Under /api/, an error Django answers itself (a URL that matches no route, a server
+    error page) is JSON like every other API answer, not an HTML page."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        response = self.get_response(request)
+        if (
+            request.path.startswith("/api/")
+            and response.status_code >= 400
+            and response.get("Content-Type", "").startswith("text/html")
+        ):
+            from django.http import JsonResponse
+
+            return JsonResponse({"detail": response.reason_phrase}, status=response.status_code)
+        return response

@@ -96,6 +96,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "trialsite.middleware.SecurityHeadersMiddleware",
+    "trialsite.middleware.ApiJsonErrorsMiddleware",
     "trialsite.middleware.SiteTimezoneMiddleware",
     # Last, so a locked-out login is refused before any view runs.
     "axes.middleware.AxesMiddleware",
@@ -221,6 +222,10 @@ SPECTACULAR_SETTINGS = {
     "SERVE_INCLUDE_SCHEMA": False,
     "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAuthenticated"],
     "COMPONENT_SPLIT_REQUEST": True,
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "trialsite.openapi.add_error_responses",
+    ],
 }
 
 CELERY_BROKER_URL = os.getenv("CELERY_BROKER_URL", REDIS_URL)

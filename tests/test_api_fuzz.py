@@ -1,0 +1,73 @@
+"""Property-based fuzzing of the whole REST API from its own OpenAPI schema (schemathesis),
+as every role: no 5xx, and every response conforms to the schema it documents."""
+
+import pytest
+import schemathesis
+from django.core.signals import request_finished, request_started
+from django.core.wsgi import get_wsgi_application
+from django.db import close_old_connections
+from hypothesis import HealthCheck, settings
+from rest_framework.authtoken.models import Token
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from tests import factories
+
+REQUESTS_SENT = []
+ROLES = ["coordinator", "pharmacist", "investigator", "monitor", "statistician", "supply_manager"]
+# Per role and operation; with every operation of the API this is well over 1,000 requests.
+EXAMPLES_PER_OPERATION = 12
+
+
+@pytest.fixture
+def fuzz_data(cast, site):
+    """Some records to find, so generated ids sometimes hit real rows."""
+    for _ in range(3):
+        factories.make_participant(site, by=cast.coordinator)
+    return cast
+
+
+@pytest.fixture
+def api_schema(fuzz_data):
+    # Requests run in this process, inside the test's transaction; like Django's test client,
+    # keep the handler from closing the test's database connection after each request.
+    request_started.disconnect(close_old_connections)
+    request_finished.disconnect(close_old_connections)
+    token, _ = Token.objects.get_or_create(user=fuzz_data.coordinator)
+    yield schemathesis.openapi.from_wsgi(
+        "/api/v1/schema/", get_wsgi_application(), headers={"Authorization": f"Token {token.key}"}
+    )
+    request_started.connect(close_old_connections)
+    request_finished.connect(close_old_connections)
+
+
+schema = schemathesis.pytest.from_fixture("api_schema")
+
+
+@schema.parametrize()
+@settings(
+    max_examples=EXAMPLES_PER_OPERATION,
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+    derandomize=True,
+)
+def test_no_api_operation_fails_or_breaks_its_schema_for_any_role(case, fuzz_data):
+    # The same generated request, as each role in turn (and so each role's 404s and 403s).
+    for role in ROLES:
+        token, _ = Token.objects.get_or_create(user=fuzz_data[role])
+        REQUESTS_SENT.append(case.operation.label)
+        case.call_and_validate(
+            headers={"Authorization": f"Token {token.key}"},
+            checks=[not_a_server_error, response_schema_conformance, content_type_conformance, status_code_conformance],
+        )
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _at_least_a_thousand_requests():
+    yield
+    if REQUESTS_SENT:  # the module ran (not deselected)
+        assert len(REQUESTS_SENT) >= 1000, f"only {len(REQUESTS_SENT)} generated requests"
