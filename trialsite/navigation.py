@@ -7,4 +7,5 @@ from trialsite.access import Capability
 NAVIGATION = [
     (_("Home"), "home", None),
     (_("Audit trail"), "audit-trail", Capability.READ_AUDIT),
+    (_("Reports"), "reports", Capability.EXPORT_REPORTS),
 ]

@@ -1,0 +1,179 @@
+"""Writes of the reports app: requesting an export and producing its file.
+
+An export is an `Export` row (audited: who, what, when, blinded or not, from which data
+version) and a file under MEDIA_ROOT/exports/. Small tables are produced while the user waits;
+listings and the full dataset are produced by a Celery task that claims the row with a
+conditional UPDATE, so a retried or duplicated task does nothing."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone, translation
+
+from reports import exports, selectors
+from reports.models import Export, ExportFormat, ExportKind, ExportStatus
+from reports.selectors import ReportScope
+from trialsite.audit import audit_context
+from trialsite.exceptions import TrialRuleError
+
+
+class ExportNotAvailable(TrialRuleError):
+    default_message = "This export is not available in that format."
+
+    def __init__(self, message=None, *, field: str | None = "format"):
+        super().__init__(message, field=field)
+
+
+# Which formats each kind comes in.
+FORMATS: dict[str, set[str]] = {
+    ExportKind.ENROLLMENT: {ExportFormat.CSV, ExportFormat.XLSX},
+    ExportKind.SCREEN_FAILURES: {ExportFormat.CSV, ExportFormat.XLSX},
+    ExportKind.ENROLLMENT_BY_MONTH: {ExportFormat.CSV, ExportFormat.XLSX},
+    ExportKind.CONSORT: {ExportFormat.CSV, ExportFormat.XLSX},
+    ExportKind.SUBJECTS: {ExportFormat.CSV, ExportFormat.XLSX},
+    ExportKind.VISITS: {ExportFormat.CSV, ExportFormat.XLSX},
+    ExportKind.DATASET: {ExportFormat.XLSX, ExportFormat.ODM},
+    ExportKind.REPORT: {ExportFormat.PDF},
+    ExportKind.CONSORT_DIAGRAM: {ExportFormat.SVG, ExportFormat.PNG},
+}
+# Listings grow with the number of participants: always in the background.
+BACKGROUND_KINDS = {ExportKind.SUBJECTS, ExportKind.VISITS, ExportKind.DATASET}
+CONTENT_TYPES = {
+    ExportFormat.CSV: "text/csv; charset=utf-8",
+    ExportFormat.XLSX: "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+    ExportFormat.ODM: "application/xml",
+    ExportFormat.PDF: "application/pdf",
+    ExportFormat.SVG: "image/svg+xml",
+    ExportFormat.PNG: "image/png",
+}
+
+
+def export_directory() -> Path:
+    directory = Path(settings.MEDIA_ROOT) / "exports"
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory
+
+
+def export_request(*, user, kind: str, format: str, site_id: int | None = None, background: bool = True) -> Export:
+    """Record an export for `user` (404 without "export reports" at the site or anywhere).
+    In the background the task is queued after commit; otherwise it is produced now."""
+    if kind not in FORMATS:
+        raise ExportNotAvailable("Unknown export.", field="kind")
+    if format not in FORMATS[kind]:
+        raise ExportNotAvailable()
+    scope = selectors.report_scope(user, site_id=site_id)
+    with audit_context(actor=user, reason="export requested"):
+        export = Export.objects.create(
+            requested_by=user,
+            kind=kind,
+            format=format,
+            site_id=site_id,
+            site_ids=scope.site_ids,
+            blinded=not scope.unblinded,
+            language=translation.get_language() or settings.LANGUAGE_CODE,
+        )
+        if background:
+            from reports.tasks import run_export
+
+            transaction.on_commit(lambda: run_export.delay(export.pk))
+    if not background:
+        export_run(export_id=export.pk)
+        export.refresh_from_db()
+    return export
+
+
+def export_run(*, export_id: int) -> bool:
+    """Produce the file of a queued export. Returns False when another run already claimed it
+    (a retry or a duplicate delivery), so running it twice changes nothing."""
+    started = timezone.now()
+    with audit_context(reason="export started"):
+        claimed = Export.objects.filter(pk=export_id, status=ExportStatus.QUEUED).update(
+            status=ExportStatus.RUNNING, started_at=started, progress=0
+        )
+    if not claimed:
+        return False
+    export = Export.objects.select_related("requested_by").get(pk=export_id)
+    final = export_directory() / f"{uuid.uuid4().hex}.{export.file_name.rsplit('.', 1)[1]}"
+    partial = final.with_suffix(final.suffix + ".part")
+    try:
+        with translation.override(export.language):
+            # The requester's permissions now, not when they asked: a revoked role exports nothing.
+            scope = selectors.report_scope(export.requested_by, site_id=export.site_id)
+            version = selectors.data_version()
+            _set(
+                export,
+                actor=export.requested_by,
+                data_version=version,
+                site_ids=scope.site_ids,
+                blinded=not scope.unblinded,
+            )
+            stamp = exports.make_stamp(scope, export_id=export.pk, version=version)
+            rows = produce(export.kind, export.format, scope, stamp, partial, progress=_progress_for(export))
+        os.replace(partial, final)
+    except Exception as error:
+        partial.unlink(missing_ok=True)
+        _set(
+            export,
+            actor=export.requested_by,
+            status=ExportStatus.FAILED,
+            error=type(error).__name__,
+            finished_at=timezone.now(),
+        )
+        raise
+    _set(
+        export,
+        actor=export.requested_by,
+        status=ExportStatus.DONE,
+        progress=100,
+        row_count=rows,
+        file_path=str(final.relative_to(Path(settings.MEDIA_ROOT))),
+        finished_at=timezone.now(),
+    )
+    return True
+
+
+def _set(export: Export, *, actor, **values) -> None:
+    with audit_context(actor=actor, reason="export progress"):
+        Export.objects.filter(pk=export.pk).update(**values)
+
+
+def _progress_for(export: Export):
+    def report(percent: int) -> None:
+        Export.objects.filter(pk=export.pk, progress__lt=percent).update(progress=percent)
+
+    return report
+
+
+def produce(kind: str, format: str, scope: ReportScope, stamp: exports.Stamp, path: Path, *, progress=None) -> int:
+    """Write one export file; returns the number of rows (subjects for ODM)."""
+    if format == ExportFormat.CSV:
+        with open(path, "w", encoding="utf-8", newline="") as stream:
+            return exports.write_csv(exports.tables_for(kind, scope), stream, stamp, progress)
+    if format == ExportFormat.XLSX:
+        return exports.write_xlsx(exports.tables_for(kind, scope), path, stamp, progress)
+    if format == ExportFormat.ODM:
+        with open(path, "w", encoding="utf-8") as stream:
+            return exports.write_odm(scope, stream, stamp, progress)
+    if format == ExportFormat.PDF:
+        from reports import pdf
+
+        return pdf.write_pdf(scope, path, stamp)
+    if format in (ExportFormat.SVG, ExportFormat.PNG):
+        from reports import charts
+
+        flow = selectors.consort_flow(scope)
+        if format == ExportFormat.SVG:
+            path.write_text(charts.consort_svg(flow, stamp=stamp), encoding="utf-8")
+        else:
+            charts.consort_png(flow, path, stamp=stamp)
+        return 1
+    raise ExportNotAvailable()
+
+
+def export_file(export: Export) -> Path:
+    return Path(settings.MEDIA_ROOT) / export.file_path
