@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.urls import reverse
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
 from rest_framework import generics, serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -214,6 +214,7 @@ class ExportSerializer(serializers.ModelSerializer):
         return reverse("report-export-download", args=[export.pk])
 
 
+@extend_schema_view(post=extend_schema(responses={202: ExportSerializer}))
 class ExportList(generics.ListCreateAPIView):
     """My exports; POST queues one (always in the background) and answers 202."""
 

@@ -90,14 +90,15 @@ def export_request(*, user, kind: str, format: str, site_id: int | None = None, 
 def export_run(*, export_id: int) -> bool:
     """Produce the file of a queued export. Returns False when another run already claimed it
     (a retry or a duplicate delivery), so running it twice changes nothing."""
-    started = timezone.now()
-    with audit_context(reason="export started"):
+    export = Export.objects.select_related("requested_by").filter(pk=export_id).first()
+    if export is None:
+        return False
+    with audit_context(actor=export.requested_by, reason="export started"):
         claimed = Export.objects.filter(pk=export_id, status=ExportStatus.QUEUED).update(
-            status=ExportStatus.RUNNING, started_at=started, progress=0
+            status=ExportStatus.RUNNING, started_at=timezone.now(), progress=0
         )
     if not claimed:
         return False
-    export = Export.objects.select_related("requested_by").get(pk=export_id)
     final = export_directory() / f"{uuid.uuid4().hex}.{export.file_name.rsplit('.', 1)[1]}"
     partial = final.with_suffix(final.suffix + ".part")
     try:
