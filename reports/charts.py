@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from django.template.loader import render_to_string
-from django.utils.translation import gettext as _t
+from django.utils.translation import gettext
 
 from reports.selectors import ConsortFlow
 
@@ -71,23 +71,23 @@ def consort_layout(flow: ConsortFlow) -> ConsortLayout:
     width = max(left + groups * group_width + (groups - 1) * gap + 20, 820)
     centre = left + (width - left - 20) / 2
     main_width = 240
-    layout = ConsortLayout(width=width, height=0, title=_t("CONSORT 2010 flow diagram"))
+    layout = ConsortLayout(width=width, height=0, title=gettext("CONSORT 2010 flow diagram"))
 
     y = 20
     assessed = Box(
         centre - main_width / 2 - 150,
         y,
         main_width,
-        _wrap(_t("Assessed for eligibility (n=%(n)s)") % {"n": flow.assessed}, main_width),
+        _wrap(gettext("Assessed for eligibility (n=%(n)s)") % {"n": flow.assessed}, main_width),
     )
     layout.boxes.append(assessed)
-    layout.stages.append((y + 14, _t("Enrollment")))
+    layout.stages.append((y + 14, gettext("Enrollment")))
 
     excluded_x = assessed.x + main_width + 60
     excluded_width = width - excluded_x - 20
-    excluded_lines = [_t("Excluded (n=%(n)s)") % {"n": flow.excluded}]
+    excluded_lines = [gettext("Excluded (n=%(n)s)") % {"n": flow.excluded}]
     excluded_lines += _wrap(
-        "• " + _t("Not meeting inclusion criteria (n=%(n)s)") % {"n": flow.excluded_not_eligible}, excluded_width
+        "• " + gettext("Not meeting inclusion criteria (n=%(n)s)") % {"n": flow.excluded_not_eligible}, excluded_width
     )
     for reason in flow.failure_reasons:
         excluded_lines += [
@@ -95,42 +95,43 @@ def consort_layout(flow: ConsortFlow) -> ConsortLayout:
             for line in _wrap(f"- {reason['code']} {reason['text']} (n={reason['total']})", excluded_width - 20)
         ]
     excluded_lines += _wrap(
-        "• " + _t("Screening incomplete (n=%(n)s)") % {"n": flow.excluded_incomplete}, excluded_width
+        "• " + gettext("Screening incomplete (n=%(n)s)") % {"n": flow.excluded_incomplete}, excluded_width
     )
     excluded_lines += _wrap(
-        "• " + _t("Eligible, not randomized (n=%(n)s)") % {"n": flow.excluded_eligible_not_randomized}, excluded_width
+        "• " + gettext("Eligible, not randomized (n=%(n)s)") % {"n": flow.excluded_eligible_not_randomized},
+        excluded_width,
     )
     if flow.failure_reasons:
-        excluded_lines += _wrap(_t("A screen failure may have several reasons."), excluded_width)
+        excluded_lines += _wrap(gettext("A screen failure may have several reasons."), excluded_width)
     excluded = Box(excluded_x, assessed.y + assessed.height + 10, excluded_width, excluded_lines)
     layout.boxes.append(excluded)
 
     trunk_x = assessed.x + main_width / 2
     randomized_y = excluded.y + excluded.height + 20
     layout.arrows.append(Arrow(trunk_x, excluded.y + excluded.height / 2, excluded.x, excluded.y + excluded.height / 2))
-    randomized = Box(assessed.x, randomized_y, main_width, [_t("Randomized (n=%(n)s)") % {"n": flow.randomized}])
+    randomized = Box(assessed.x, randomized_y, main_width, [gettext("Randomized (n=%(n)s)") % {"n": flow.randomized}])
     layout.boxes.append(randomized)
     layout.arrows.append(Arrow(trunk_x, assessed.y + assessed.height, trunk_x, randomized.y))
 
     y = randomized.y + randomized.height + 40
-    layout.stages.append((y + 14, _t("Allocation")))
+    layout.stages.append((y + 14, gettext("Allocation")))
     rows = [
         (
-            _t("Allocation"),
+            gettext("Allocation"),
             lambda g: [
-                _t("Allocated to %(arm)s (n=%(n)s)") % {"arm": g.label, "n": g.allocated}
+                gettext("Allocated to %(arm)s (n=%(n)s)") % {"arm": g.label, "n": g.allocated}
                 if g.code
-                else _t("Allocated (n=%(n)s)") % {"n": g.allocated}
+                else gettext("Allocated (n=%(n)s)") % {"n": g.allocated}
             ],
         ),
         (
-            _t("Follow-up"),
+            gettext("Follow-up"),
             lambda g: [
-                _t("Lost to follow-up (n=%(n)s)") % {"n": g.lost_to_follow_up},
-                _t("Discontinued intervention (n=%(n)s)") % {"n": g.discontinued},
+                gettext("Lost to follow-up (n=%(n)s)") % {"n": g.lost_to_follow_up},
+                gettext("Discontinued intervention (n=%(n)s)") % {"n": g.discontinued},
             ],
         ),
-        (_t("Analysis"), lambda g: [_t("Analysed (n=%(n)s)") % {"n": g.analysed}]),
+        (gettext("Analysis"), lambda g: [gettext("Analysed (n=%(n)s)") % {"n": g.analysed}]),
     ]
     group_x = [left + index * (group_width + gap) for index in range(groups)]
     if groups == 1:

@@ -15,7 +15,7 @@ from xml.sax.saxutils import escape, quoteattr
 
 from django.db.models import OuterRef, Subquery
 from django.utils import timezone
-from django.utils.translation import gettext as _t
+from django.utils.translation import gettext
 
 from enrollment.models import Consent, EligibilityAnswer, Screening
 from reports import selectors
@@ -48,17 +48,19 @@ class Stamp:
 
     def lines(self) -> list[str]:
         return [
-            _t("%(trial)s export %(id)s") % {"trial": self.trial, "id": self.export_id or "-"},
-            _t("Exported by %(user)s at %(when)s (UTC); data version %(version)s")
+            gettext("%(trial)s export %(id)s") % {"trial": self.trial, "id": self.export_id or "-"},
+            gettext("Exported by %(user)s at %(when)s (UTC); data version %(version)s")
             % {
                 "user": self.exported_by,
                 "when": self.exported_at.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
                 "version": self.data_version,
             },
-            _t("Sites: %(sites)s; %(blinding)s")
+            gettext("Sites: %(sites)s; %(blinding)s")
             % {
                 "sites": ", ".join(self.site_codes),
-                "blinding": _t("blinded (no allocation)") if self.blinded else _t("unblinded (with allocation)"),
+                "blinding": gettext("blinded (no allocation)")
+                if self.blinded
+                else gettext("unblinded (with allocation)"),
             },
         ]
 
@@ -90,27 +92,27 @@ class Table:
 
 def enrollment_table(scope: ReportScope, report: selectors.EnrollmentReport | None = None) -> Table:
     report = report or selectors.enrollment_report(scope)
-    headings = [_t("Site"), *[str(label) for _key, label in ENROLLMENT_COLUMNS]]
+    headings = [gettext("Site"), *[str(label) for _key, label in ENROLLMENT_COLUMNS]]
     rows = [
         [entry["site"].code, *[entry["counts"][key] for key, _label in ENROLLMENT_COLUMNS]] for entry in report.sites
     ]
-    rows.append([_t("All sites"), *[report.total[key] for key, _label in ENROLLMENT_COLUMNS]])
+    rows.append([gettext("All sites"), *[report.total[key] for key, _label in ENROLLMENT_COLUMNS]])
     if scope.unblinded:
-        headings.insert(1, _t("Arm"))
+        headings.insert(1, gettext("Arm"))
         for row in rows:
-            row.insert(1, _t("All arms"))
+            row.insert(1, gettext("All arms"))
         for arm in report.arms:
             for entry in report.sites:
                 arm_counts = entry["by_arm"].get(arm.code, {})
                 rows.append(
                     [entry["site"].code, arm.code, *[arm_counts.get(key, "") for key, _label in ENROLLMENT_COLUMNS]]
                 )
-    return Table("enrollment", _t("Enrollment by site"), headings, rows)
+    return Table("enrollment", gettext("Enrollment by site"), headings, rows)
 
 
 def screen_failures_table(scope: ReportScope, report: selectors.EnrollmentReport | None = None) -> Table:
     report = report or selectors.enrollment_report(scope)
-    headings = [_t("Reason code"), _t("Reason"), *[site.code for site in scope.sites], _t("All sites")]
+    headings = [gettext("Reason code"), gettext("Reason"), *[site.code for site in scope.sites], gettext("All sites")]
     rows = [
         [reason["code"], reason["text"], *[reason["by_site"][site.pk] for site in scope.sites], reason["total"]]
         for reason in report.failure_reasons
@@ -118,12 +120,12 @@ def screen_failures_table(scope: ReportScope, report: selectors.EnrollmentReport
     rows.append(
         [
             "",
-            _t("People with at least one failed reason"),
+            gettext("People with at least one failed reason"),
             *[entry["counts"]["screen_failures"] for entry in report.sites],
             report.total["screen_failures"],
         ]
     )
-    return Table("screen_failures", _t("Screen failures by reason"), headings, rows)
+    return Table("screen_failures", gettext("Screen failures by reason"), headings, rows)
 
 
 def enrollment_by_month_table(scope: ReportScope) -> Table:
@@ -134,8 +136,8 @@ def enrollment_by_month_table(scope: ReportScope) -> Table:
     ]
     return Table(
         "enrollment_by_month",
-        _t("Enrollment by month"),
-        [_t("Month"), _t("Randomized"), _t("Cumulative"), _t("Target")],
+        gettext("Enrollment by month"),
+        [gettext("Month"), gettext("Randomized"), gettext("Cumulative"), gettext("Target")],
         rows,
     )
 
@@ -143,31 +145,36 @@ def enrollment_by_month_table(scope: ReportScope) -> Table:
 def consort_table(scope: ReportScope, flow: selectors.ConsortFlow | None = None) -> Table:
     flow = flow or selectors.consort_flow(scope)
     rows = [
-        ["assessed", _t("Assessed for eligibility"), "", flow.assessed],
-        ["excluded", _t("Excluded"), "", flow.excluded],
-        ["excluded_not_eligible", _t("Not meeting inclusion criteria"), "", flow.excluded_not_eligible],
+        ["assessed", gettext("Assessed for eligibility"), "", flow.assessed],
+        ["excluded", gettext("Excluded"), "", flow.excluded],
+        ["excluded_not_eligible", gettext("Not meeting inclusion criteria"), "", flow.excluded_not_eligible],
     ]
     rows += [[f"reason_{r['code']}", r["text"], "", r["total"]] for r in flow.failure_reasons]
     rows += [
-        ["excluded_incomplete", _t("Screening incomplete"), "", flow.excluded_incomplete],
+        ["excluded_incomplete", gettext("Screening incomplete"), "", flow.excluded_incomplete],
         [
             "excluded_eligible_not_randomized",
-            _t("Eligible, not randomized"),
+            gettext("Eligible, not randomized"),
             "",
             flow.excluded_eligible_not_randomized,
         ],
-        ["randomized", _t("Randomized"), "", flow.randomized],
+        ["randomized", gettext("Randomized"), "", flow.randomized],
     ]
     for group in flow.groups:
         arm = group.code or ""
         rows += [
-            ["allocated", _t("Allocated"), arm, group.allocated],
-            ["lost_to_follow_up", _t("Lost to follow-up"), arm, group.lost_to_follow_up],
-            ["discontinued", _t("Discontinued intervention"), arm, group.discontinued],
-            ["analysed", _t("Analysed"), arm, group.analysed],
+            ["allocated", gettext("Allocated"), arm, group.allocated],
+            ["lost_to_follow_up", gettext("Lost to follow-up"), arm, group.lost_to_follow_up],
+            ["discontinued", gettext("Discontinued intervention"), arm, group.discontinued],
+            ["analysed", gettext("Analysed"), arm, group.analysed],
         ]
-    headings = [_t("Box"), _t("Label"), _t("Arm") if scope.unblinded else _t("Group"), _t("Participants")]
-    return Table("consort", _t("CONSORT flow"), headings, rows)
+    headings = [
+        gettext("Box"),
+        gettext("Label"),
+        gettext("Arm") if scope.unblinded else gettext("Group"),
+        gettext("Participants"),
+    ]
+    return Table("consort", gettext("CONSORT flow"), headings, rows)
 
 
 def subject_key(row: dict) -> str:
@@ -223,22 +230,22 @@ def subject_count(scope: ReportScope) -> int:
 
 def subjects_table(scope: ReportScope) -> Table:
     headings = [
-        _t("Subject"),
-        _t("Site"),
-        _t("Screening date"),
-        _t("Sex"),
-        _t("Age at screening"),
-        _t("Screening outcome"),
-        _t("Failed criteria"),
-        _t("Consent date"),
-        _t("Screening number"),
-        _t("Randomization number"),
-        _t("Randomized at (UTC)"),
-        _t("Status"),
-        _t("Withdrawal date"),
+        gettext("Subject"),
+        gettext("Site"),
+        gettext("Screening date"),
+        gettext("Sex"),
+        gettext("Age at screening"),
+        gettext("Screening outcome"),
+        gettext("Failed criteria"),
+        gettext("Consent date"),
+        gettext("Screening number"),
+        gettext("Randomization number"),
+        gettext("Randomized at (UTC)"),
+        gettext("Status"),
+        gettext("Withdrawal date"),
     ]
     if scope.unblinded:
-        headings.append(_t("Arm"))
+        headings.append(gettext("Arm"))
 
     def rows():
         for row in subject_values(scope):
@@ -261,7 +268,7 @@ def subjects_table(scope: ReportScope) -> Table:
                 line.append(row["arm"] or "")
             yield line
 
-    return Table("subjects", _t("Subjects"), headings, rows(), expected_rows=subject_count(scope))
+    return Table("subjects", gettext("Subjects"), headings, rows(), expected_rows=subject_count(scope))
 
 
 def _utc(moment: datetime.datetime | None) -> str:
@@ -305,16 +312,16 @@ def visit_count(scope: ReportScope) -> int:
 
 def visits_table(scope: ReportScope) -> Table:
     headings = [
-        _t("Subject"),
-        _t("Site"),
-        _t("Visit"),
-        _t("Kind"),
-        _t("Cycle"),
-        _t("Target date"),
-        _t("Window opens"),
-        _t("Window closes"),
-        _t("Visit status"),
-        _t("Visit date"),
+        gettext("Subject"),
+        gettext("Site"),
+        gettext("Visit"),
+        gettext("Kind"),
+        gettext("Cycle"),
+        gettext("Target date"),
+        gettext("Window opens"),
+        gettext("Window closes"),
+        gettext("Visit status"),
+        gettext("Visit date"),
     ]
 
     def rows():
@@ -332,7 +339,7 @@ def visits_table(scope: ReportScope) -> Table:
                 _iso(row["actual_date"]),
             ]
 
-    return Table("visits", _t("Visits"), headings, rows(), expected_rows=visit_count(scope))
+    return Table("visits", gettext("Visits"), headings, rows(), expected_rows=visit_count(scope))
 
 
 def _iso(day) -> str:
@@ -424,7 +431,7 @@ def write_xlsx(tables: list[Table], path, stamp: Stamp, progress: ProgressCallba
     workbook.properties.creator = stamp.exported_by
     workbook.properties.title = f"{stamp.trial} export {stamp.export_id or ''}".strip()
     workbook.properties.description = " | ".join(stamp.lines())
-    about = workbook.create_sheet(_t("Export")[:31])
+    about = workbook.create_sheet(gettext("Export")[:31])
     for line in stamp.lines():
         about.append([safe_cell(line)])
     counter = Progress(expected_rows(tables), progress)

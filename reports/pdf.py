@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from django.utils import translation
-from django.utils.translation import gettext as _t
+from django.utils.translation import gettext
 
 from reports import charts, exports, selectors
 from reports.selectors import ReportScope
@@ -99,7 +99,7 @@ def _chart_drawing(chart: dict, font: str, width: float):
         String(
             chart["right_edge"],
             flip(chart["target_y"]) + 4,
-            _t("Target %(n)s") % {"n": chart["target"]},
+            gettext("Target %(n)s") % {"n": chart["target"]},
             fontName=font,
             fontSize=8,
             textAnchor="end",
@@ -139,12 +139,12 @@ def write_pdf(scope: ReportScope, path: Path, stamp: exports.Stamp) -> int:
         rightMargin=15 * mm,
         topMargin=15 * mm,
         bottomMargin=15 * mm,
-        title=f"{scope.trial.nct_id} {_t('Enrollment report')}",
+        title=f"{scope.trial.nct_id} {gettext('Enrollment report')}",
         author=stamp.exported_by,
         subject=" | ".join(stamp.lines()),
     )
     usable_width = page_size[0] - 30 * mm
-    story = [Paragraph(f"{scope.trial.nct_id} · {_t('Enrollment report')}", styles["Title"])]
+    story = [Paragraph(f"{scope.trial.nct_id} · {gettext('Enrollment report')}", styles["Title"])]
     story += [Paragraph(_escape(line), styles["Normal"]) for line in stamp.lines()]
     report = selectors.enrollment_report(scope)
     flow = selectors.consort_flow(scope, report)
@@ -175,12 +175,12 @@ def write_pdf(scope: ReportScope, path: Path, stamp: exports.Stamp) -> int:
     if months:
         story += [
             Spacer(1, 6 * mm),
-            Paragraph(_t("Enrollment by month"), styles["Heading2"]),
+            Paragraph(gettext("Enrollment by month"), styles["Heading2"]),
             _chart_drawing(charts.enrollment_chart(months, scope.trial.target_enrollment), font, usable_width),
         ]
     story += [
         PageBreak(),
-        Paragraph(_t("CONSORT 2010 flow diagram"), styles["Heading2"]),
+        Paragraph(gettext("CONSORT 2010 flow diagram"), styles["Heading2"]),
         _drawing_from_layout(charts.consort_layout(flow), font, bold, usable_width),
     ]
     document.build(story)

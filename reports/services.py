@@ -14,6 +14,7 @@ from pathlib import Path
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone, translation
+from django.utils.translation import gettext_lazy as _
 
 from reports import exports, selectors
 from reports.models import Export, ExportFormat, ExportKind, ExportStatus
@@ -23,7 +24,7 @@ from trialsite.exceptions import TrialRuleError
 
 
 class ExportNotAvailable(TrialRuleError):
-    default_message = "This export is not available in that format."
+    default_message = _("This export is not available in that format.")
 
     def __init__(self, message=None, *, field: str | None = "format"):
         super().__init__(message, field=field)
@@ -63,7 +64,7 @@ def export_request(*, user, kind: str, format: str, site_id: int | None = None, 
     """Record an export for `user` (404 without "export reports" at the site or anywhere).
     In the background the task is queued after commit; otherwise it is produced now."""
     if kind not in FORMATS:
-        raise ExportNotAvailable("Unknown export.", field="kind")
+        raise ExportNotAvailable(_("Unknown export."), field="kind")
     if format not in FORMATS[kind]:
         raise ExportNotAvailable()
     scope = selectors.report_scope(user, site_id=site_id)

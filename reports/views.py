@@ -9,7 +9,7 @@ from django.http import FileResponse, Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.template.loader import render_to_string
 from django.utils.safestring import mark_safe
-from django.utils.translation import gettext as _t
+from django.utils.translation import gettext
 from django.views.decorators.http import require_POST
 
 from reports import charts, selectors, services
@@ -98,7 +98,12 @@ def _enrollment_rows(report: selectors.EnrollmentReport) -> list[dict]:
         for entry in report.sites
     ]
     rows.append(
-        {"label": _t("All sites"), "key": "all", "total": True, "values": [(key, report.total[key]) for key in keys]}
+        {
+            "label": gettext("All sites"),
+            "key": "all",
+            "total": True,
+            "values": [(key, report.total[key]) for key in keys],
+        }
     )
     return rows
 
@@ -120,7 +125,7 @@ def export_create(request: HttpRequest) -> HttpResponse:
         return redirect("reports")
     if background:
         messages.success(
-            request, _t("Your export is being prepared; the download link appears below when it is ready.")
+            request, gettext("Your export is being prepared; the download link appears below when it is ready.")
         )
         return redirect("reports")
     return _file_response(export)
