@@ -69,3 +69,66 @@ def test_a_dataset_export_runs_in_a_worker_and_is_downloaded_when_ready(
         table_name="reports_export", record_pk=str(export_id), actor=cast.investigator, new_values__status="running"
     ).exists()
     assert os.path.isfile(Path(settings.MEDIA_ROOT) / export.file_path)
+
+
+@pytest.mark.worker
+@pytest.mark.browser
+@pytest.mark.django_db(transaction=True)
+def test_the_pi_watches_a_background_export_finish_and_downloads_it(
+    trial, site, other_site, cast, celery_worker, live_server, request
+):
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    from django.test import Client
+    from playwright.sync_api import sync_playwright
+
+    reports_data.build(trial, site, other_site, cast)
+    client = Client()
+    client.force_login(cast.investigator)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path="/usr/bin/chromium",
+            headless=True,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
+        context = browser.new_context(accept_downloads=True)
+        context.add_cookies(
+            [
+                {
+                    "name": settings.SESSION_COOKIE_NAME,
+                    "value": client.cookies[settings.SESSION_COOKIE_NAME].value,
+                    "url": live_server.url,
+                }
+            ]
+        )
+        page = context.new_page()
+        errors = []
+        # Every request the page makes succeeds (the browser's own favicon probe aside).
+        page.on(
+            "response",
+            lambda response: errors.append(f"{response.status} {response.url}")
+            if response.status >= 400 and not response.url.endswith("/favicon.ico")
+            else None,
+        )
+        page.goto(f"{live_server.url}/reports/")
+        assert page.locator("svg.consort").count() == 1
+        page.locator("form:has(input[name=kind][value=dataset]):has(input[name=format][value=odm]) button").click()
+        # The page polls the export's status and shows the link when the worker is done.
+        link = page.wait_for_selector("tr[data-export-status=done] .export-link a", timeout=60_000)
+        assert page.locator("tr[data-export-status=done] progress").get_attribute("value") in ("100", "100.0")
+        with page.expect_download() as download_info:
+            link.click()
+        content = Path(download_info.value.path()).read_text(encoding="utf-8")
+        assert "<ODM" in content and "IT.ARM" not in content
+        screenshots = Path(settings.BASE_DIR) / "var" / "screenshots"
+        screenshots.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(screenshots / f"{request.node.name}.png"), full_page=True)
+        assert errors == []
+        browser.close()
