@@ -90,7 +90,7 @@ def _enrollment_rows(report: selectors.EnrollmentReport) -> list[dict]:
     keys = [key for key, _label in selectors.ENROLLMENT_COLUMNS]
     rows = [
         {
-            "label": f"{entry['site'].code} · {entry['site'].name}",
+            "label": entry["site"].code,
             "key": entry["site"].code,
             "total": False,
             "values": [(key, entry["counts"][key]) for key in keys],
