@@ -450,3 +450,15 @@ def test_the_reports_page_is_in_the_menu_of_those_who_may_export(cast, client_fo
     assert b'href="/reports/"' in client_for(cast.investigator).get("/").content
     assert b'href="/reports/"' not in client_for(cast.coordinator).get("/").content
     assert client_for(cast.coordinator).get("/reports/").status_code == 404
+
+
+def test_a_blinded_export_never_queries_an_arm(data, cast):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    with CaptureQueriesContext(connection) as queries:
+        for kind, format in [("dataset", "odm"), ("dataset", "xlsx"), ("subjects", "csv"), ("report", "pdf")]:
+            run_now(cast.investigator, kind, format)
+    sql = " ".join(query["sql"] for query in queries.captured_queries)
+    assert "enrollment_screening" in sql
+    assert "randomization_slot" not in sql and "trialsite_arm" not in sql
