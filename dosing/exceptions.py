@@ -1,0 +1,56 @@
+"""Named refusals of the dosing and pharmacy rules. Messages never name an arm or a content."""
+
+from django.utils.translation import gettext_lazy as _
+
+from trialsite.exceptions import Conflict, TrialRuleError
+
+
+class VisitNotOpen(TrialRuleError):
+    default_message = _("This visit is no longer open for recording.")
+
+
+class OutOfWindowReasonRequired(TrialRuleError):
+    default_message = _("The visit date is outside the window: give a reason (it is recorded as a deviation).")
+
+    def __init__(self, message=None, *, field: str | None = "out_of_window_reason"):
+        super().__init__(message, field=field)
+
+
+class WeightOutOfBounds(TrialRuleError):
+    default_message = _("The body weight must be above 0 kg and at most 250 kg.")
+
+    def __init__(self, message=None, *, field: str | None = "weight_kg"):
+        super().__init__(message, field=field)
+
+
+class TreatmentStopped(TrialRuleError):
+    default_message = _("Treatment was stopped for this participant; no further dose can be prepared.")
+
+
+class IllegalKitTransition(Conflict):
+    default_message = _("This kit cannot change to that status.")
+
+
+class NoKitAvailable(TrialRuleError):
+    default_message = _("No kit available; the supply manager has been notified.")
+    status_code = 409
+
+
+class LabelMismatch(TrialRuleError):
+    default_message = _("The number on the label does not match the assigned kit. Do not dispense this kit.")
+
+    def __init__(self, message=None, *, field: str | None = "label_number"):
+        super().__init__(message, field=field)
+
+
+class KitListInvalid(TrialRuleError):
+    """A kit list with errors; `errors` holds one message per bad line."""
+
+    default_message = _("The kit list has errors; nothing was imported.")
+
+    def __init__(self, errors: list[str], *, field: str | None = "file"):
+        self.errors = errors
+        super().__init__(self.default_message, field=field)
+
+    def as_dict(self) -> dict[str, list[str]]:
+        return {self.field or "non_field_errors": [str(self.message), *[str(e) for e in self.errors]]}
