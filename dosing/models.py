@@ -92,3 +92,153 @@ class Visit(Audited, models.Model):
     @property
     def is_dosing(self) -> bool:
         return self.kind == VisitKind.DOSING
+
+
+class Decision(models.TextChoices):
+    GIVE = "give", _("Give")
+    HOLD = "hold", _("Hold")
+    STOP = "stop", _("Stop treatment")
+
+
+class DoseRecord(Audited, models.Model):
+    """What happened at one dosing visit: the labs, the safety-gate decision with its reasons,
+    and the prepared dose. Identical in form for every arm (placebo infusions are prepared to
+    the same volume), so nothing here reveals allocation."""
+
+    audit_subject_column = "participant_id"
+    audit_clinical_fields = ("neutrophils", "platelets", "alt_uln", "ast_uln", "decision", "dose_mg")
+
+    visit = models.OneToOneField(Visit, on_delete=models.PROTECT, related_name="dose")
+    participant = models.ForeignKey(Participant, on_delete=models.PROTECT, related_name="doses")
+    site = models.ForeignKey(Site, on_delete=models.PROTECT, related_name="+")
+    first_dose = models.BooleanField()
+    neutrophils = models.PositiveIntegerField(_("neutrophils (/mm³)"))
+    platelets = models.PositiveIntegerField(_("platelets (/mm³)"))
+    alt_uln = models.DecimalField(_("ALT (× ULN)"), max_digits=5, decimal_places=2)
+    ast_uln = models.DecimalField(_("AST (× ULN)"), max_digits=5, decimal_places=2)
+    decision = models.CharField(max_length=4, choices=Decision.choices)
+    reasons = models.JSONField(default=list, blank=True)
+    weight_kg = models.DecimalField(max_digits=5, decimal_places=1)
+    baseline_weight_kg = models.DecimalField(max_digits=5, decimal_places=1)
+    weight_change_flagged = models.BooleanField(default=False)
+    dose_mg = models.DecimalField(max_digits=6, decimal_places=1)
+    concentrate_ml = models.DecimalField(max_digits=5, decimal_places=1)
+    diluted_volume_ml = models.DecimalField(max_digits=5, decimal_places=1)
+    # [[vial size mg, count], ...], largest vial first.
+    vial_plan = models.JSONField(default=list)
+    recorded_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    recorded_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["participant", "visit__sequence"]
+        constraints = [
+            models.CheckConstraint(condition=Q(decision__in=["give", "hold", "stop"]), name="dose_decision_valid"),
+            models.CheckConstraint(condition=Q(dose_mg__gt=0), name="dose_positive"),
+        ]
+
+    def __str__(self) -> str:
+        return f"Dose at {self.visit}"
+
+
+class Shipment(Audited, models.Model):
+    """Kits sent from the depot to a site, received there by the pharmacist."""
+
+    audit_clinical_fields = ()
+
+    site = models.ForeignKey(Site, on_delete=models.PROTECT, related_name="+")
+    shipped_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    shipped_at = models.DateTimeField(auto_now_add=True)
+    received_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    received_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-shipped_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"Shipment {self.pk} to {self.site.code}"
+
+
+class KitType(models.TextChoices):
+    INFUSION = "INF", _("Infusion")
+    TABLET = "TAB", _("Tablets")
+
+
+class KitContent(models.TextChoices):
+    ACTIVE = "active", _("Active")
+    PLACEBO = "placebo", _("Placebo")
+
+
+class KitStatus(models.TextChoices):
+    IN_DEPOT = "in_depot", _("In depot")
+    SHIPPED = "shipped", _("Shipped")
+    AT_SITE = "at_site", _("At site")
+    ASSIGNED = "assigned", _("Assigned")
+    DISPENSED = "dispensed", _("Dispensed")
+    RETURNED = "returned", _("Returned")
+    DAMAGED = "damaged", _("Damaged / destroyed")
+    EXPIRED = "expired", _("Expired")
+    QUARANTINED = "quarantined", _("Quarantined")
+
+
+class Kit(Audited, models.Model):
+    """One numbered kit. `content` is the only column that reveals allocation: it is blinded in
+    the audit trail and read only by the assignment service and unblinded supply pages."""
+
+    Status = KitStatus
+
+    audit_subject_column = "participant_id"
+    audit_blinded_fields = ("content",)
+    audit_clinical_fields = ("tablets_returned",)
+
+    kit_number = models.CharField(_("kit number"), max_length=20, unique=True)
+    kit_type = models.CharField(_("kit type"), max_length=3, choices=KitType.choices)
+    content = models.CharField(max_length=7, choices=KitContent.choices)
+    lot = models.CharField(_("lot"), max_length=40)
+    expiry = models.DateField(_("expiry date"))
+    status = models.CharField(_("status"), max_length=12, choices=KitStatus.choices, default=KitStatus.IN_DEPOT)
+    # None while the kit is at the depot.
+    site = models.ForeignKey(Site, on_delete=models.PROTECT, null=True, blank=True, related_name="+")
+    shipment = models.ForeignKey(Shipment, on_delete=models.PROTECT, null=True, blank=True, related_name="kits")
+    participant = models.ForeignKey(Participant, on_delete=models.PROTECT, null=True, blank=True, related_name="kits")
+    visit = models.ForeignKey(Visit, on_delete=models.PROTECT, null=True, blank=True, related_name="kits")
+    assigned_at = models.DateTimeField(null=True, blank=True)
+    assigned_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    dispensed_at = models.DateTimeField(null=True, blank=True)
+    dispensed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    returned_on = models.DateField(null=True, blank=True)
+    tablets_returned = models.PositiveSmallIntegerField(null=True, blank=True)
+    returned_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    # Why the kit is quarantined or was destroyed (temperature excursion, breakage).
+    status_note = models.TextField(blank=True)
+    imported_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, related_name="+")
+    imported_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["kit_number"]
+        constraints = [
+            models.CheckConstraint(condition=Q(status__in=KitStatus.values), name="kit_status_valid"),
+            models.CheckConstraint(condition=Q(kit_type__in=KitType.values), name="kit_type_valid"),
+            models.CheckConstraint(condition=Q(content__in=KitContent.values), name="kit_content_valid"),
+            models.CheckConstraint(
+                condition=~Q(status__in=["assigned", "dispensed", "returned"])
+                | Q(participant__isnull=False, visit__isnull=False),
+                name="kit_given_out_names_participant",
+            ),
+            models.CheckConstraint(
+                condition=~Q(status__in=["shipped", "at_site", "assigned", "dispensed", "returned"])
+                | Q(site__isnull=False),
+                name="kit_away_from_depot_has_site",
+            ),
+        ]
+        indexes = [models.Index(fields=["site", "status", "kit_type", "expiry"], name="kit_available_by_expiry")]
+
+    def __str__(self) -> str:
+        return self.kit_number

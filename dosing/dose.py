@@ -1,0 +1,154 @@
+"""Pure dosing rules: the infusion dose and its vial plan, the weight-change flag, the lab
+safety gates and tablet adherence. No database, no arm: the same numbers for every participant,
+whatever their kits contain, so the printed preparation reveals nothing."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from decimal import ROUND_HALF_UP, Decimal
+
+from django.utils.translation import gettext_lazy as _
+
+from dosing.exceptions import WeightOutOfBounds
+
+TENTH = Decimal("0.1")
+
+
+@dataclass(frozen=True)
+class InfusionDose:
+    dose_mg: Decimal
+    concentrate_ml: Decimal
+    # ((vial size mg, count), ...), largest vial first; only sizes used.
+    vial_plan: tuple[tuple[int, int], ...]
+    diluted_volume_ml: Decimal
+
+    @property
+    def vial_total_mg(self) -> int:
+        return sum(size * count for size, count in self.vial_plan)
+
+    @property
+    def waste_mg(self) -> Decimal:
+        return Decimal(self.vial_total_mg) - self.dose_mg
+
+
+def _decimal(value) -> Decimal:
+    return value if isinstance(value, Decimal) else Decimal(str(value))
+
+
+def check_weight(*, weight_kg: Decimal, rules: dict) -> Decimal:
+    """A weight above the protocol minimum (exclusive) and up to its maximum (inclusive)."""
+    weight = _decimal(weight_kg)
+    low, high = _decimal(rules.get("minimum_weight_kg", 0)), _decimal(rules.get("maximum_weight_kg", 250))
+    if not weight.is_finite() or weight <= low or weight > high:
+        raise WeightOutOfBounds(
+            _("The body weight must be above %(low)s kg and at most %(high)s kg.") % {"low": low, "high": high}
+        )
+    return weight
+
+
+def vial_plan(*, dose_mg: Decimal, vial_sizes_mg: list[int]) -> tuple[tuple[int, int], ...]:
+    """The vials covering `dose_mg` with the fewest mg left over; on a tie, the fewest vials."""
+    sizes = sorted({int(size) for size in vial_sizes_mg}, reverse=True)
+    dose = _decimal(dose_mg)
+    best: tuple[Decimal, int, tuple[int, ...]] | None = None
+    # Never more of one size than needed to cover the dose alone: bounded and exhaustive.
+    ranges = [range(int(-(-dose // size)) + 1) for size in sizes]
+    for counts in itertools.product(*ranges):
+        total = sum(size * count for size, count in zip(sizes, counts, strict=True))
+        if total < dose:
+            continue
+        candidate = (total - dose, sum(counts), counts)
+        if best is None or candidate[:2] < best[:2]:
+            best = candidate
+    assert best is not None  # the largest vial times its bound always covers the dose
+    return tuple((size, count) for size, count in zip(sizes, best[2], strict=True) if count)
+
+
+def infusion_dose(*, weight_kg: Decimal, rules: dict) -> InfusionDose:
+    """mg/kg x weight, capped; the concentrate volume at the vial concentration, diluted to the
+    protocol's final volume. `rules` is the protocol's `[dosing.infusion]`."""
+    weight = check_weight(weight_kg=weight_kg, rules=rules)
+    dose = min(weight * _decimal(rules["mg_per_kg"]), _decimal(rules["max_dose_mg"]))
+    dose = dose.quantize(TENTH, rounding=ROUND_HALF_UP)
+    concentrate = (dose / _decimal(rules["concentration_mg_per_ml"])).quantize(TENTH, rounding=ROUND_HALF_UP)
+    return InfusionDose(
+        dose_mg=dose,
+        concentrate_ml=concentrate,
+        vial_plan=vial_plan(dose_mg=dose, vial_sizes_mg=rules["vial_sizes_mg"]),
+        diluted_volume_ml=_decimal(rules["diluted_volume_ml"]).quantize(TENTH),
+    )
+
+
+def weight_change_flagged(*, weight_kg: Decimal, baseline_kg: Decimal, rules: dict) -> bool:
+    """More than the protocol's percentage away from the baseline (first dosing) weight."""
+    limit = _decimal(rules.get("weight_change_flag_percent", 10))
+    baseline = _decimal(baseline_kg)
+    return abs(_decimal(weight_kg) - baseline) * 100 > limit * baseline
+
+
+GIVE, HOLD, STOP = "give", "hold", "stop"
+
+LAB_LABELS = {
+    "neutrophils": _("neutrophils"),
+    "platelets": _("platelets"),
+    "alt_ast_uln": _("ALT/AST (× ULN)"),
+}
+
+
+@dataclass(frozen=True)
+class Decision:
+    decision: str
+    reasons: list[str] = field(default_factory=list)
+
+
+def _breaches(values: dict[str, Decimal], conditions: dict) -> list[str]:
+    """Each condition (`<lab>_below`, `<lab>_above`, `<lab>_between` [low, high] inclusive) that
+    the values meet, in words."""
+    reasons = []
+    for key, limit in conditions.items():
+        lab, _sep, test = key.rpartition("_")
+        value = values.get(lab)
+        if value is None:
+            continue
+        label = LAB_LABELS.get(lab, lab)
+        if test == "below" and value < _decimal(limit):
+            reasons.append(_("%(lab)s %(value)s below %(limit)s") % {"lab": label, "value": value, "limit": limit})
+        elif test == "above" and value > _decimal(limit):
+            reasons.append(_("%(lab)s %(value)s above %(limit)s") % {"lab": label, "value": value, "limit": limit})
+        elif test == "between" and _decimal(limit[0]) <= value <= _decimal(limit[1]):
+            reasons.append(
+                _("%(lab)s %(value)s between %(low)s and %(high)s")
+                % {"lab": label, "value": value, "low": limit[0], "high": limit[1]}
+            )
+    return [str(reason) for reason in reasons]
+
+
+def infusion_decision(
+    *, first_dose: bool, neutrophils: int, platelets: int, alt_uln: Decimal, ast_uln: Decimal, rules: dict
+) -> Decision:
+    """Give, hold or stop, from the protocol's `[dosing.safety]`. At the first dose a breach of
+    `do_not_give_if` holds the dose; later `stop_if` outranks `hold_if`."""
+    values = {
+        "neutrophils": _decimal(neutrophils),
+        "platelets": _decimal(platelets),
+        "alt_ast_uln": max(_decimal(alt_uln), _decimal(ast_uln)),
+    }
+    if first_dose:
+        reasons = _breaches(values, rules["first_dose"].get("do_not_give_if", {}))
+        return Decision(HOLD, reasons) if reasons else Decision(GIVE)
+    later = rules["later_doses"]
+    stop_reasons = _breaches(values, later.get("stop_if", {}))
+    if stop_reasons:
+        return Decision(STOP, stop_reasons)
+    hold_reasons = _breaches(values, later.get("hold_if", {}))
+    if hold_reasons:
+        return Decision(HOLD, hold_reasons)
+    return Decision(GIVE)
+
+
+def adherence(*, tablets_taken: int, days_elapsed: int) -> Decimal | None:
+    """Tablets taken per day elapsed (1.00 = one a day as prescribed); None before a day passed."""
+    if days_elapsed <= 0:
+        return None
+    return (Decimal(tablets_taken) / Decimal(days_elapsed)).quantize(Decimal("0.01"), rounding=ROUND_HALF_UP)
