@@ -92,7 +92,7 @@ GIVE, HOLD, STOP = "give", "hold", "stop"
 LAB_LABELS = {
     "neutrophils": _("neutrophils"),
     "platelets": _("platelets"),
-    "alt_ast_uln": _("ALT/AST (× ULN)"),
+    "alt_ast_uln": _("ALT/AST (x ULN)"),
 }
 
 

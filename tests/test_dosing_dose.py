@@ -1,7 +1,7 @@
+import tomllib
 from decimal import Decimal
 
 import pytest
-import tomllib
 from django.conf import settings
 
 from dosing.dose import adherence, infusion_decision, infusion_dose, vial_plan, weight_change_flagged

@@ -54,8 +54,8 @@ class Migration(migrations.Migration):
                 ("first_dose", models.BooleanField()),
                 ("neutrophils", models.PositiveIntegerField(verbose_name="neutrophils (/mm³)")),
                 ("platelets", models.PositiveIntegerField(verbose_name="platelets (/mm³)")),
-                ("alt_uln", models.DecimalField(decimal_places=2, max_digits=5, verbose_name="ALT (× ULN)")),
-                ("ast_uln", models.DecimalField(decimal_places=2, max_digits=5, verbose_name="AST (× ULN)")),
+                ("alt_uln", models.DecimalField(decimal_places=2, max_digits=5, verbose_name="ALT (x ULN)")),
+                ("ast_uln", models.DecimalField(decimal_places=2, max_digits=5, verbose_name="AST (x ULN)")),
                 (
                     "decision",
                     models.CharField(
