@@ -54,3 +54,20 @@ class KitListInvalid(TrialRuleError):
 
     def as_dict(self) -> dict[str, list[str]]:
         return {self.field or "non_field_errors": [str(self.message), *[str(e) for e in self.errors]]}
+
+
+class VisitDateInvalid(TrialRuleError):
+    def __init__(self, message=None, *, field: str | None = "actual_date"):
+        super().__init__(message, field=field)
+
+
+class DosingValueRequired(TrialRuleError):
+    default_message = _("Weight and the pre-infusion labs are required at a dosing visit.")
+
+
+class NotRandomized(TrialRuleError):
+    default_message = _("The participant is not randomized.")
+
+
+class KitReturnInvalid(TrialRuleError):
+    pass

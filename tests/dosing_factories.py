@@ -1,0 +1,87 @@
+"""Randomized participants and kits for the dosing tests, written directly through the ORM
+(inside an audit context) so these tests do not depend on the randomization services."""
+
+from __future__ import annotations
+
+import datetime
+import itertools
+
+from django.utils import timezone
+
+from dosing.models import Kit
+from dosing.services import visit_schedule_create
+from enrollment.models import Participant, ParticipantStatus
+from randomization.models import RandomizationList, Slot
+from tests import factories
+from trialsite.audit import audit_context
+from trialsite.models import Site
+
+_numbers = itertools.count(1)
+
+
+def active_list(site: Site, *, by) -> RandomizationList:
+    existing = RandomizationList.objects.filter(trial=site.trial, is_active=True).first()
+    if existing:
+        return existing
+    with audit_context(actor=by, reason="test list"):
+        return RandomizationList.objects.create(
+            trial=site.trial,
+            version=1,
+            source=RandomizationList.Source.IMPORTED,
+            slots_per_stratum=100,
+            sha256="0" * 64,
+            created_by=by,
+            locked_at=timezone.now(),
+            locked_by=by,
+            is_active=True,
+        )
+
+
+def randomized_participant(
+    site: Site, *, arm_code: str, by, day0: datetime.date = datetime.date(2026, 11, 3), schedule: bool = True
+) -> Participant:
+    participant = factories.make_participant(site, by=by)
+    randomization_list = active_list(site, by=by)
+    number = next(_numbers)
+    randomized_at = datetime.datetime.combine(day0, datetime.time(9, 0), tzinfo=site.zone)
+    with audit_context(actor=by, reason="test randomization"):
+        Slot.objects.create(
+            randomization_list=randomization_list,
+            stratum=site.code,
+            site=site,
+            sequence=number,
+            block=1,
+            block_size=4,
+            arm=site.trial.arms.get(code=arm_code),
+            participant=participant,
+            allocated_at=randomized_at,
+        )
+        participant.status = ParticipantStatus.RANDOMIZED
+        participant.randomization_number = f"{site.code}-{number:04d}"
+        participant.randomized_at = randomized_at
+        participant.save(update_fields=["status", "randomization_number", "randomized_at"])
+        if schedule:
+            visit_schedule_create(participant=participant, day0=day0)
+    return participant
+
+
+def make_kit(
+    *,
+    kit_type: str = "INF",
+    content: str = "active",
+    site: Site | None = None,
+    status: str = Kit.Status.AT_SITE,
+    expiry: datetime.date = datetime.date(2028, 1, 31),
+    number: str | None = None,
+    lot: str = "LOT-1",
+) -> Kit:
+    with audit_context(reason="test kit"):
+        return Kit.objects.create(
+            kit_number=number or f"K{next(_numbers):06d}",
+            kit_type=kit_type,
+            content=content,
+            lot=lot,
+            expiry=expiry,
+            status=status,
+            site=site,
+        )
