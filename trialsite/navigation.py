@@ -8,4 +8,6 @@ NAVIGATION = [
     (_("Home"), "home", None),
     (_("Audit trail"), "audit-trail", Capability.READ_AUDIT),
     (_("Reports"), "reports", Capability.EXPORT_REPORTS),
+    (_("Pharmacy"), "pharmacy", Capability.DISPENSE),
+    (_("Kit supply"), "supply", Capability.MANAGE_SUPPLY),
 ]

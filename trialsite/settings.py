@@ -222,6 +222,10 @@ SPECTACULAR_SETTINGS = {
     "SERVE_INCLUDE_SCHEMA": False,
     "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAuthenticated"],
     "COMPONENT_SPLIT_REQUEST": True,
+    "ENUM_NAME_OVERRIDES": {
+        "VisitStatusEnum": "dosing.models.VisitStatus",
+        "KitStatusEnum": "dosing.models.KitStatus",
+    },
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "trialsite.openapi.add_error_responses",
@@ -237,7 +241,11 @@ CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TIMEZONE = "UTC"
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": envint("CELERY_VISIBILITY_TIMEOUT", "3600")}
-CELERY_BEAT_SCHEDULE: dict = {}
+CELERY_BEAT_SCHEDULE: dict = {
+    # Hourly, so every site's midnight is caught within the hour; both tasks are idempotent.
+    "dosing-mark-missed-visits": {"task": "dosing.tasks.mark_missed_visits", "schedule": 3600.0},
+    "dosing-expire-kits": {"task": "dosing.tasks.expire_kits", "schedule": 3600.0},
+}
 
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"

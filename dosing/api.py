@@ -1,0 +1,494 @@
+"""Visits, pharmacy and supply over the API: the same selectors and services as the pages.
+Kit content appears only in the supply endpoints, which need MANAGE_SUPPLY and VIEW_ALLOCATION;
+every other kit serializer has no content field at all."""
+
+from __future__ import annotations
+
+from django.db.models import Prefetch, Q
+from django.http import Http404
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
+from rest_framework import generics, serializers, status
+from rest_framework.parsers import MultiPartParser
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from dosing import selectors, services
+from dosing.exceptions import KitListInvalid, NoKitAvailable
+from dosing.models import DoseRecord, Kit, KitContent, KitType, Shipment, Visit
+from dosing.views import MAX_KIT_LIST_BYTES, _require_supply, _supply_sites
+from enrollment.models import Participant
+from trialsite import access
+from trialsite.access import Capability
+
+# --- serializers -------------------------------------------------------------------------------
+
+
+class BlindedKitSerializer(serializers.ModelSerializer):
+    """A kit as a blinded user sees it: number, type, status. There is no content field."""
+
+    class Meta:
+        model = Kit
+        fields = ["id", "kit_number", "kit_type", "status", "expiry"]
+
+
+class SupplyKitSerializer(serializers.ModelSerializer):
+    """A kit as the unblinded supply manager sees it, content included."""
+
+    site = serializers.SlugRelatedField(slug_field="code", read_only=True, allow_null=True)
+
+    class Meta:
+        model = Kit
+        fields = ["id", "kit_number", "kit_type", "content", "lot", "expiry", "status", "site", "status_note"]
+
+
+class DoseSerializer(serializers.ModelSerializer):
+    reasons = serializers.ListField(child=serializers.CharField())
+    vial_plan = serializers.ListField(
+        child=serializers.ListField(child=serializers.IntegerField(), min_length=2, max_length=2),
+        help_text="[[vial size mg, count], ...], the same for every arm",
+    )
+
+    class Meta:
+        model = DoseRecord
+        fields = [
+            "first_dose",
+            "neutrophils",
+            "platelets",
+            "alt_uln",
+            "ast_uln",
+            "decision",
+            "reasons",
+            "weight_kg",
+            "baseline_weight_kg",
+            "weight_change_flagged",
+            "dose_mg",
+            "concentrate_ml",
+            "diluted_volume_ml",
+            "vial_plan",
+        ]
+
+
+class VisitSerializer(serializers.ModelSerializer):
+    participant = serializers.IntegerField(source="participant_id", read_only=True)
+    dose = serializers.SerializerMethodField()
+    kits = BlindedKitSerializer(many=True, read_only=True)
+
+    class Meta:
+        model = Visit
+        fields = [
+            "id",
+            "participant",
+            "code",
+            "kind",
+            "cycle",
+            "target_date",
+            "window_start",
+            "window_end",
+            "status",
+            "actual_date",
+            "is_deviation",
+            "out_of_window_reason",
+            "weight_kg",
+            "dose",
+            "kits",
+        ]
+
+    @extend_schema_field(DoseSerializer(allow_null=True))
+    def get_dose(self, visit):
+        dose = getattr(visit, "dose", None) if hasattr(visit, "dose") else None
+        return DoseSerializer(dose).data if dose is not None else None
+
+
+class VisitRecordSerializer(serializers.Serializer):
+    actual_date = serializers.DateField()
+    weight_kg = serializers.DecimalField(max_digits=5, decimal_places=1, required=False, allow_null=True)
+    neutrophils = serializers.IntegerField(min_value=0, max_value=10**6, required=False, allow_null=True)
+    platelets = serializers.IntegerField(min_value=0, max_value=10**7, required=False, allow_null=True)
+    alt_uln = serializers.DecimalField(max_digits=5, decimal_places=2, min_value=0, required=False, allow_null=True)
+    ast_uln = serializers.DecimalField(max_digits=5, decimal_places=2, min_value=0, required=False, allow_null=True)
+    out_of_window_reason = serializers.CharField(required=False, allow_blank=True, max_length=2000)
+
+
+class VisitRecordResultSerializer(serializers.Serializer):
+    visit = VisitSerializer()
+    no_kit = serializers.BooleanField(help_text="A needed kit could not be assigned; the supply manager was notified.")
+    message = serializers.CharField(allow_blank=True)
+
+
+class PreparationSerializer(serializers.Serializer):
+    dose_mg = serializers.DecimalField(max_digits=6, decimal_places=1)
+    concentrate_ml = serializers.DecimalField(max_digits=5, decimal_places=1)
+    diluted_volume_ml = serializers.DecimalField(max_digits=5, decimal_places=1)
+    vial_plan = serializers.ListField(child=serializers.ListField(child=serializers.IntegerField()))
+
+
+class PharmacyKitSerializer(serializers.ModelSerializer):
+    participant = serializers.CharField(source="participant.label")
+    visit = serializers.CharField(source="visit.code")
+    visit_date = serializers.DateField(source="visit.actual_date", allow_null=True)
+    preparation = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Kit
+        fields = [
+            "id",
+            "kit_number",
+            "kit_type",
+            "status",
+            "participant",
+            "visit",
+            "visit_date",
+            "dispensed_at",
+            "preparation",
+        ]
+
+    @extend_schema_field(PreparationSerializer(allow_null=True))
+    def get_preparation(self, kit):
+        dose = getattr(kit.visit, "dose", None) if kit.visit_id and hasattr(kit.visit, "dose") else None
+        if kit.kit_type != KitType.INFUSION or dose is None:
+            return None
+        return PreparationSerializer(dose).data
+
+
+class AwaitingKitSerializer(serializers.ModelSerializer):
+    participant = serializers.CharField(source="participant.label")
+
+    class Meta:
+        model = Visit
+        fields = ["id", "participant", "code", "actual_date"]
+
+
+class ShipmentSerializer(serializers.ModelSerializer):
+    site = serializers.SlugRelatedField(slug_field="code", read_only=True)
+    kit_count = serializers.IntegerField(read_only=True)
+
+    class Meta:
+        model = Shipment
+        fields = ["id", "site", "shipped_at", "received_at", "kit_count"]
+
+
+class PharmacyQueueSerializer(serializers.Serializer):
+    to_dispense = PharmacyKitSerializer(many=True)
+    awaiting_return = PharmacyKitSerializer(many=True)
+    awaiting_kits = AwaitingKitSerializer(many=True)
+    shipments = ShipmentSerializer(many=True)
+    quarantined = BlindedKitSerializer(many=True)
+
+
+class DispenseSerializer(serializers.Serializer):
+    label_number = serializers.CharField(max_length=40)
+
+
+class ReturnSerializer(serializers.Serializer):
+    returned_on = serializers.DateField()
+    tablets_returned = serializers.IntegerField(min_value=0, max_value=1000, required=False, allow_null=True)
+
+
+class ExcursionSerializer(serializers.Serializer):
+    description = serializers.CharField(max_length=500)
+
+
+class ReasonSerializer(serializers.Serializer):
+    reason = serializers.CharField(max_length=500)
+
+
+class KitImportSerializer(serializers.Serializer):
+    file = serializers.FileField(help_text="CSV, UTF-8: kit_number,kit_type,content,lot,expiry")
+
+
+class KitImportResultSerializer(serializers.Serializer):
+    imported = serializers.IntegerField()
+
+
+class ShipmentCreateSerializer(serializers.Serializer):
+    site = serializers.CharField(help_text="Site code")
+    kit_type = serializers.ChoiceField(choices=KitType.choices)
+    content = serializers.ChoiceField(choices=KitContent.choices)
+    quantity = serializers.IntegerField(min_value=1, max_value=500)
+
+
+class StockLineSerializer(serializers.Serializer):
+    site = serializers.CharField(source="site.code")
+    kit_type = serializers.CharField()
+    content = serializers.CharField()
+    available = serializers.IntegerField()
+    assigned = serializers.IntegerField()
+    quarantined = serializers.IntegerField()
+    expiring_soon = serializers.IntegerField()
+    low = serializers.BooleanField()
+
+
+class KitAccountabilitySerializer(serializers.ModelSerializer):
+    participant = serializers.CharField(source="participant.label")
+    visit = serializers.CharField(source="visit.code")
+    adherence = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Kit
+        fields = [
+            "kit_number",
+            "kit_type",
+            "status",
+            "participant",
+            "visit",
+            "dispensed_at",
+            "returned_on",
+            "tablets_returned",
+            "adherence",
+        ]
+
+    @extend_schema_field(OpenApiTypes.DECIMAL)
+    def get_adherence(self, kit):
+        value = selectors.kit_adherence(kit)
+        return None if value is None else str(value)
+
+
+class ParticipantAccountabilitySerializer(serializers.Serializer):
+    participant = serializers.CharField(source="participant.label")
+    dispensed = serializers.IntegerField()
+    returned = serializers.IntegerField()
+    tablets_dispensed = serializers.IntegerField()
+    tablets_returned = serializers.IntegerField()
+    tablets_taken = serializers.IntegerField()
+    days_elapsed = serializers.IntegerField()
+    adherence = serializers.DecimalField(max_digits=6, decimal_places=2, allow_null=True)
+
+
+# --- visits ------------------------------------------------------------------------------------
+
+
+def _blinded_kits() -> Prefetch:
+    return Prefetch("kits", queryset=selectors.kits_blinded(Kit.objects.all()).order_by("kit_type"))
+
+
+class VisitList(generics.ListAPIView):
+    serializer_class = VisitSerializer
+
+    @extend_schema(
+        parameters=[OpenApiParameter("participant", OpenApiTypes.INT, description="Only this participant's visits")]
+    )
+    def get(self, request, *args, **kwargs):
+        return super().get(request, *args, **kwargs)
+
+    def get_queryset(self):
+        user = self.request.user
+        access.require(user, Capability.VIEW_PARTICIPANTS)
+        visits = access.scope(Visit.objects.all(), user, Capability.VIEW_PARTICIPANTS)
+        participant = self.request.query_params.get("participant")
+        if participant is not None:
+            participant = access.get_for_user(
+                Participant.objects.all(), user, Capability.VIEW_PARTICIPANTS, pk=participant
+            )
+            visits = visits.filter(participant=participant)
+        return visits.select_related("dose").prefetch_related(_blinded_kits()).order_by("participant_id", "sequence")
+
+
+class VisitDetail(generics.RetrieveAPIView):
+    serializer_class = VisitSerializer
+
+    def get_object(self):
+        visits = Visit.objects.select_related("dose").prefetch_related(_blinded_kits())
+        return access.get_for_user(visits, self.request.user, Capability.VIEW_PARTICIPANTS, pk=self.kwargs["pk"])
+
+
+class VisitRecord(APIView):
+    @extend_schema(request=VisitRecordSerializer, responses={200: VisitRecordResultSerializer})
+    def post(self, request, pk):
+        visit = selectors.visit_for(request.user, pk, Capability.RECORD_VISITS)
+        data = VisitRecordSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        outcome = services.visit_record(visit=visit, recorded_by=request.user, **data.validated_data)
+        fresh = Visit.objects.select_related("dose").prefetch_related(_blinded_kits()).get(pk=visit.pk)
+        payload = {
+            "visit": fresh,
+            "no_kit": outcome.no_kit,
+            "message": str(NoKitAvailable().message) if outcome.no_kit else "",
+        }
+        return Response(VisitRecordResultSerializer(payload).data)
+
+
+class VisitAssignKits(APIView):
+    @extend_schema(request=None, responses={200: BlindedKitSerializer(many=True)})
+    def post(self, request, pk):
+        visit = selectors.visit_for(request.user, pk, Capability.DISPENSE)
+        kits = services.kits_assign(visit=visit, assigned_by=request.user)
+        return Response(
+            BlindedKitSerializer(
+                selectors.kits_blinded(Kit.objects.filter(pk__in=[k.pk for k in kits])), many=True
+            ).data
+        )
+
+
+# --- pharmacy ----------------------------------------------------------------------------------
+
+
+class PharmacyQueueView(APIView):
+    @extend_schema(responses=PharmacyQueueSerializer)
+    def get(self, request):
+        access.require(request.user, Capability.DISPENSE)
+        return Response(PharmacyQueueSerializer(selectors.pharmacy_queue(request.user)).data)
+
+
+def _pharmacy_kit(request, pk) -> Kit:
+    return access.get_for_user(
+        selectors.kits_blinded(Kit.objects.select_related("site")), request.user, Capability.DISPENSE, pk=pk
+    )
+
+
+def _blinded(kit: Kit) -> dict:
+    return BlindedKitSerializer(selectors.kits_blinded(Kit.objects.all()).get(pk=kit.pk)).data
+
+
+class KitDispense(APIView):
+    @extend_schema(request=DispenseSerializer, responses={200: BlindedKitSerializer})
+    def post(self, request, pk):
+        kit = _pharmacy_kit(request, pk)
+        data = DispenseSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        services.kit_dispense(kit=kit, label_number=data.validated_data["label_number"], dispensed_by=request.user)
+        return Response(_blinded(kit))
+
+
+class KitReturn(APIView):
+    @extend_schema(request=ReturnSerializer, responses={200: BlindedKitSerializer})
+    def post(self, request, pk):
+        kit = _pharmacy_kit(request, pk)
+        data = ReturnSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        services.kit_return(kit=kit, returned_by=request.user, **data.validated_data)
+        return Response(_blinded(kit))
+
+
+class KitExcursion(APIView):
+    @extend_schema(request=ExcursionSerializer, responses={200: BlindedKitSerializer})
+    def post(self, request, pk):
+        kit = _pharmacy_kit(request, pk)
+        data = ExcursionSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        services.kit_report_excursion(kit=kit, reported_by=request.user, description=data.validated_data["description"])
+        return Response(_blinded(kit))
+
+
+class ShipmentReceive(APIView):
+    @extend_schema(request=None, responses={200: ShipmentSerializer})
+    def post(self, request, pk):
+        shipment = access.get_for_user(Shipment.objects.all(), request.user, Capability.DISPENSE, pk=pk)
+        services.shipment_receive(shipment=shipment, received_by=request.user)
+        shipment = Shipment.objects.select_related("site").get(pk=shipment.pk)
+        shipment.kit_count = shipment.kits.count()
+        return Response(ShipmentSerializer(shipment).data)
+
+
+class KitList(generics.ListAPIView):
+    """Kits at the user's sites, blinded: for pharmacists and supply managers alike."""
+
+    serializer_class = BlindedKitSerializer
+
+    def get_queryset(self):
+        user = self.request.user
+        sites = access.site_ids_with(user, Capability.DISPENSE) | access.site_ids_with(user, Capability.MANAGE_SUPPLY)
+        if not sites:
+            raise Http404("Not found")
+        return selectors.kits_blinded(Kit.objects.filter(site_id__in=sites)).order_by("kit_number")
+
+
+class KitAccountabilityList(generics.ListAPIView):
+    serializer_class = KitAccountabilitySerializer
+
+    def get_queryset(self):
+        user = self.request.user
+        if not (access.can(user, Capability.DISPENSE) or access.can(user, Capability.MANAGE_SUPPLY)):
+            raise Http404("Not found")
+        return selectors.kit_accountability(user)
+
+
+class ParticipantAccountabilityList(APIView):
+    @extend_schema(responses=ParticipantAccountabilitySerializer(many=True))
+    def get(self, request):
+        user = request.user
+        if not (access.can(user, Capability.DISPENSE) or access.can(user, Capability.MANAGE_SUPPLY)):
+            raise Http404("Not found")
+        return Response(ParticipantAccountabilitySerializer(selectors.participant_accountability(user), many=True).data)
+
+
+# --- supply (unblinded) ------------------------------------------------------------------------
+
+
+class SupplyKitList(generics.ListAPIView):
+    """Every kit in the depot and at the user's supply sites, with content."""
+
+    serializer_class = SupplyKitSerializer
+
+    def get_queryset(self):
+        _require_supply(self.request.user)
+        sites = _supply_sites(self.request.user).values_list("pk", flat=True)
+        return (
+            Kit.objects.filter(Q(site__isnull=True) | Q(site_id__in=list(sites)))
+            .select_related("site")
+            .order_by("kit_number")
+        )
+
+
+class SupplyStock(APIView):
+    @extend_schema(responses=StockLineSerializer(many=True))
+    def get(self, request):
+        _require_supply(request.user)
+        return Response(StockLineSerializer(selectors.stock_by_site(request.user), many=True).data)
+
+
+class KitImport(APIView):
+    parser_classes = [MultiPartParser]
+
+    @extend_schema(request={"multipart/form-data": KitImportSerializer}, responses={201: KitImportResultSerializer})
+    def post(self, request):
+        _require_supply(request.user)
+        data = KitImportSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        upload = data.validated_data["file"]
+        if upload.size > MAX_KIT_LIST_BYTES:
+            raise KitListInvalid(["The file is larger than 2 MB."])
+        try:
+            text = upload.read().decode("utf-8")
+        except UnicodeDecodeError:
+            raise KitListInvalid(["The file is not UTF-8 text."]) from None
+        trial = _supply_sites(request.user).select_related("trial").first().trial
+        kits = services.kits_import(csv_text=text, imported_by=request.user, trial=trial)
+        return Response({"imported": len(kits)}, status=status.HTTP_201_CREATED)
+
+
+class ShipmentCreate(APIView):
+    @extend_schema(request=ShipmentCreateSerializer, responses={201: ShipmentSerializer})
+    def post(self, request):
+        _require_supply(request.user)
+        data = ShipmentCreateSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        site = access.get_object_or_404(_supply_sites(request.user), code=data.validated_data.pop("site"))
+        shipment = services.shipment_create(site=site, shipped_by=request.user, **data.validated_data)
+        shipment.kit_count = shipment.kits.count()
+        return Response(ShipmentSerializer(shipment).data, status=status.HTTP_201_CREATED)
+
+
+class _QuarantineDecision(APIView):
+    decision = ""
+
+    @extend_schema(request=ReasonSerializer, responses={200: SupplyKitSerializer})
+    def post(self, request, pk):
+        _require_supply(request.user)
+        kit = access.get_for_user(Kit.objects.all(), request.user, Capability.MANAGE_SUPPLY, pk=pk)
+        data = ReasonSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        reason = data.validated_data["reason"]
+        if self.decision == "release":
+            kit = services.kit_release(kit=kit, released_by=request.user, reason=reason)
+        else:
+            kit = services.kit_destroy(kit=kit, destroyed_by=request.user, reason=reason)
+        return Response(SupplyKitSerializer(Kit.objects.select_related("site").get(pk=kit.pk)).data)
+
+
+class KitRelease(_QuarantineDecision):
+    decision = "release"
+
+
+class KitDestroy(_QuarantineDecision):
+    decision = "destroy"

@@ -1,0 +1,235 @@
+"""Reads of visits, kits and stock, scoped by `trialsite.access`. Everything a blinded user
+reads from here leaves out kit content: only `stock_by_site` (for supply managers, who may
+view allocation) groups by it."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+from decimal import Decimal
+
+from django.db.models import Count, Prefetch, Q, QuerySet
+from django.utils import timezone
+
+from dosing.dose import adherence
+from dosing.models import DoseRecord, Kit, KitStatus, KitType, Shipment, Visit, VisitKind, VisitStatus
+from enrollment.models import Participant
+from trialsite import access
+from trialsite.access import Capability
+from trialsite.models import Site
+
+# Fields a blinded user may read of a kit. `content` is not among them.
+BLINDED_KIT_FIELDS = (
+    "id",
+    "kit_number",
+    "kit_type",
+    "lot",
+    "expiry",
+    "status",
+    "site_id",
+    "participant_id",
+    "visit_id",
+    "assigned_at",
+    "dispensed_at",
+    "returned_on",
+    "tablets_returned",
+    "status_note",
+)
+
+
+def visits_for(user, participant: Participant) -> QuerySet[Visit]:
+    """The participant's plan, with dose and assigned kits, in a constant number of queries."""
+    access.get_for_user(Participant.objects.all(), user, Capability.VIEW_PARTICIPANTS, pk=participant.pk)
+    return (
+        Visit.objects.filter(participant=participant)
+        .select_related("dose")
+        .prefetch_related(Prefetch("kits", queryset=Kit.objects.only(*BLINDED_KIT_FIELDS).order_by("kit_type")))
+        .order_by("sequence")
+    )
+
+
+def visit_for(user, pk, capability: str = Capability.VIEW_PARTICIPANTS) -> Visit:
+    visits = Visit.objects.select_related("participant", "site__trial", "dose")
+    return access.get_for_user(visits, user, capability, pk=pk)
+
+
+def kits_blinded(queryset: QuerySet[Kit]) -> QuerySet[Kit]:
+    """Never load the content column for blinded reads, so no template or serializer can leak it."""
+    return queryset.only(*BLINDED_KIT_FIELDS)
+
+
+def kit_for(user, pk, capability: str) -> Kit:
+    kits = Kit.objects.select_related("site")
+    if not access.can(user, Capability.VIEW_ALLOCATION):
+        kits = kits.defer("content")
+    return access.get_for_user(kits, user, capability, pk=pk)
+
+
+@dataclasses.dataclass
+class PharmacyQueue:
+    to_dispense: list[Kit]
+    awaiting_return: list[Kit]
+    awaiting_kits: list[Visit]
+    shipments: list[Shipment]
+    quarantined: list[Kit]
+
+
+def pharmacy_queue(user) -> PharmacyQueue:
+    """What the pharmacist has to do at their sites: kits to dispense (assigned, oldest first),
+    dispensed kits to collect back, dosing visits still waiting for a kit, shipments to receive.
+    Kit numbers only; content is never loaded."""
+    site_ids = access.site_ids_with(user, Capability.DISPENSE)
+    kits = kits_blinded(Kit.objects.filter(site_id__in=site_ids)).select_related("participant", "visit__dose")
+    to_dispense = list(kits.filter(status=KitStatus.ASSIGNED).order_by("assigned_at", "visit_id", "kit_type"))
+    awaiting_return = list(kits.filter(status=KitStatus.DISPENSED).order_by("dispensed_at", "kit_type"))
+    quarantined = list(kits.filter(status=KitStatus.QUARANTINED).order_by("kit_number"))
+    # Dosing visits (give/hold) recorded while a kit was missing.
+    awaiting_kits = list(
+        Visit.objects.filter(
+            site_id__in=site_ids,
+            kind=VisitKind.DOSING,
+            status=VisitStatus.COMPLETED,
+            dose__decision__in=["give", "hold"],
+        )
+        .annotate(
+            kit_count=Count(
+                "kits", filter=Q(kits__status__in=[KitStatus.ASSIGNED, KitStatus.DISPENSED, KitStatus.RETURNED])
+            )
+        )
+        .filter(Q(dose__decision="give", kit_count__lt=2) | Q(dose__decision="hold", kit_count__lt=1))
+        .select_related("participant", "dose")
+        .order_by("actual_date", "id")
+    )
+    shipments = list(
+        Shipment.objects.filter(site_id__in=site_ids, received_at__isnull=True)
+        .select_related("site")
+        .annotate(kit_count=Count("kits"))
+        .order_by("shipped_at")
+    )
+    return PharmacyQueue(to_dispense, awaiting_return, awaiting_kits, shipments, quarantined)
+
+
+@dataclasses.dataclass
+class StockLine:
+    site: Site
+    kit_type: str
+    content: str
+    available: int
+    assigned: int
+    quarantined: int
+    expiring_soon: int
+    low: bool
+
+
+def stock_by_site(user, *, today: datetime.date | None = None) -> list[StockLine]:
+    """Unblinded stock per site, type and content, for supply managers only (the caller checks
+    MANAGE_SUPPLY and VIEW_ALLOCATION at each site; this scopes to sites with both)."""
+    today = today or timezone.now().date()
+    site_ids = access.site_ids_with(user, Capability.MANAGE_SUPPLY) & access.site_ids_with(
+        user, Capability.VIEW_ALLOCATION
+    )
+    sites = Site.objects.filter(pk__in=site_ids).select_related("trial").order_by("code")
+    soon = today + datetime.timedelta(days=60)
+    counts = (
+        Kit.objects.filter(site_id__in=site_ids)
+        .values("site_id", "kit_type", "content")
+        .annotate(
+            available=Count("id", filter=Q(status=KitStatus.AT_SITE)),
+            assigned=Count("id", filter=Q(status=KitStatus.ASSIGNED)),
+            quarantined=Count("id", filter=Q(status=KitStatus.QUARANTINED)),
+            expiring_soon=Count("id", filter=Q(status=KitStatus.AT_SITE, expiry__lte=soon)),
+        )
+    )
+    by_key = {(row["site_id"], row["kit_type"], row["content"]): row for row in counts}
+    lines = []
+    for site in sites:
+        kits = site.trial.definition.get("kits") or {}
+        threshold = int(kits.get("low_stock_threshold", 0))
+        for kit_type in kits.get("types", KitType.values):
+            for content in ("active", "placebo"):
+                row = by_key.get((site.pk, kit_type, content), {})
+                available = row.get("available", 0)
+                lines.append(
+                    StockLine(
+                        site=site,
+                        kit_type=kit_type,
+                        content=content,
+                        available=available,
+                        assigned=row.get("assigned", 0),
+                        quarantined=row.get("quarantined", 0),
+                        expiring_soon=row.get("expiring_soon", 0),
+                        low=available < threshold,
+                    )
+                )
+    return lines
+
+
+def depot_stock() -> list[dict]:
+    return list(
+        Kit.objects.filter(site__isnull=True, status=KitStatus.IN_DEPOT)
+        .values("kit_type", "content")
+        .annotate(count=Count("id"))
+        .order_by("kit_type", "content")
+    )
+
+
+def quarantined_kits(user) -> QuerySet[Kit]:
+    return access.scope(
+        Kit.objects.filter(status=KitStatus.QUARANTINED).select_related("site"), user, Capability.MANAGE_SUPPLY
+    ).order_by("kit_number")
+
+
+@dataclasses.dataclass
+class ParticipantAccountability:
+    participant: Participant
+    dispensed: int
+    returned: int
+    tablets_dispensed: int
+    tablets_returned: int
+    tablets_taken: int
+    days_elapsed: int
+    adherence: Decimal | None
+
+
+def kit_accountability(user) -> QuerySet[Kit]:
+    """Every kit given to a participant at the user's sites, blinded (no content)."""
+    sites = access.site_ids_with(user, Capability.DISPENSE) | access.site_ids_with(user, Capability.MANAGE_SUPPLY)
+    return (
+        kits_blinded(Kit.objects.filter(site_id__in=sites, participant__isnull=False))
+        .select_related("participant", "visit", "site__trial")
+        .order_by("participant__randomization_number", "visit__sequence", "kit_type")
+    )
+
+
+def participant_accountability(user) -> list[ParticipantAccountability]:
+    """Per participant: kits dispensed and returned, tablets counted and adherence (tablets taken
+    per day between dispensing and return, over returned tablet kits)."""
+    rows: dict[int, ParticipantAccountability] = {}
+    kits = list(kit_accountability(user).filter(status__in=[KitStatus.DISPENSED, KitStatus.RETURNED]))
+    for kit in kits:
+        per_kit = int(kit.site.trial.dosing["tablet"]["tablets_per_kit"])
+        row = rows.setdefault(kit.participant_id, ParticipantAccountability(kit.participant, 0, 0, 0, 0, 0, 0, None))
+        row.dispensed += 1
+        if kit.status == KitStatus.RETURNED:
+            row.returned += 1
+        if kit.kit_type == KitType.TABLET and kit.status == KitStatus.RETURNED and kit.tablets_returned is not None:
+            dispensed_on = timezone.localtime(kit.dispensed_at, kit.site.zone).date()
+            row.tablets_dispensed += per_kit
+            row.tablets_returned += kit.tablets_returned
+            row.tablets_taken += per_kit - kit.tablets_returned
+            row.days_elapsed += (kit.returned_on - dispensed_on).days
+    for row in rows.values():
+        row.adherence = adherence(tablets_taken=row.tablets_taken, days_elapsed=row.days_elapsed)
+    return sorted(rows.values(), key=lambda row: row.participant.label)
+
+
+def kit_adherence(kit: Kit) -> Decimal | None:
+    if kit.kit_type != KitType.TABLET or kit.tablets_returned is None or kit.dispensed_at is None:
+        return None
+    per_kit = int(kit.site.trial.dosing["tablet"]["tablets_per_kit"])
+    days = (kit.returned_on - timezone.localtime(kit.dispensed_at, kit.site.zone).date()).days
+    return adherence(tablets_taken=per_kit - kit.tablets_returned, days_elapsed=days)
+
+
+def doses_for(participant: Participant) -> QuerySet[DoseRecord]:
+    return DoseRecord.objects.filter(participant=participant).select_related("visit").order_by("visit__sequence")

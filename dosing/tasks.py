@@ -1,0 +1,16 @@
+"""Periodic housekeeping of visits and kits. Thin and idempotent: each run calls the service,
+which changes only what is still due, so a retry or a second worker changes nothing."""
+
+from celery import shared_task
+
+from dosing import services
+
+
+@shared_task(autoretry_for=(Exception,), retry_backoff=True, max_retries=5)
+def mark_missed_visits() -> int:
+    return services.visits_mark_missed()
+
+
+@shared_task(autoretry_for=(Exception,), retry_backoff=True, max_retries=5)
+def expire_kits() -> int:
+    return services.kits_expire()

@@ -1,0 +1,265 @@
+"""Web pages for visits, the pharmacy and supply. Thin: check access, call the service, show
+the refusal at its field. Pharmacy pages read kits through blinded selectors only."""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.utils.translation import gettext as _
+from django.views.decorators.http import require_POST
+
+from dosing import selectors, services
+from dosing.exceptions import KitListInvalid, NoKitAvailable
+from dosing.forms import (
+    DispenseForm,
+    ExcursionForm,
+    KitImportForm,
+    QuarantineDecisionForm,
+    ReturnForm,
+    ShipmentForm,
+    VisitRecordForm,
+)
+from dosing.models import Kit, Shipment
+from trialsite import access
+from trialsite.access import Capability
+from trialsite.exceptions import TrialRuleError
+
+MAX_KIT_LIST_BYTES = 2 * 1024 * 1024
+
+
+def _form_error(form, error: TrialRuleError) -> None:
+    field = error.field if error.field in form.fields else None
+    form.add_error(field, str(error.message))
+    for line in getattr(error, "errors", []):
+        form.add_error(field, line)
+
+
+@login_required
+def visit_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    visit = selectors.visit_for(request.user, pk)
+    kits = selectors.kits_blinded(visit.kits.all()).order_by("kit_type")
+    return render(
+        request,
+        "dosing/visit_detail.html",
+        {
+            "visit": visit,
+            "dose": getattr(visit, "dose", None),
+            "kits": kits,
+            "may_record": access.can(request.user, Capability.RECORD_VISITS, visit.site_id),
+        },
+    )
+
+
+@login_required
+def visit_record(request: HttpRequest, pk: int) -> HttpResponse:
+    visit = selectors.visit_for(request.user, pk, Capability.RECORD_VISITS)
+    form = VisitRecordForm(request.POST or None, dosing=visit.is_dosing)
+    if request.method == "POST" and form.is_valid():
+        try:
+            outcome = services.visit_record(visit=visit, recorded_by=request.user, **form.cleaned_data)
+        except TrialRuleError as error:
+            _form_error(form, error)
+        else:
+            messages.success(request, _("Visit %(code)s recorded.") % {"code": visit.code})
+            if outcome.no_kit:
+                messages.error(request, str(NoKitAvailable().message))
+            return redirect("visit-detail", pk=visit.pk)
+    return render(request, "dosing/visit_record.html", {"visit": visit, "form": form})
+
+
+@login_required
+def pharmacy(request: HttpRequest) -> HttpResponse:
+    access.require(request.user, Capability.DISPENSE)
+    return render(
+        request,
+        "dosing/pharmacy.html",
+        {
+            "queue": selectors.pharmacy_queue(request.user),
+            "dispense_form": DispenseForm(),
+            "return_form": ReturnForm(),
+            "excursion_form": ExcursionForm(),
+        },
+    )
+
+
+def _pharmacy_kit(request, pk) -> Kit:
+    return access.get_for_user(
+        selectors.kits_blinded(Kit.objects.select_related("site")), request.user, Capability.DISPENSE, pk=pk
+    )
+
+
+def _pharmacy_post(request, pk, form_class, action, success) -> HttpResponse:
+    kit = _pharmacy_kit(request, pk)
+    form = form_class(request.POST)
+    if form.is_valid():
+        try:
+            action(kit, form.cleaned_data)
+        except TrialRuleError as error:
+            _form_error(form, error)
+        else:
+            messages.success(request, success % {"number": kit.kit_number})
+            return redirect("pharmacy")
+    for errors in form.errors.values():
+        for error in errors:
+            messages.error(request, f"{kit.kit_number}: {error}")
+    return redirect("pharmacy")
+
+
+@login_required
+@require_POST
+def kit_dispense(request: HttpRequest, pk: int) -> HttpResponse:
+    return _pharmacy_post(
+        request,
+        pk,
+        DispenseForm,
+        lambda kit, data: services.kit_dispense(kit=kit, label_number=data["label_number"], dispensed_by=request.user),
+        _("Kit %(number)s dispensed."),
+    )
+
+
+@login_required
+@require_POST
+def kit_return(request: HttpRequest, pk: int) -> HttpResponse:
+    return _pharmacy_post(
+        request,
+        pk,
+        ReturnForm,
+        lambda kit, data: services.kit_return(kit=kit, returned_by=request.user, **data),
+        _("Return of kit %(number)s recorded."),
+    )
+
+
+@login_required
+@require_POST
+def kit_excursion(request: HttpRequest, pk: int) -> HttpResponse:
+    return _pharmacy_post(
+        request,
+        pk,
+        ExcursionForm,
+        lambda kit, data: services.kit_report_excursion(
+            kit=kit, reported_by=request.user, description=data["description"]
+        ),
+        _("Kit %(number)s quarantined."),
+    )
+
+
+@login_required
+@require_POST
+def visit_assign_kits(request: HttpRequest, pk: int) -> HttpResponse:
+    visit = selectors.visit_for(request.user, pk, Capability.DISPENSE)
+    try:
+        services.kits_assign(visit=visit, assigned_by=request.user)
+    except TrialRuleError as error:
+        messages.error(request, str(error.message))
+    else:
+        messages.success(request, _("Kits assigned for visit %(code)s.") % {"code": visit.code})
+    return redirect("pharmacy")
+
+
+@login_required
+@require_POST
+def shipment_receive(request: HttpRequest, pk: int) -> HttpResponse:
+    shipment = access.get_for_user(Shipment.objects.all(), request.user, Capability.DISPENSE, pk=pk)
+    try:
+        services.shipment_receive(shipment=shipment, received_by=request.user)
+    except TrialRuleError as error:
+        messages.error(request, str(error.message))
+    else:
+        messages.success(request, _("Shipment %(number)s received.") % {"number": shipment.pk})
+    return redirect("pharmacy")
+
+
+@login_required
+def accountability(request: HttpRequest) -> HttpResponse:
+    if not (access.can(request.user, Capability.DISPENSE) or access.can(request.user, Capability.MANAGE_SUPPLY)):
+        raise Http404("Not found")
+    kits = list(selectors.kit_accountability(request.user))
+    for kit in kits:
+        kit.adherence = selectors.kit_adherence(kit)
+    return render(
+        request,
+        "dosing/accountability.html",
+        {"kits": kits, "participants": selectors.participant_accountability(request.user)},
+    )
+
+
+def _require_supply(user) -> None:
+    """Supply pages show content: both capabilities are needed."""
+    if not (access.can(user, Capability.MANAGE_SUPPLY) and access.can(user, Capability.VIEW_ALLOCATION)):
+        raise Http404("Not found")
+
+
+def _supply_sites(user):
+    return access.sites_for(user, Capability.MANAGE_SUPPLY).filter(
+        pk__in=access.site_ids_with(user, Capability.VIEW_ALLOCATION)
+    )
+
+
+@login_required
+def supply(request: HttpRequest) -> HttpResponse:
+    _require_supply(request.user)
+    import_form = KitImportForm()
+    ship_form = ShipmentForm(sites=_supply_sites(request.user))
+    if request.method == "POST" and request.POST.get("action") == "import":
+        import_form = KitImportForm(request.POST, request.FILES)
+        if import_form.is_valid():
+            upload = import_form.cleaned_data["file"]
+            try:
+                if upload.size > MAX_KIT_LIST_BYTES:
+                    raise KitListInvalid([_("The file is larger than 2 MB.")])
+                try:
+                    text = upload.read().decode("utf-8")
+                except UnicodeDecodeError:
+                    raise KitListInvalid([_("The file is not UTF-8 text.")]) from None
+                site = _supply_sites(request.user).select_related("trial").first()
+                kits = services.kits_import(csv_text=text, imported_by=request.user, trial=site.trial)
+            except TrialRuleError as error:
+                _form_error(import_form, error)
+            else:
+                messages.success(request, _("%(count)s kits imported into the depot.") % {"count": len(kits)})
+                return redirect("supply")
+    elif request.method == "POST" and request.POST.get("action") == "ship":
+        ship_form = ShipmentForm(request.POST, sites=_supply_sites(request.user))
+        if ship_form.is_valid():
+            try:
+                shipment = services.shipment_create(shipped_by=request.user, **ship_form.cleaned_data)
+            except TrialRuleError as error:
+                _form_error(ship_form, error)
+            else:
+                messages.success(request, _("Shipment %(number)s sent.") % {"number": shipment.pk})
+                return redirect("supply")
+    return render(
+        request,
+        "dosing/supply.html",
+        {
+            "stock": selectors.stock_by_site(request.user),
+            "depot": selectors.depot_stock(),
+            "quarantined": selectors.quarantined_kits(request.user),
+            "import_form": import_form,
+            "ship_form": ship_form,
+            "decision_form": QuarantineDecisionForm(),
+        },
+    )
+
+
+@login_required
+@require_POST
+def kit_quarantine_decision(request: HttpRequest, pk: int, decision: str) -> HttpResponse:
+    _require_supply(request.user)
+    kit = access.get_for_user(Kit.objects.all(), request.user, Capability.MANAGE_SUPPLY, pk=pk)
+    form = QuarantineDecisionForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, _("Give a reason."))
+        return redirect("supply")
+    try:
+        if decision == "release":
+            services.kit_release(kit=kit, released_by=request.user, reason=form.cleaned_data["reason"])
+        else:
+            services.kit_destroy(kit=kit, destroyed_by=request.user, reason=form.cleaned_data["reason"])
+    except TrialRuleError as error:
+        messages.error(request, str(error.message))
+    else:
+        messages.success(request, _("Kit %(number)s updated.") % {"number": kit.kit_number})
+    return redirect("supply")
