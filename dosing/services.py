@@ -346,6 +346,8 @@ def kits_assign(*, visit: Visit, assigned_by) -> list[Kit]:
         visit = Visit.objects.select_related("participant", "site__trial").get(pk=visit.pk)
         if not visit.is_dosing or visit.status != VisitStatus.COMPLETED:
             raise VisitNotOpen(_("Kits are assigned only at a recorded dosing visit."))
+        if visit.participant.status != ParticipantStatus.RANDOMIZED:
+            raise VisitNotOpen(_("Only a randomized participant still in the trial can receive kits."))
         if DoseRecord.objects.filter(visit=visit, decision=Decision.STOP).exists():
             raise TreatmentStopped()
         have = set(
