@@ -256,3 +256,11 @@ def test_accountability_counts_returned_tablets_and_adherence(two_arms, cast, ap
     row = next(row for row in rows if row["participant"] == two_arms[0].label)
     # 35 - 14 = 21 tablets taken over 28 days.
     assert (row["tablets_taken"], row["days_elapsed"], row["adherence"]) == (21, 28, "0.75")
+
+
+def test_the_audit_trail_blinds_kit_content_for_the_monitor(two_arms, cast, api_for):
+    kit = Kit.objects.filter(status=KitStatus.ASSIGNED).first()
+    events = api_for(cast.monitor).get(f"/api/v1/audit-events/?table=dosing_kit&pk={kit.pk}").json()["results"]
+    assert events
+    assert all(event["new_values"]["content"] == "■ blinded" for event in events if event["new_values"])
+    assert_blind(str(events))

@@ -1,0 +1,86 @@
+"""The pharmacist, in a real browser, dispenses the kits assigned at today's visit by typing
+the number read off each label; a wrong number is refused and nothing on the page names a
+content."""
+
+import re
+from decimal import Decimal
+from pathlib import Path
+
+from django.conf import settings
+from django.test import Client
+from django.utils import timezone
+
+from dosing import services
+from dosing.models import Kit, KitStatus
+from tests import dosing_factories as df
+
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def test_the_pharmacist_dispenses_by_the_label_number_and_a_mismatch_is_refused(
+    site, cast, live_server, request, monkeypatch
+):
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    from playwright.sync_api import sync_playwright
+
+    today = timezone.localdate(timezone=site.zone)
+    participant = df.randomized_participant(site, arm_code="TOC", by=cast.coordinator, day0=today)
+    infusion = df.make_kit(kit_type="INF", content="active", site=site, number="K4F7-3019")
+    tablets = df.make_kit(kit_type="TAB", content="placebo", site=site, number="K9B2-5521")
+    services.visit_record(
+        visit=participant.visits.get(code="C1"),
+        actual_date=today,
+        recorded_by=cast.coordinator,
+        weight_kg=Decimal("72.5"),
+        neutrophils=2500,
+        platelets=180000,
+        alt_uln=Decimal("0.8"),
+        ast_uln=Decimal("0.9"),
+    )
+    client = Client()
+    client.force_login(cast.pharmacist)
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS)
+        context = browser.new_context()
+        context.add_cookies(
+            [
+                {
+                    "name": settings.SESSION_COOKIE_NAME,
+                    "value": client.cookies[settings.SESSION_COOKIE_NAME].value,
+                    "url": live_server.url,
+                }
+            ]
+        )
+        page = context.new_page()
+        page.goto(f"{live_server.url}/pharmacy/")
+        body = page.locator("main").inner_text()
+        assert "K4F7-3019" in body and "K9B2-5521" in body
+        assert "290" in body and "14.5 mL" in body  # 72.5 kg x 4 mg/kg, at 20 mg/mL
+        assert not re.search(r"\b(active|placebo|tocilizumab|aspirin)\b", body, re.IGNORECASE)
+
+        page.fill(f"#label-{infusion.pk}", "K9B2-5521")
+        page.locator(f"form[action$='/pharmacy/kits/{infusion.pk}/dispense/'] button").click()
+        assert "does not match" in page.locator(".messages").inner_text()
+
+        page.fill(f"#label-{infusion.pk}", "K4F7-3019")
+        page.locator(f"form[action$='/pharmacy/kits/{infusion.pk}/dispense/'] button").click()
+        assert "K4F7-3019 dispensed" in page.locator(".messages").inner_text()
+        page.fill(f"#label-{tablets.pk}", "k9b2-5521")
+        page.locator(f"form[action$='/pharmacy/kits/{tablets.pk}/dispense/'] button").click()
+        assert "Nothing to dispense." in page.locator("main").inner_text()
+
+        screenshots = Path(settings.BASE_DIR) / "var" / "screenshots"
+        screenshots.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(screenshots / f"{request.node.name}.png"), full_page=True)
+        browser.close()
+
+    assert set(Kit.objects.values_list("status", flat=True)) == {KitStatus.DISPENSED}
