@@ -16,7 +16,7 @@ from rest_framework.views import APIView
 from dosing import selectors, services
 from dosing.exceptions import KitListInvalid, NoKitAvailable
 from dosing.models import DoseRecord, Kit, KitContent, KitType, Shipment, Visit
-from dosing.views import MAX_KIT_LIST_BYTES, _require_supply, _supply_sites
+from dosing.views import MAX_KIT_LIST_BYTES
 from enrollment.models import Participant
 from trialsite import access
 from trialsite.access import Capability
@@ -96,8 +96,8 @@ class VisitSerializer(serializers.ModelSerializer):
 
     @extend_schema_field(DoseSerializer(allow_null=True))
     def get_dose(self, visit):
-        dose = getattr(visit, "dose", None) if hasattr(visit, "dose") else None
-        return DoseSerializer(dose).data if dose is not None else None
+        # A visit without a dose record raises on access (reverse one-to-one): hasattr is False.
+        return DoseSerializer(visit.dose).data if hasattr(visit, "dose") else None
 
 
 class VisitRecordSerializer(serializers.Serializer):
@@ -145,10 +145,9 @@ class PharmacyKitSerializer(serializers.ModelSerializer):
 
     @extend_schema_field(PreparationSerializer(allow_null=True))
     def get_preparation(self, kit):
-        dose = getattr(kit.visit, "dose", None) if kit.visit_id and hasattr(kit.visit, "dose") else None
-        if kit.kit_type != KitType.INFUSION or dose is None:
+        if kit.kit_type != KitType.INFUSION or kit.visit_id is None or not hasattr(kit.visit, "dose"):
             return None
-        return PreparationSerializer(dose).data
+        return PreparationSerializer(kit.visit.dose).data
 
 
 class AwaitingKitSerializer(serializers.ModelSerializer):
@@ -421,8 +420,8 @@ class SupplyKitList(generics.ListAPIView):
     serializer_class = SupplyKitSerializer
 
     def get_queryset(self):
-        _require_supply(self.request.user)
-        sites = _supply_sites(self.request.user).values_list("pk", flat=True)
+        selectors.require_supply(self.request.user)
+        sites = selectors.supply_sites(self.request.user).values_list("pk", flat=True)
         return (
             Kit.objects.filter(Q(site__isnull=True) | Q(site_id__in=list(sites)))
             .select_related("site")
@@ -433,7 +432,7 @@ class SupplyKitList(generics.ListAPIView):
 class SupplyStock(APIView):
     @extend_schema(responses=StockLineSerializer(many=True))
     def get(self, request):
-        _require_supply(request.user)
+        selectors.require_supply(request.user)
         return Response(StockLineSerializer(selectors.stock_by_site(request.user), many=True).data)
 
 
@@ -442,7 +441,7 @@ class KitImport(APIView):
 
     @extend_schema(request={"multipart/form-data": KitImportSerializer}, responses={201: KitImportResultSerializer})
     def post(self, request):
-        _require_supply(request.user)
+        selectors.require_supply(request.user)
         data = KitImportSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         upload = data.validated_data["file"]
@@ -452,7 +451,7 @@ class KitImport(APIView):
             text = upload.read().decode("utf-8")
         except UnicodeDecodeError:
             raise KitListInvalid(["The file is not UTF-8 text."]) from None
-        trial = _supply_sites(request.user).select_related("trial").first().trial
+        trial = selectors.supply_sites(request.user).select_related("trial").first().trial
         kits = services.kits_import(csv_text=text, imported_by=request.user, trial=trial)
         return Response({"imported": len(kits)}, status=status.HTTP_201_CREATED)
 
@@ -460,10 +459,10 @@ class KitImport(APIView):
 class ShipmentCreate(APIView):
     @extend_schema(request=ShipmentCreateSerializer, responses={201: ShipmentSerializer})
     def post(self, request):
-        _require_supply(request.user)
+        selectors.require_supply(request.user)
         data = ShipmentCreateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        site = access.get_object_or_404(_supply_sites(request.user), code=data.validated_data.pop("site"))
+        site = access.get_object_or_404(selectors.supply_sites(request.user), code=data.validated_data.pop("site"))
         shipment = services.shipment_create(site=site, shipped_by=request.user, **data.validated_data)
         shipment.kit_count = shipment.kits.count()
         return Response(ShipmentSerializer(shipment).data, status=status.HTTP_201_CREATED)
@@ -474,7 +473,7 @@ class _QuarantineDecision(APIView):
 
     @extend_schema(request=ReasonSerializer, responses={200: SupplyKitSerializer})
     def post(self, request, pk):
-        _require_supply(request.user)
+        selectors.require_supply(request.user)
         kit = access.get_for_user(Kit.objects.all(), request.user, Capability.MANAGE_SUPPLY, pk=pk)
         data = ReasonSerializer(data=request.data)
         data.is_valid(raise_exception=True)

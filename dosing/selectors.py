@@ -9,6 +9,7 @@ import datetime
 from decimal import Decimal
 
 from django.db.models import Count, Prefetch, Q, QuerySet
+from django.http import Http404
 from django.utils import timezone
 
 from dosing.dose import adherence
@@ -119,6 +120,19 @@ class StockLine:
     quarantined: int
     expiring_soon: int
     low: bool
+
+
+def require_supply(user) -> None:
+    """Supply pages and endpoints show content: MANAGE_SUPPLY and VIEW_ALLOCATION are both needed."""
+    if not (access.can(user, Capability.MANAGE_SUPPLY) and access.can(user, Capability.VIEW_ALLOCATION)):
+        raise Http404("Not found")
+
+
+def supply_sites(user) -> QuerySet[Site]:
+    """Sites where the user may manage supply and see content."""
+    return access.sites_for(user, Capability.MANAGE_SUPPLY).filter(
+        pk__in=access.site_ids_with(user, Capability.VIEW_ALLOCATION)
+    )
 
 
 def stock_by_site(user, *, today: datetime.date | None = None) -> list[StockLine]:

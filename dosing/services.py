@@ -272,9 +272,13 @@ def visits_mark_missed(*, today: datetime.date | None = None) -> int:
     for site in Site.objects.all():
         local_today = today or _site_today(site)
         with audit_context(reason="visit window closed without a visit recorded"):
-            marked += Visit.objects.filter(site=site, status=VisitStatus.SCHEDULED, window_end__lt=local_today).update(
-                status=VisitStatus.MISSED
-            )
+            # A withdrawn participant's remaining visits are not "missed": they will not happen.
+            marked += Visit.objects.filter(
+                site=site,
+                status=VisitStatus.SCHEDULED,
+                window_end__lt=local_today,
+                participant__status=ParticipantStatus.RANDOMIZED,
+            ).update(status=VisitStatus.MISSED)
     return marked
 
 

@@ -185,23 +185,11 @@ def accountability(request: HttpRequest) -> HttpResponse:
     )
 
 
-def _require_supply(user) -> None:
-    """Supply pages show content: both capabilities are needed."""
-    if not (access.can(user, Capability.MANAGE_SUPPLY) and access.can(user, Capability.VIEW_ALLOCATION)):
-        raise Http404("Not found")
-
-
-def _supply_sites(user):
-    return access.sites_for(user, Capability.MANAGE_SUPPLY).filter(
-        pk__in=access.site_ids_with(user, Capability.VIEW_ALLOCATION)
-    )
-
-
 @login_required
 def supply(request: HttpRequest) -> HttpResponse:
-    _require_supply(request.user)
+    selectors.require_supply(request.user)
     import_form = KitImportForm()
-    ship_form = ShipmentForm(sites=_supply_sites(request.user))
+    ship_form = ShipmentForm(sites=selectors.supply_sites(request.user))
     if request.method == "POST" and request.POST.get("action") == "import":
         import_form = KitImportForm(request.POST, request.FILES)
         if import_form.is_valid():
@@ -213,7 +201,7 @@ def supply(request: HttpRequest) -> HttpResponse:
                     text = upload.read().decode("utf-8")
                 except UnicodeDecodeError:
                     raise KitListInvalid([_("The file is not UTF-8 text.")]) from None
-                site = _supply_sites(request.user).select_related("trial").first()
+                site = selectors.supply_sites(request.user).select_related("trial").first()
                 kits = services.kits_import(csv_text=text, imported_by=request.user, trial=site.trial)
             except TrialRuleError as error:
                 _form_error(import_form, error)
@@ -221,7 +209,7 @@ def supply(request: HttpRequest) -> HttpResponse:
                 messages.success(request, _("%(count)s kits imported into the depot.") % {"count": len(kits)})
                 return redirect("supply")
     elif request.method == "POST" and request.POST.get("action") == "ship":
-        ship_form = ShipmentForm(request.POST, sites=_supply_sites(request.user))
+        ship_form = ShipmentForm(request.POST, sites=selectors.supply_sites(request.user))
         if ship_form.is_valid():
             try:
                 shipment = services.shipment_create(shipped_by=request.user, **ship_form.cleaned_data)
@@ -247,7 +235,7 @@ def supply(request: HttpRequest) -> HttpResponse:
 @login_required
 @require_POST
 def kit_quarantine_decision(request: HttpRequest, pk: int, decision: str) -> HttpResponse:
-    _require_supply(request.user)
+    selectors.require_supply(request.user)
     kit = access.get_for_user(Kit.objects.all(), request.user, Capability.MANAGE_SUPPLY, pk=pk)
     form = QuarantineDecisionForm(request.POST)
     if not form.is_valid():
