@@ -320,3 +320,11 @@ def test_api_lists_take_the_same_number_of_queries_for_more_rows(two_arms, site,
             )
     dispense_all()
     assert counts() == before
+
+
+def test_the_pharmacy_speaks_simplified_chinese(two_arms, cast, client_for):
+    client = client_for(cast.pharmacist)
+    client.post("/i18n/setlang/", {"language": "zh-hans", "next": "/"})
+    page = client.get("/pharmacy/").content.decode()
+    assert "待发放药盒" in page and "从 100.0 mL 0.9% 氯化钠注射液袋中抽出 12.0 mL" in page
+    assert_blind(page)

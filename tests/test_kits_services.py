@@ -8,7 +8,13 @@ from django.core import mail
 from django.db import connection
 
 from dosing import services
-from dosing.exceptions import IllegalKitTransition, LabelMismatch, NoKitAvailable, OutOfWindowReasonRequired
+from dosing.exceptions import (
+    IllegalKitTransition,
+    LabelMismatch,
+    NoKitAvailable,
+    OutOfWindowReasonRequired,
+    VisitNotOpen,
+)
 from dosing.models import Decision, Kit, KitStatus, Visit, VisitStatus
 from tests import dosing_factories as df
 from trialsite.audit import audit_context
@@ -307,3 +313,20 @@ def test_kits_expire_the_day_after_their_expiry_date_once(site):
     assert services.kits_expire(today=datetime.date(2026, 11, 4)) == 0
     kit.refresh_from_db()
     assert kit.status == KitStatus.EXPIRED
+
+
+def test_a_withdrawn_participants_visits_are_not_marked_missed(site, cast, toc):
+    with audit_context(reason="test: withdrawn"):
+        type(toc).objects.filter(pk=toc.pk).update(status="withdrawn")
+    assert services.visits_mark_missed(today=datetime.date(2027, 1, 1)) == 0
+
+
+def test_a_withdrawn_participant_gets_no_kit(site, cast, toc):
+    df.make_kit(kit_type="INF", site=site)
+    df.make_kit(kit_type="TAB", content="placebo", site=site)
+    with audit_context(reason="test: visit done"):
+        Visit.objects.filter(pk=first_visit(toc).pk).update(status=VisitStatus.COMPLETED, actual_date=DAY0)
+        type(toc).objects.filter(pk=toc.pk).update(status="withdrawn")
+    with pytest.raises(VisitNotOpen):
+        services.kits_assign(visit=first_visit(toc), assigned_by=cast.pharmacist)
+    assert not Kit.objects.filter(status=KitStatus.ASSIGNED).exists()
