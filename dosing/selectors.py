@@ -142,8 +142,11 @@ def stock_by_site(user, *, today: datetime.date | None = None) -> list[StockLine
     site_ids = access.site_ids_with(user, Capability.MANAGE_SUPPLY) & access.site_ids_with(
         user, Capability.VIEW_ALLOCATION
     )
-    sites = Site.objects.filter(pk__in=site_ids).select_related("trial").order_by("code")
-    soon = today + datetime.timedelta(days=60)
+    sites = list(Site.objects.filter(pk__in=site_ids).select_related("trial").order_by("code"))
+    # Not in the protocol file today: `[kits].expiry_warning_days` may set it, 60 days otherwise.
+    kit_rules = (sites[0].trial.definition.get("kits") or {}) if sites else {}
+    warning_days = int(kit_rules.get("expiry_warning_days", 60))
+    soon = today + datetime.timedelta(days=warning_days)
     counts = (
         Kit.objects.filter(site_id__in=site_ids)
         .values("site_id", "kit_type", "content")

@@ -328,3 +328,17 @@ def test_the_pharmacy_speaks_simplified_chinese(two_arms, cast, client_for):
     page = client.get("/pharmacy/").content.decode()
     assert "待发放药盒" in page and "从 100.0 mL 0.9% 氯化钠注射液袋中抽出 12.0 mL" in page
     assert_blind(page)
+
+
+def test_supply_stock_warns_of_low_stock_and_near_expiry_per_content(site, cast, api_for):
+    today = datetime.date.today()
+    for _ in range(4):
+        df.make_kit(kit_type="TAB", content="active", site=site, expiry=today + datetime.timedelta(days=400))
+    df.make_kit(kit_type="TAB", content="placebo", site=site, expiry=today + datetime.timedelta(days=30))
+    stock = {
+        (row["kit_type"], row["content"]): row
+        for row in api_for(cast.supply_manager).get("/api/v1/supply/stock/").json()
+    }
+    assert (stock["TAB", "active"]["available"], stock["TAB", "active"]["low"]) == (4, False)
+    assert (stock["TAB", "placebo"]["low"], stock["TAB", "placebo"]["expiring_soon"]) == (True, 1)
+    assert stock["INF", "active"]["low"] and stock["INF", "active"]["available"] == 0
