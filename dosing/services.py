@@ -47,7 +47,7 @@ from randomization.selectors import allocated_arm
 from trialsite import access
 from trialsite.access import Capability
 from trialsite.audit import audit_context
-from trialsite.exceptions import Conflict, TrialRuleError
+from trialsite.exceptions import Conflict, ReasonRequired, TrialRuleError
 from trialsite.models import Site
 
 
@@ -119,10 +119,14 @@ def visit_schedule_create(*, participant: Participant, day0: datetime.date) -> l
         )
 
 
-def visit_reschedule(*, visit: Visit, target_date: datetime.date) -> Visit:
-    """Move one scheduled visit to a new target date, keeping the width of its window. Must run
-    inside an audit context with a reason (the target date is a clinical value)."""
-    with transaction.atomic():
+def visit_reschedule(*, visit: Visit, target_date: datetime.date, rescheduled_by, reason: str) -> Visit:
+    """Move one scheduled visit to a new target date, keeping the width of its window. The dates
+    are clinical values: a reason is required and recorded. Hook for reminders: the visit's
+    reminder rows change in this same transaction."""
+    reason = (reason or "").strip()
+    if not reason:
+        raise ReasonRequired()
+    with audit_context(actor=rescheduled_by, reason=reason):
         visit = Visit.objects.select_for_update().get(pk=visit.pk)
         if visit.status != VisitStatus.SCHEDULED:
             raise VisitNotOpen(field="target_date")

@@ -7,6 +7,7 @@ from dosing.models import Visit, VisitKind, VisitStatus
 from dosing.services import visit_plan, visit_reschedule, visit_schedule_create
 from tests import factories
 from trialsite.audit import audit_context
+from trialsite.exceptions import ReasonRequired
 from trialsite.models import AuditEvent, Role
 
 DAY0 = datetime.date(2026, 11, 3)
@@ -118,7 +119,16 @@ def test_a_schedule_cannot_be_created_twice(participant, coordinator):
 def test_rescheduling_a_visit_moves_its_window_with_it(participant, coordinator):
     second = schedule(participant, coordinator)[1]
 
-    with audit_context(actor=coordinator, reason="public holiday"):
-        moved = visit_reschedule(visit=second, target_date=datetime.date(2026, 12, 3))
+    moved = visit_reschedule(
+        visit=second, target_date=datetime.date(2026, 12, 3), rescheduled_by=coordinator, reason="public holiday"
+    )
 
     assert (moved.window_start, moved.window_end) == (datetime.date(2026, 11, 30), datetime.date(2026, 12, 6))
+    change = AuditEvent.objects.filter(table_name="dosing_visit", record_pk=str(second.pk)).last()
+    assert (change.reason, change.actor) == ("public holiday", coordinator)
+
+
+def test_rescheduling_needs_a_reason(participant, coordinator):
+    second = schedule(participant, coordinator)[1]
+    with pytest.raises(ReasonRequired):
+        visit_reschedule(visit=second, target_date=datetime.date(2026, 12, 3), rescheduled_by=coordinator, reason=" ")
