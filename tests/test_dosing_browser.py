@@ -6,6 +6,7 @@ import re
 from decimal import Decimal
 from pathlib import Path
 
+import pytest
 from django.conf import settings
 from django.test import Client
 from django.utils import timezone
@@ -25,6 +26,7 @@ CHROMIUM_ARGS = [
 ]
 
 
+@pytest.mark.browser
 def test_the_pharmacist_dispenses_by_the_label_number_and_a_mismatch_is_refused(
     site, cast, live_server, request, monkeypatch
 ):
