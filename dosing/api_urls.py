@@ -1,4 +1,4 @@
-from django.urls import path
+from django.urls import include, path
 
 from dosing import api
 
@@ -25,4 +25,5 @@ urlpatterns = [
     path("supply/kits/<int:pk>/destroy/", api.KitDestroy.as_view(), name="api-supply-kit-destroy"),
     path("supply/stock/", api.SupplyStock.as_view(), name="api-supply-stock"),
     path("supply/shipments/", api.ShipmentCreate.as_view(), name="api-supply-shipments"),
+    path("", include("dosing.reminders.api_urls")),
 ]

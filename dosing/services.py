@@ -42,6 +42,7 @@ from dosing.models import (
     VisitKind,
     VisitStatus,
 )
+from dosing.reminders.services import reminders_plan, reminders_replan
 from enrollment.models import Participant, ParticipantStatus
 from randomization.selectors import allocated_arm
 from trialsite import access
@@ -111,18 +112,20 @@ def visit_plan(*, visits_rules: dict, day0: datetime.date) -> list[dict]:
 def visit_schedule_create(*, participant: Participant, day0: datetime.date) -> list[Visit]:
     """Create the participant's visit plan. Called inside the randomization transaction and its
     audit context; the savepoint here keeps the plan all-or-nothing when called on its own.
-    Hook for reminders: rows for the new visits belong in the same transaction."""
+    Its reminders are written to the outbox in the same transaction, so none can be lost."""
     with transaction.atomic():
         plan = visit_plan(visits_rules=participant.site.trial.visits, day0=day0)
-        return Visit.objects.bulk_create(
+        visits = Visit.objects.bulk_create(
             [Visit(participant=participant, site_id=participant.site_id, **visit) for visit in plan]
         )
+        reminders_plan(visits=visits, participant=participant)
+        return visits
 
 
 def visit_reschedule(*, visit: Visit, target_date: datetime.date, rescheduled_by, reason: str) -> Visit:
     """Move one scheduled visit to a new target date, keeping the width of its window. The dates
-    are clinical values: a reason is required and recorded. Hook for reminders: the visit's
-    reminder rows change in this same transaction."""
+    are clinical values: a reason is required and recorded. The visit's reminders are planned
+    again in this same transaction."""
     reason = (reason or "").strip()
     if not reason:
         raise ReasonRequired()
@@ -135,6 +138,7 @@ def visit_reschedule(*, visit: Visit, target_date: datetime.date, rescheduled_by
         visit.window_start += shift
         visit.window_end += shift
         visit.save(update_fields=["target_date", "window_start", "window_end"])
+        reminders_replan(visit=visit, reason=f"visit rescheduled: {reason}")
         return visit
 
 

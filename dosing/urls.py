@@ -1,4 +1,4 @@
-from django.urls import path
+from django.urls import include, path
 
 from dosing import views
 
@@ -25,4 +25,5 @@ urlpatterns = [
         {"decision": "destroy"},
         name="kit-destroy",
     ),
+    path("", include("dosing.reminders.urls")),
 ]

@@ -10,4 +10,5 @@ NAVIGATION = [
     (_("Reports"), "reports", Capability.EXPORT_REPORTS),
     (_("Pharmacy"), "pharmacy", Capability.DISPENSE),
     (_("Kit supply"), "supply", Capability.MANAGE_SUPPLY),
+    (_("Reminders"), "reminder-list", Capability.VIEW_PARTICIPANTS),
 ]

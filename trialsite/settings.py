@@ -82,6 +82,7 @@ INSTALLED_APPS = [
     "enrollment",
     "randomization",
     "dosing",
+    "dosing.reminders",
     "reports",
 ]
 
@@ -245,7 +246,13 @@ CELERY_BEAT_SCHEDULE: dict = {
     # Hourly, so every site's midnight is caught within the hour; both tasks are idempotent.
     "dosing-mark-missed-visits": {"task": "dosing.tasks.mark_missed_visits", "schedule": 3600.0},
     "dosing-expire-kits": {"task": "dosing.tasks.expire_kits", "schedule": 3600.0},
+    # Every minute: hand due reminders to the workers (a reminder is late by a minute at most).
+    "reminders-dispatch": {"task": "dosing.reminders.tasks.dispatch_due_reminders", "schedule": 60.0},
 }
+# A reminder claimed by a worker that then died is taken over after this long; one handed to
+# the broker and never claimed (the broker was down, the message lost) is handed over again.
+REMINDER_CLAIM_LEASE_SECONDS = envint("REMINDER_CLAIM_LEASE_SECONDS", "600")
+REMINDER_REQUEUE_SECONDS = envint("REMINDER_REQUEUE_SECONDS", "300")
 
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
