@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
 
-.PHONY: run test bench lint format
+.PHONY: run test bench format
 
 $(STAMP): pyproject.toml
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -21,3 +21,9 @@ test: $(STAMP)
 format: $(STAMP)
 	$(VENV)/bin/python -m ruff format .
 	$(VENV)/bin/python -m ruff check --fix .
+
+# Figures, not tests: each script prints one line per figure (median of several runs).
+bench: $(STAMP)
+	$(VENV)/bin/python bench/reminder_scan_bench.py
+	$(VENV)/bin/python bench/export_bench.py
+	$(VENV)/bin/python bench/http_bench.py
