@@ -179,7 +179,7 @@ def due_reminder_ids(*, now: datetime.datetime, batch_size: int, after_id: int =
     )
 
 
-def reminders_dispatch(*, now: datetime.datetime | None = None, batch_size: int = 500) -> int:
+def reminders_dispatch(*, now: datetime.datetime | None = None, batch_size: int = 2000) -> int:
     """Hand every due reminder to the broker, one task each. Returns how many were handed over.
     If the broker is down, the rows stay as they are and the next run tries again."""
     from dosing.reminders.tasks import send_reminder
@@ -193,8 +193,10 @@ def reminders_dispatch(*, now: datetime.datetime | None = None, batch_size: int 
         if not ids:
             return handed_over
         try:
-            for reminder_id in ids:
-                send_reminder.apply_async(args=[reminder_id], retry=False)
+            # One connection for the whole batch, not one per message.
+            with send_reminder.app.producer_or_acquire() as producer:
+                for reminder_id in ids:
+                    send_reminder.apply_async(args=[reminder_id], retry=False, producer=producer)
         except Exception as error:  # the broker is unreachable: leave the rows for the next run
             logger.warning("reminder dispatch: broker unavailable (%s); %d rows wait", type(error).__name__, len(ids))
             return handed_over
