@@ -1,0 +1,239 @@
+"""HTTP benchmarks with gunicorn serving the app under the production settings, on loopback:
+
+1. randomization throughput with 8, 32 and 64 concurrent clients (2,000 participants over 4
+   sites), against the framework's floor (GET /api/v1/me/, authenticated) measured in the same
+   run; afterwards checks that no slot was used twice and none skipped;
+2. kit assignment under concurrency (dosing visits recorded at once, kits assigned);
+3. list pages with 10,000 participants: server time and query count.
+
+    .venv/bin/python bench/http_bench.py [--participants 2000] [--runs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import (
+    Gunicorn,
+    bench_environment,
+    dumps,
+    manage,
+    median_of,
+    run_load,
+    scratch_database_url,
+    setup_django,
+)
+
+CLIENT_COUNTS = (8, 32, 64)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--participants", type=int, default=2000)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--page-participants", type=int, default=10_000)
+    options = parser.parse_args()
+
+    database_url = scratch_database_url("trialsite_bench_http")
+    env = bench_environment(database_url)
+    manage(env, "migrate", "--no-input")
+    manage(env, "load_protocol")
+    manage(env, "collectstatic", "--no-input")
+    setup_django(database_url)
+
+    cast = build_cast()
+    with Gunicorn(env, workers=4) as server:
+        randomization_section(server, cast, options)
+        kit_section(server, cast, options)
+    pages_section(cast, options)
+
+
+def build_cast():
+    from rest_framework.authtoken.models import Token
+
+    from tests import factories
+    from trialsite.models import Role, Site, Trial
+
+    trial = Trial.objects.get()
+    sites = [Site.objects.get(code="NT")] + [factories.make_site(trial, code) for code in ("B2", "B3", "B4")]
+    cast = {"sites": sites, "coordinators": [], "tokens": {}}
+    for site in sites:
+        for role in (Role.COORDINATOR, Role.PHARMACIST, Role.STATISTICIAN, Role.SUPPLY_MANAGER):
+            user = factories.make_user(role, site, username=f"{role}-{site.code}")
+            cast["tokens"][(role, site.code)] = Token.objects.create(user=user).key
+            cast[(role, site.code)] = user
+    return cast
+
+
+def randomization_section(server, cast, options) -> None:
+    try:
+        from randomization import services as randomization_services
+
+        randomization_services.list_generate  # noqa: B018
+    except (ImportError, AttributeError):
+        print("randomization: the randomization services are not available in this build")
+        return
+    from randomization.models import Slot
+    from tests import factories
+    from trialsite.models import Role
+
+    sites = cast["sites"]
+    per_site = options.participants // len(sites)
+    statistician = cast[(Role.STATISTICIAN, "NT")]
+    trial = sites[0].trial
+    total_needed = per_site * len(CLIENT_COUNTS) * options.runs
+    randomization_list = randomization_services.list_generate(
+        trial=trial, seed="bench-seed-not-secret", slots_per_stratum=total_needed + 8, created_by=statistician
+    )
+    randomization_services.list_lock(
+        randomization_list=randomization_list, locked_by=statistician, password=factories.PASSWORD
+    )
+    print(
+        f"randomization: {options.participants:,} participants per round over {len(sites)} sites, "
+        f"{options.runs} runs per client count, gunicorn 4 workers"
+    )
+    for clients in CLIENT_COUNTS:
+        floor_runs, randomize_runs = [], []
+        for _ in range(options.runs):
+            participants = [
+                factories.make_participant(site, by=cast[(Role.COORDINATOR, site.code)])
+                for site in sites
+                for _ in range(per_site)
+            ]
+            tokens = [cast["tokens"][(Role.COORDINATOR, participant.site.code)] for participant in participants]
+            floor_runs.append(
+                run_load(
+                    name="floor GET /api/v1/me/",
+                    port=server.port,
+                    clients=clients,
+                    requests=[("GET", "/api/v1/me/", None)] * len(participants),
+                    token_for=tokens.__getitem__,
+                )
+            )
+            randomize_runs.append(
+                run_load(
+                    name="POST .../randomize/",
+                    port=server.port,
+                    clients=clients,
+                    requests=[("POST", f"/api/v1/participants/{p.pk}/randomize/", dumps({})) for p in participants],
+                    token_for=tokens.__getitem__,
+                )
+            )
+        floor, randomize = median_of(floor_runs), median_of(randomize_runs)
+        print("  " + floor.line())
+        print("  " + randomize.line())
+        print(
+            f"  ratio randomize/floor throughput at {clients} clients: "
+            f"{randomize.requests_per_second / floor.requests_per_second:.2f}"
+        )
+    used = Slot.objects.filter(randomization_list=randomization_list, participant__isnull=False)
+    gaps = 0
+    for stratum in used.values_list("stratum", flat=True).distinct():
+        sequences = sorted(used.filter(stratum=stratum).values_list("sequence", flat=True))
+        gaps += sum(1 for expected, got in zip(range(1, len(sequences) + 1), sequences, strict=True) if expected != got)
+    print(
+        f"  verify: {used.count():,} slots used, {used.values('participant').distinct().count():,} participants, "
+        f"{gaps} skipped or out of order"
+    )
+
+
+def kit_section(server, cast, options) -> None:
+    from dosing.models import Kit
+    from tests import dosing_factories
+    from trialsite.models import Role
+
+    sites = cast["sites"]
+    count = min(options.participants, 800)
+    today = datetime.date.today()
+    visits, tokens = [], []
+    for index in range(count):
+        site = sites[index % len(sites)]
+        participant = dosing_factories.randomized_participant(
+            site,
+            arm_code=("TOC", "ASA", "COMBO", "PBO")[(index // len(sites)) % 4],
+            by=cast[(Role.COORDINATOR, site.code)],
+            day0=today,
+        )
+        visits.append(participant.visits.get(code="C1"))
+        tokens.append(cast["tokens"][(Role.COORDINATOR, site.code)])
+    for site in sites:
+        for kit_type in ("INF", "TAB"):
+            for content in ("active", "placebo"):
+                for _ in range(count // len(sites) // 2 + 10):
+                    dosing_factories.make_kit(
+                        kit_type=kit_type, content=content, site=site, expiry=today + datetime.timedelta(days=400)
+                    )
+    body = dumps(
+        {
+            "actual_date": today.isoformat(),
+            "weight_kg": "68.0",
+            "neutrophils": 3000,
+            "platelets": 200000,
+            "alt_uln": "0.9",
+            "ast_uln": "0.9",
+        }
+    )
+    result = run_load(
+        name="POST visits/<pk>/record/",
+        port=server.port,
+        clients=32,
+        requests=[("POST", f"/api/v1/visits/{visit.pk}/record/", body) for visit in visits],
+        token_for=tokens.__getitem__,
+    )
+    print(f"kit assignment: {count} dosing visits recorded at once, 2 kits each")
+    print("  " + result.line())
+    assigned = Kit.objects.filter(visit__in=visits)
+    print(
+        f"  verify: {assigned.count():,} kits assigned to {count} visits; "
+        f"{assigned.values('pk').distinct().count():,} distinct kits; "
+        f"{sum(1 for visit in visits if visit.kits.count() != 2)} visits without exactly 2 kits"
+    )
+
+
+def pages_section(cast, options) -> None:
+    from django.db import connection
+    from django.test import Client
+    from django.test.utils import CaptureQueriesContext
+
+    from tests import dosing_factories
+    from trialsite.models import Role
+
+    site = cast["sites"][0]
+    coordinator = cast[(Role.COORDINATOR, site.code)]
+    pharmacist = cast[(Role.PHARMACIST, site.code)]
+    print(f"pages: {options.page_participants:,} participants at {site.code} (in-process server time)")
+    existing = site.participants.count()
+    for index in range(max(0, options.page_participants - existing)):
+        dosing_factories.randomized_participant(site, arm_code="PBO", by=coordinator, schedule=index % 10 == 0)
+    for user, url in (
+        (coordinator, "/participants/"),
+        (coordinator, "/api/v1/participants/"),
+        (pharmacist, "/pharmacy/"),
+        (pharmacist, "/api/v1/pharmacy/queue/"),
+        (coordinator, "/reminders/"),
+    ):
+        client = Client()
+        client.force_login(user)
+        times, queries, status = [], [], None
+        for _ in range(7):
+            with CaptureQueriesContext(connection) as captured:
+                started = time.perf_counter()
+                response = client.get(url, HTTP_HOST="127.0.0.1")
+                times.append(time.perf_counter() - started)
+            queries.append(len(captured.captured_queries))
+            status = response.status_code
+        print(
+            f"  GET {url:<28} status={status} median={statistics.median(times) * 1000:7.1f}ms "
+            f"queries={statistics.median(queries):.0f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
