@@ -1,0 +1,313 @@
+"""Randomization lists, allocation and emergency unblinding."""
+
+from __future__ import annotations
+
+import csv
+import io
+
+from django.core.mail import send_mail
+from django.db import connection, transaction
+from django.utils import timezone
+from django.utils.translation import gettext as _
+
+from dosing.services import visit_schedule_create
+from enrollment.models import Outcome, Participant, ParticipantStatus
+from randomization import generator
+from randomization.models import RandomizationList, Slot, Unblinding
+from trialsite import access
+from trialsite.access import Capability
+from trialsite.audit import audit_context
+from trialsite.exceptions import Conflict, ReasonRequired, TrialRuleError
+from trialsite.models import Arm, Site, Trial
+from trialsite.reauth import confirm_password
+
+
+class NotEligible(TrialRuleError):
+    default_message = _("Only an eligible participant can be randomized.")
+
+
+class NotConsented(TrialRuleError):
+    default_message = _("The participant has no consent signed on or before the screening date.")
+
+
+class ParticipantWithdrawn(TrialRuleError):
+    default_message = _("The participant has withdrawn and cannot be randomized.")
+
+
+class AlreadyRandomized(Conflict):
+    default_message = _("The participant is already randomized.")
+
+
+class NoActiveList(TrialRuleError):
+    default_message = _("There is no locked randomization list to randomize from yet.")
+
+
+class StratumExhausted(Conflict):
+    default_message = _(
+        "The randomization list has no free slot left for this participant's stratum; "
+        "the statistician has been alerted."
+    )
+
+
+class ListLocked(Conflict):
+    default_message = _("This list is locked and cannot change.")
+
+
+class InvalidList(TrialRuleError):
+    pass
+
+
+def _next_version(trial: Trial, reason: str) -> int:
+    version = (
+        RandomizationList.objects.filter(trial=trial).order_by("-version").values_list("version", flat=True).first()
+        or 0
+    ) + 1
+    if version > 1 and not (reason or "").strip():
+        raise ReasonRequired(_("A second list needs a recorded reason."))
+    return version
+
+
+def _store(*, trial, slots, source, seed, slots_per_stratum, created_by, reason) -> RandomizationList:
+    arms = {arm.code: arm for arm in trial.arms.all()}
+    sites = {site.code: site for site in trial.sites.all()}
+    randomization_list = RandomizationList.objects.create(
+        trial=trial,
+        version=_next_version(trial, reason),
+        source=source,
+        seed=seed,
+        block_sizes=trial.randomization["block_sizes"],
+        slots_per_stratum=slots_per_stratum,
+        sha256=generator.digest(slots),
+        reason=reason or "",
+        created_by=created_by,
+    )
+    Slot.objects.bulk_create(
+        [
+            Slot(
+                randomization_list=randomization_list,
+                stratum=slot.stratum,
+                site=sites[slot.stratum.split("|")[0]],
+                sequence=slot.sequence,
+                block=slot.block,
+                block_size=slot.block_size,
+                arm=arms[slot.arm],
+            )
+            for slot in slots
+        ],
+        batch_size=2000,
+    )
+    return randomization_list
+
+
+def list_generate(
+    *, trial: Trial, seed: str, slots_per_stratum: int, created_by, reason: str = ""
+) -> RandomizationList:
+    if not (seed or "").strip():
+        raise InvalidList(_("A seed is required."), field="seed")
+    if not 1 <= slots_per_stratum <= 100_000:
+        raise InvalidList(_("Slots per stratum must be between 1 and 100,000."), field="slots_per_stratum")
+    arms = [(arm.code, arm.ratio) for arm in trial.arms.order_by("order")]
+    slots = generator.generate(
+        seed=seed,
+        strata=generator.protocol_strata(trial),
+        size=slots_per_stratum,
+        arms=arms,
+        block_sizes=trial.randomization["block_sizes"],
+    )
+    with audit_context(actor=created_by, reason=reason or "randomization list generated"):
+        return _store(
+            trial=trial,
+            slots=slots,
+            source=RandomizationList.Source.GENERATED,
+            seed=seed,
+            slots_per_stratum=slots_per_stratum,
+            created_by=created_by,
+            reason=reason,
+        )
+
+
+def list_import(*, trial: Trial, csv_text: str, created_by, reason: str = "") -> RandomizationList:
+    """A statistician's CSV (stratum,sequence,block,block_size,arm); every problem names its line."""
+    arms = set(trial.arms.values_list("code", flat=True))
+    strata = set(generator.protocol_strata(trial))
+    reader = csv.reader(io.StringIO(csv_text))
+    header = next(reader, None)
+    if [column.strip().lower() for column in header or []] != generator.CSV_HEADER:
+        raise InvalidList(
+            _("Line 1: the header must be %(header)s.") % {"header": ",".join(generator.CSV_HEADER)}, field="csv_file"
+        )
+    slots, seen = [], set()
+    for line, row in enumerate(reader, start=2):
+        if not any(cell.strip() for cell in row):
+            continue
+        problem = None
+        if len(row) != 5:
+            problem = _("expected 5 columns")
+        elif any(cell.strip()[:1] in ("=", "+", "-", "@") for cell in row):
+            problem = _("a cell starts with a formula character")
+        else:
+            stratum, sequence, block, block_size, arm = (cell.strip() for cell in row)
+            if stratum not in strata:
+                problem = _("unknown stratum %(stratum)s") % {"stratum": stratum}
+            elif arm not in arms:
+                problem = _("unknown arm %(arm)s") % {"arm": arm}
+            elif not (sequence.isdigit() and block.isdigit() and block_size.isdigit()):
+                problem = _("sequence, block and block size must be whole numbers")
+            elif (stratum, int(sequence)) in seen:
+                problem = _("duplicate sequence %(sequence)s in %(stratum)s") % {
+                    "sequence": sequence,
+                    "stratum": stratum,
+                }
+        if problem:
+            raise InvalidList(_("Line %(line)d: %(problem)s.") % {"line": line, "problem": problem}, field="csv_file")
+        seen.add((stratum, int(sequence)))
+        slots.append(generator.PlannedSlot(stratum, int(sequence), int(block), int(block_size), arm))
+    if not slots:
+        raise InvalidList(_("The file has no slots."), field="csv_file")
+    per_stratum: dict[str, list[int]] = {}
+    for slot in slots:
+        per_stratum.setdefault(slot.stratum, []).append(slot.sequence)
+    for stratum, sequences in sorted(per_stratum.items()):
+        missing = sorted(set(range(1, max(sequences) + 1)) - set(sequences))
+        if missing:
+            raise InvalidList(
+                _("Stratum %(stratum)s: sequence %(sequence)d is missing (a gap).")
+                % {"stratum": stratum, "sequence": missing[0]},
+                field="csv_file",
+            )
+    with audit_context(actor=created_by, reason=reason or "randomization list imported"):
+        return _store(
+            trial=trial,
+            slots=slots,
+            source=RandomizationList.Source.IMPORTED,
+            seed="",
+            slots_per_stratum=max(len(values) for values in per_stratum.values()),
+            created_by=created_by,
+            reason=reason,
+        )
+
+
+def list_lock(*, randomization_list: RandomizationList, locked_by, password: str, request=None) -> RandomizationList:
+    """Lock the list (password again) and make it the one slots are taken from."""
+    confirm_password(user=locked_by, password=password, request=request)
+    with audit_context(actor=locked_by, reason="randomization list locked"):
+        randomization_list = RandomizationList.objects.select_for_update().get(pk=randomization_list.pk)
+        if randomization_list.locked_at:
+            raise ListLocked()
+        RandomizationList.objects.filter(trial=randomization_list.trial, is_active=True).update(is_active=False)
+        randomization_list.locked_at = timezone.now()
+        randomization_list.locked_by = locked_by
+        randomization_list.is_active = True
+        randomization_list.save(update_fields=["locked_at", "locked_by", "is_active"])
+        return randomization_list
+
+
+def _check_randomizable(participant: Participant) -> None:
+    if participant.status == ParticipantStatus.WITHDRAWN or hasattr(participant, "withdrawal"):
+        raise ParticipantWithdrawn()
+    if participant.randomization_number or participant.status != ParticipantStatus.ENROLLED:
+        raise AlreadyRandomized()
+    screening = participant.screening
+    if screening.outcome != Outcome.ELIGIBLE:
+        raise NotEligible()
+    if not screening.consents.filter(signed_on__lte=screening.screening_date).exists():
+        raise NotConsented()
+
+
+def _alert_exhausted(site: Site, stratum: str) -> None:
+    recipients = [user.email for user in access.users_with(Capability.MANAGE_RANDOMIZATION, site) if user.email]
+    if recipients:
+        send_mail(
+            subject=f"Randomization stratum {stratum} has no free slot",
+            message=(
+                f"A participant at {site.code} could not be randomized: stratum {stratum} of the active "
+                "randomization list is used up. Generate or import a new list version."
+            ),
+            from_email=None,
+            recipient_list=recipients,
+        )
+
+
+def participant_randomize(*, participant: Participant, randomized_by, request=None) -> Participant:
+    """Allocate the next free slot of the participant's stratum, exactly once.
+
+    The participant row is locked first (no double randomization), then a transaction-scoped
+    advisory lock per stratum serializes allocations within one stratum, so slots are taken
+    strictly in sequence order even when a transaction rolls back; different strata proceed in
+    parallel. The slot row is locked too, and unique constraints back it all up."""
+    with audit_context(actor=randomized_by, reason="Randomized"):
+        participant = (
+            Participant.objects.select_for_update(of=("self",))
+            .select_related("screening", "site__trial")
+            .get(pk=participant.pk)
+        )
+        _check_randomizable(participant)
+        active = RandomizationList.objects.filter(trial=participant.site.trial, is_active=True).first()
+        if active is None:
+            raise NoActiveList()
+        stratum = generator.stratum_of(participant)
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [f"randomization:{active.pk}:{stratum}"])
+        slot = (
+            Slot.objects.select_for_update()
+            .filter(randomization_list=active, stratum=stratum, participant__isnull=True)
+            .order_by("sequence")
+            .first()
+        )
+        if slot is None:
+            transaction.on_commit(lambda: _alert_exhausted(participant.site, stratum))
+            raise StratumExhausted()
+        now = timezone.now()
+        slot.participant = participant
+        slot.allocated_at = now
+        slot.save(update_fields=["participant", "allocated_at"])
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "UPDATE trialsite_site SET last_randomization_number = last_randomization_number + 1 "
+                "WHERE id = %s RETURNING last_randomization_number",
+                [participant.site_id],
+            )
+            number = cursor.fetchone()[0]
+        participant.randomization_number = f"{participant.site.code}-{number:04d}"
+        participant.randomized_at = now
+        participant.status = ParticipantStatus.RANDOMIZED
+        participant.save(update_fields=["randomization_number", "randomized_at", "status"])
+        visit_schedule_create(participant=participant, day0=timezone.localdate(now, timezone=participant.site.zone))
+    return participant
+
+
+def participant_unblind(*, participant: Participant, unblinded_by, password: str, reason: str, request=None) -> Arm:
+    """Break the blind for one participant, for this user only; the sponsor is told (not the arm)."""
+    if not access.can(unblinded_by, Capability.EMERGENCY_UNBLIND, participant.site_id):
+        from django.http import Http404
+
+        raise Http404("Not found")
+    if not (reason or "").strip():
+        raise ReasonRequired(_("Give the medical reason for breaking the blind."))
+    confirm_password(user=unblinded_by, password=password, request=request)
+    slot = Slot.objects.filter(participant=participant).select_related("arm").first()
+    if slot is None:
+        raise NotEligible(_("Only a randomized participant has an allocation to reveal."))
+    with audit_context(actor=unblinded_by, reason=f"Emergency unblinding: {reason}"):
+        unblinding = Unblinding.objects.create(
+            participant=participant, site=participant.site, unblinded_by=unblinded_by, reason=reason
+        )
+        Participant.objects.filter(pk=participant.pk).update(unblinded_at=unblinding.unblinded_at)
+        trial = participant.site.trial
+
+        def notify():
+            send_mail(
+                subject=f"{trial.nct_id}: emergency unblinding of participant {participant.randomization_number}",
+                message=(
+                    f"The blind was broken for participant {participant.randomization_number} at "
+                    f"{participant.site.code} by {unblinded_by.get_full_name() or unblinded_by.get_username()} "
+                    f"on {unblinding.unblinded_at:%Y-%m-%d %H:%M} UTC.\nReason: {reason}\n"
+                    "The allocation is shown only to the person who broke the blind."
+                ),
+                from_email=None,
+                recipient_list=[trial.sponsor_contact_email],
+            )
+            Unblinding.objects.filter(pk=unblinding.pk).update(sponsor_notified_at=timezone.now())
+
+        transaction.on_commit(notify)
+    return slot.arm
