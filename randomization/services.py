@@ -235,6 +235,15 @@ def participant_randomize(*, participant: Participant, randomized_by, request=No
     advisory lock per stratum serializes allocations within one stratum, so slots are taken
     strictly in sequence order even when a transaction rolls back; different strata proceed in
     parallel. The slot row is locked too, and unique constraints back it all up."""
+    try:
+        return _allocate(participant=participant, randomized_by=randomized_by)
+    except StratumExhausted as exhausted:
+        # The refused transaction is rolled back; the alert goes out regardless.
+        _alert_exhausted(participant.site, exhausted.stratum)
+        raise
+
+
+def _allocate(*, participant: Participant, randomized_by) -> Participant:
     with audit_context(actor=randomized_by, reason="Randomized"):
         participant = (
             Participant.objects.select_for_update(of=("self",))
@@ -255,8 +264,9 @@ def participant_randomize(*, participant: Participant, randomized_by, request=No
             .first()
         )
         if slot is None:
-            transaction.on_commit(lambda: _alert_exhausted(participant.site, stratum))
-            raise StratumExhausted()
+            exhausted = StratumExhausted()
+            exhausted.stratum = stratum
+            raise exhausted
         now = timezone.now()
         slot.participant = participant
         slot.allocated_at = now
@@ -285,6 +295,7 @@ def participant_unblind(*, participant: Participant, unblinded_by, password: str
     if not (reason or "").strip():
         raise ReasonRequired(_("Give the medical reason for breaking the blind."))
     confirm_password(user=unblinded_by, password=password, request=request)
+    participant = Participant.objects.select_related("site__trial").get(pk=participant.pk)
     slot = Slot.objects.filter(participant=participant).select_related("arm").first()
     if slot is None:
         raise NotEligible(_("Only a randomized participant has an allocation to reveal."))
