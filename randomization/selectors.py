@@ -29,3 +29,37 @@ def allocated_arm(participant: Participant) -> Arm | None:
     a user: use `arm_for`."""
     slot = Slot.objects.filter(participant=participant).select_related("arm").first()
     return slot.arm if slot else None
+
+
+def lists_for(user):
+    """Lists of the trials where the user manages randomization, newest first."""
+    from randomization.models import RandomizationList
+
+    site_ids = access.site_ids_with(user, Capability.MANAGE_RANDOMIZATION)
+    return (
+        RandomizationList.objects.filter(trial__sites__in=site_ids)
+        .distinct()
+        .select_related("trial", "created_by", "locked_by")
+        .order_by("trial", "-version")
+    )
+
+
+def balance(randomization_list) -> list[dict]:
+    """Per stratum: slots, used, free and allocations per arm (unblinded users only)."""
+    from django.db.models import Count, Q
+
+    rows = (
+        Slot.objects.filter(randomization_list=randomization_list)
+        .values("stratum", "arm__code")
+        .annotate(slots=Count("id"), used=Count("id", filter=Q(participant__isnull=False)))
+        .order_by("stratum", "arm__code")
+    )
+    strata: dict[str, dict] = {}
+    for row in rows:
+        stratum = strata.setdefault(row["stratum"], {"stratum": row["stratum"], "slots": 0, "used": 0, "arms": {}})
+        stratum["slots"] += row["slots"]
+        stratum["used"] += row["used"]
+        stratum["arms"][row["arm__code"]] = {"slots": row["slots"], "used": row["used"]}
+    for stratum in strata.values():
+        stratum["free"] = stratum["slots"] - stratum["used"]
+    return list(strata.values())

@@ -6,9 +6,13 @@ from trialsite.access import Capability
 
 NAVIGATION = [
     (_("Home"), "home", None),
+    (_("Screen a patient"), "screening-new", Capability.SCREEN),
+    (_("Screening log"), "screening-log", Capability.VIEW_PARTICIPANTS),
+    (_("Participants"), "participant-list", Capability.VIEW_PARTICIPANTS),
     (_("Audit trail"), "audit-trail", Capability.READ_AUDIT),
     (_("Reports"), "reports", Capability.EXPORT_REPORTS),
     (_("Pharmacy"), "pharmacy", Capability.DISPENSE),
     (_("Kit supply"), "supply", Capability.MANAGE_SUPPLY),
     (_("Reminders"), "reminder-list", Capability.VIEW_PARTICIPANTS),
+    (_("Randomization lists"), "randomization-lists", Capability.MANAGE_RANDOMIZATION),
 ]

@@ -1,0 +1,62 @@
+from django import forms
+from django.utils.translation import get_language
+from django.utils.translation import gettext_lazy as _
+
+from enrollment.models import Answer, Sex
+
+
+class ScreeningForm(forms.Form):
+    initials = forms.CharField(label=_("Initials"), max_length=4)
+    date_of_birth = forms.DateField(label=_("Date of birth"), widget=forms.DateInput(attrs={"type": "date"}))
+    sex = forms.ChoiceField(label=_("Sex"), choices=Sex.choices)
+    hospital_record_number = forms.CharField(label=_("Hospital record number"), max_length=40)
+    screening_date = forms.DateField(label=_("Screening date"), widget=forms.DateInput(attrs={"type": "date"}))
+    consent_version = forms.CharField(label=_("Consent version"), max_length=40)
+    consent_date = forms.DateField(label=_("Consent date"), widget=forms.DateInput(attrs={"type": "date"}))
+
+    def __init__(self, *args, trial, **kwargs):
+        super().__init__(*args, **kwargs)
+        chinese = (get_language() or "").startswith("zh")
+        self.criteria = trial.eligibility["criteria"]
+        for criterion in self.criteria:
+            label = criterion.get("text_zh") if chinese and criterion.get("text_zh") else criterion["text"]
+            # No default: an item left unanswered makes the screening incomplete, never eligible.
+            self.fields[f"answer_{criterion['code']}"] = forms.ChoiceField(
+                label=f"{criterion['code']} · {label}",
+                choices=Answer.choices,
+                widget=forms.RadioSelect,
+                required=False,
+            )
+        for factor in trial.randomization.get("factors", []):
+            self.fields[f"stratification_{factor['code']}"] = forms.ChoiceField(
+                label=factor.get("label", factor["code"]), choices=[(level, level) for level in factor["levels"]]
+            )
+
+    def answers(self) -> dict:
+        return {c["code"]: self.cleaned_data.get(f"answer_{c['code']}") or None for c in self.criteria}
+
+    def stratification(self) -> dict:
+        return {
+            name.removeprefix("stratification_"): value
+            for name, value in self.cleaned_data.items()
+            if name.startswith("stratification_")
+        }
+
+    def identifiers(self) -> dict:
+        return {
+            name: self.cleaned_data[name]
+            for name in ("initials", "date_of_birth", "sex", "hospital_record_number", "screening_date")
+        }
+
+
+class RescreenForm(ScreeningForm):
+    reason = forms.CharField(label=_("Reason for the change"), required=False, widget=forms.Textarea(attrs={"rows": 2}))
+
+
+class SignForm(forms.Form):
+    password = forms.CharField(label=_("Your password"), widget=forms.PasswordInput)
+
+
+class WithdrawForm(forms.Form):
+    withdrawn_on = forms.DateField(label=_("Withdrawal date"), widget=forms.DateInput(attrs={"type": "date"}))
+    reason = forms.CharField(label=_("Reason for withdrawal"), widget=forms.Textarea(attrs={"rows": 2}))

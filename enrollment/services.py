@@ -1,0 +1,264 @@
+"""Screening, consent, eligibility sign-off and withdrawal: one function per trial rule."""
+
+from __future__ import annotations
+
+import datetime
+import re
+
+from django.db import IntegrityError, connection, transaction
+from django.utils import timezone
+from django.utils.translation import gettext as _
+
+from enrollment.eligibility import evaluate
+from enrollment.models import (
+    Consent,
+    EligibilityAnswer,
+    Outcome,
+    Participant,
+    ParticipantStatus,
+    Screening,
+    Withdrawal,
+)
+from trialsite.audit import audit_context
+from trialsite.exceptions import Conflict, ReasonRequired, TrialRuleError
+from trialsite.models import Signature, Site
+from trialsite.reauth import confirm_password
+
+
+class InvalidScreening(TrialRuleError):
+    pass
+
+
+class DuplicateRecordNumber(TrialRuleError):
+    default_message = _("A patient with this hospital record number has already been screened at this site.")
+
+    def __init__(self, message=None, *, field="hospital_record_number"):
+        super().__init__(message, field=field)
+
+
+class AlreadySigned(Conflict):
+    default_message = _("Eligibility has already been signed off.")
+
+
+SIGNATURE_MEANING = _(
+    "I confirm that I have reviewed the eligibility of participant %(number)s and that they meet all "
+    "criteria of protocol %(protocol)s."
+)
+
+
+def _validate(
+    *,
+    site: Site,
+    initials: str,
+    date_of_birth: datetime.date,
+    screening_date: datetime.date,
+    consent_date: datetime.date,
+    stratification: dict,
+    today: datetime.date,
+) -> None:
+    if not re.fullmatch(r"[A-Za-z]{2,4}", initials or ""):
+        raise InvalidScreening(_("Initials are 2 to 4 letters."), field="initials")
+    if date_of_birth > today:
+        raise InvalidScreening(_("The date of birth cannot be in the future."), field="date_of_birth")
+    if screening_date > today:
+        raise InvalidScreening(_("The screening date cannot be in the future."), field="screening_date")
+    if consent_date > screening_date:
+        raise InvalidScreening(_("Consent must be signed on or before the screening date."), field="consent_date")
+    for factor in site.trial.randomization.get("factors", []):
+        if stratification.get(factor["code"]) not in factor["levels"]:
+            raise InvalidScreening(
+                _("Choose one of %(levels)s.") % {"levels": ", ".join(factor["levels"])},
+                field=f"stratification_{factor['code']}",
+            )
+
+
+def _verdict(screening: Screening, consent_date, answers) -> None:
+    verdict = evaluate(
+        definition=screening.site.trial.definition,
+        date_of_birth=screening.date_of_birth,
+        screening_date=screening.screening_date,
+        consent_date=consent_date,
+        answers=answers,
+    )
+    screening.outcome = verdict.outcome
+    screening.reasons = verdict.reasons
+
+
+def _enroll_if_eligible(screening: Screening) -> Participant | None:
+    if screening.outcome != Outcome.ELIGIBLE or hasattr(screening, "participant"):
+        return getattr(screening, "participant", None)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE trialsite_site SET last_screening_number = last_screening_number + 1 WHERE id = %s "
+            "RETURNING last_screening_number",
+            [screening.site_id],
+        )
+        number = cursor.fetchone()[0]
+    return Participant.objects.create(
+        screening=screening, site_id=screening.site_id, screening_number=f"S-{screening.site.code}-{number:04d}"
+    )
+
+
+def screening_create(
+    *,
+    site: Site,
+    screened_by,
+    initials: str,
+    date_of_birth: datetime.date,
+    sex: str,
+    hospital_record_number: str,
+    screening_date: datetime.date,
+    consent_version: str,
+    consent_date: datetime.date,
+    answers: dict[str, str | None],
+    stratification=None,
+    request=None,
+) -> Screening:
+    """Record a screening, its consent and answers; an eligible person becomes a participant."""
+    stratification = stratification or {}
+    hospital_record_number = (hospital_record_number or "").strip()
+    _validate(
+        site=site,
+        initials=initials,
+        date_of_birth=date_of_birth,
+        screening_date=screening_date,
+        consent_date=consent_date,
+        stratification=stratification,
+        today=timezone.localdate(timezone=site.zone),
+    )
+    if not hospital_record_number:
+        raise InvalidScreening(_("The hospital record number is required."), field="hospital_record_number")
+    if Screening.objects.filter(site=site, hospital_record_number=hospital_record_number).exists():
+        raise DuplicateRecordNumber()
+    known = {criterion["code"] for criterion in site.trial.eligibility["criteria"]}
+    answers = {code: answers.get(code) for code in known}
+    try:
+        with audit_context(actor=screened_by, reason="Screening recorded"):
+            screening = Screening(
+                site=site,
+                initials=initials.upper(),
+                date_of_birth=date_of_birth,
+                sex=sex,
+                hospital_record_number=hospital_record_number,
+                screening_date=screening_date,
+                stratification=stratification,
+                screened_by=screened_by,
+            )
+            _verdict(screening, consent_date, answers)
+            screening.save()
+            Consent.objects.create(
+                screening=screening, site=site, version=consent_version, signed_on=consent_date, obtained_by=screened_by
+            )
+            EligibilityAnswer.objects.bulk_create(
+                [
+                    EligibilityAnswer(screening=screening, site=site, criterion_code=code, answer=answer)
+                    for code, answer in answers.items()
+                ]
+            )
+            _enroll_if_eligible(screening)
+    except IntegrityError as error:
+        if "screening_record_number_unique_per_site" in str(error):
+            raise DuplicateRecordNumber() from None
+        raise
+    return screening
+
+
+def screening_update(
+    *,
+    screening: Screening,
+    changed_by,
+    reason: str,
+    answers: dict[str, str | None] | None = None,
+    consent_date: datetime.date | None = None,
+    **changes,
+) -> Screening:
+    """Correct or re-screen. A change to a saved value needs a reason; the verdict is decided
+    again, and a person who becomes eligible becomes a participant."""
+    screening = Screening.objects.select_related("site__trial").get(pk=screening.pk)
+    if hasattr(screening, "participant") and screening.participant.randomization_number:
+        raise Conflict(_("A randomized participant's screening cannot be changed."))
+    current_answers = dict(screening.answers.values_list("criterion_code", "answer"))
+    consent = screening.consents.first()
+    changed = {name: value for name, value in changes.items() if getattr(screening, name) != value}
+    changed_answers = {
+        code: value
+        for code, value in (answers or {}).items()
+        if code in current_answers and current_answers[code] != value
+    }
+    consent_changed = consent_date is not None and consent and consent.signed_on != consent_date
+    if not (changed or changed_answers or consent_changed):
+        return screening
+    if not (reason or "").strip():
+        raise ReasonRequired()
+    new = {**{f: getattr(screening, f) for f in ("initials", "date_of_birth", "screening_date")}, **changed}
+    _validate(
+        site=screening.site,
+        initials=new["initials"],
+        date_of_birth=new["date_of_birth"],
+        screening_date=new["screening_date"],
+        consent_date=consent_date or consent.signed_on,
+        stratification=changes.get("stratification", screening.stratification),
+        today=timezone.localdate(timezone=screening.site.zone),
+    )
+    with audit_context(actor=changed_by, reason=reason):
+        for name, value in changed.items():
+            setattr(screening, name, value)
+        if consent_changed:
+            consent.signed_on = consent_date
+            consent.save(update_fields=["signed_on"])
+        for code, value in changed_answers.items():
+            EligibilityAnswer.objects.filter(screening=screening, criterion_code=code).update(answer=value)
+        _verdict(screening, consent_date or consent.signed_on, {**current_answers, **changed_answers})
+        screening.save()
+        _enroll_if_eligible(screening)
+    return screening
+
+
+def eligibility_sign(*, participant: Participant, signer, password: str, request=None) -> Signature:
+    confirm_password(user=signer, password=password, request=request)
+    with audit_context(actor=signer, reason="Eligibility signed off"):
+        participant = (
+            Participant.objects.select_for_update().select_related("screening", "site__trial").get(pk=participant.pk)
+        )
+        if participant.eligibility_signature_id:
+            raise AlreadySigned()
+        if participant.screening.outcome != Outcome.ELIGIBLE:
+            raise InvalidScreening(_("Only an eligible participant's eligibility can be signed off."))
+        signature = Signature.objects.create(
+            signer=signer,
+            site=participant.site,
+            record_table="enrollment_participant",
+            record_pk=str(participant.pk),
+            meaning=signature_meaning(participant),
+        )
+        participant.eligibility_signature = signature
+        participant.save(update_fields=["eligibility_signature"])
+        return signature
+
+
+def signature_meaning(participant: Participant) -> str:
+    return SIGNATURE_MEANING % {"number": participant.screening_number, "protocol": participant.site.trial.nct_id}
+
+
+def participant_withdraw(
+    *, participant: Participant, withdrawn_by, withdrawn_on: datetime.date, reason: str
+) -> Withdrawal:
+    if not (reason or "").strip():
+        raise InvalidScreening(_("Give the reason for the withdrawal."), field="reason")
+    participant = Participant.objects.select_related("screening", "site").get(pk=participant.pk)
+    if withdrawn_on < participant.screening.screening_date:
+        raise InvalidScreening(_("The withdrawal date cannot be before the screening date."), field="withdrawn_on")
+    if withdrawn_on > timezone.localdate(timezone=participant.site.zone):
+        raise InvalidScreening(_("The withdrawal date cannot be in the future."), field="withdrawn_on")
+    if participant.status == ParticipantStatus.WITHDRAWN:
+        raise Conflict(_("The participant has already withdrawn."))
+    with audit_context(actor=withdrawn_by, reason=f"Withdrawal: {reason}"), transaction.atomic():
+        withdrawal = Withdrawal.objects.create(
+            participant=participant,
+            site=participant.site,
+            withdrawn_on=withdrawn_on,
+            reason=reason,
+            recorded_by=withdrawn_by,
+        )
+        Participant.objects.filter(pk=participant.pk).update(status=ParticipantStatus.WITHDRAWN)
+    return withdrawal

@@ -1,0 +1,34 @@
+from django import forms
+from django.utils.translation import gettext_lazy as _
+
+
+class GenerateForm(forms.Form):
+    seed = forms.CharField(label=_("Secret seed"), max_length=200, widget=forms.PasswordInput(render_value=True))
+    slots_per_stratum = forms.IntegerField(label=_("Slots per stratum"), min_value=1, max_value=100_000)
+    reason = forms.CharField(
+        label=_("Reason (required for a new version)"), required=False, widget=forms.Textarea(attrs={"rows": 2})
+    )
+
+
+class ImportForm(forms.Form):
+    csv_file = forms.FileField(label=_("CSV file (stratum,sequence,block,block_size,arm)"))
+    reason = forms.CharField(
+        label=_("Reason (required for a new version)"), required=False, widget=forms.Textarea(attrs={"rows": 2})
+    )
+
+    def clean_csv_file(self):
+        upload = self.cleaned_data["csv_file"]
+        if upload.size > 5 * 1024 * 1024:
+            raise forms.ValidationError(_("The file is larger than 5 MB."))
+        try:
+            return upload.read().decode("utf-8-sig")
+        except UnicodeDecodeError:
+            raise forms.ValidationError(_("The file is not UTF-8 text.")) from None
+
+
+class PasswordForm(forms.Form):
+    password = forms.CharField(label=_("Your password"), widget=forms.PasswordInput)
+
+
+class UnblindForm(PasswordForm):
+    reason = forms.CharField(label=_("Medical reason"), widget=forms.Textarea(attrs={"rows": 3}), max_length=2000)
