@@ -59,6 +59,8 @@ class ScreeningUpdateSerializer(serializers.Serializer):
 
 
 class ParticipantSerializer(serializers.ModelSerializer):
+    # The participant's key is its screening's.
+    id = serializers.IntegerField(source="pk", read_only=True)
     site = serializers.SlugRelatedField(slug_field="code", read_only=True)
     initials = serializers.CharField(source="screening.initials", read_only=True)
     eligibility_signed = serializers.SerializerMethodField()
@@ -81,7 +83,7 @@ class ParticipantSerializer(serializers.ModelSerializer):
         return participant.eligibility_signature_id is not None
 
 
-class PasswordSerializer(serializers.Serializer):
+class SignEligibilitySerializer(serializers.Serializer):
     password = serializers.CharField(max_length=200)
 
 
@@ -160,10 +162,10 @@ class ParticipantDetail(generics.RetrieveAPIView):
 
 
 class ParticipantSignEligibility(APIView):
-    @extend_schema(request=PasswordSerializer, responses=ParticipantSerializer)
+    @extend_schema(request=SignEligibilitySerializer, responses=ParticipantSerializer)
     def post(self, request, pk: int):
         participant = access.get_for_user(Participant.objects.all(), request.user, Capability.SIGN_ELIGIBILITY, pk=pk)
-        payload = PasswordSerializer(data=request.data)
+        payload = SignEligibilitySerializer(data=request.data)
         payload.is_valid(raise_exception=True)
         services.eligibility_sign(
             participant=participant, signer=request.user, request=request, password=payload.validated_data["password"]

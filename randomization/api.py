@@ -41,11 +41,12 @@ class ImportSerializer(serializers.Serializer):
     reason = serializers.CharField(required=False, allow_blank=True, max_length=2000)
 
 
-class PasswordSerializer(serializers.Serializer):
+class LockSerializer(serializers.Serializer):
     password = serializers.CharField(max_length=200)
 
 
-class UnblindSerializer(PasswordSerializer):
+class UnblindSerializer(serializers.Serializer):
+    password = serializers.CharField(max_length=200)
     reason = serializers.CharField(max_length=2000)
 
 
@@ -93,10 +94,10 @@ class ListImport(APIView):
 
 
 class ListLock(APIView):
-    @extend_schema(request=PasswordSerializer, responses=RandomizationListSerializer)
+    @extend_schema(request=LockSerializer, responses=RandomizationListSerializer)
     def post(self, request, pk: int):
         randomization_list = access.get_object_or_404(selectors.lists_for(request.user), pk=pk)
-        payload = PasswordSerializer(data=request.data)
+        payload = LockSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
         locked = services.list_lock(
             randomization_list=randomization_list,

@@ -14,6 +14,6 @@ def navigation(request):
         if capability is not None and capability not in capabilities:
             continue
         url = reverse(url_name)
-        active = request.path == url or (url != "/" and request.path.startswith(url))
-        entries.append({"label": label, "url": url, "active": active})
+        current = request.path == url or (url != "/" and request.path.startswith(url))
+        entries.append({"label": label, "url": url, "current": current})
     return {"navigation": entries, "user_capabilities": capabilities}
