@@ -52,10 +52,14 @@ class ScreeningUpdateSerializer(serializers.Serializer):
     date_of_birth = serializers.DateField(required=False)
     screening_date = serializers.DateField(required=False)
     initials = serializers.CharField(required=False, max_length=4)
+    sex = serializers.ChoiceField(choices=Sex.choices, required=False)
+    hospital_record_number = serializers.CharField(required=False, max_length=40)
+    consent_version = serializers.CharField(required=False, max_length=40)
     consent_date = serializers.DateField(required=False)
     answers = serializers.DictField(
         child=serializers.ChoiceField(choices=Answer.choices, allow_null=True), required=False
     )
+    stratification = serializers.DictField(child=serializers.CharField(max_length=50), required=False)
 
 
 class ParticipantSerializer(serializers.ModelSerializer):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 from dataclasses import dataclass, field
 
+from django.utils.translation import get_language
 from django.utils.translation import gettext as _
 
 
@@ -31,6 +32,13 @@ def birthday(date_of_birth: datetime.date, years: int) -> datetime.date:
         return datetime.date(date_of_birth.year + years, 3, 1)
 
 
+def criterion_text(criterion: dict) -> str:
+    """The item in the reader's language: the protocol file carries an English and a Chinese text."""
+    if (get_language() or "").startswith("zh") and criterion.get("text_zh"):
+        return criterion["text_zh"]
+    return criterion["text"]
+
+
 def evaluate(
     *,
     definition: dict,
@@ -39,6 +47,8 @@ def evaluate(
     consent_date: datetime.date | None,
     answers: dict[str, str | None],
 ) -> Verdict:
+    """The verdict in words. Unanswered items make it "incomplete" (never eligible); otherwise every
+    failed rule is a reason, in protocol order: age, consent, then the criteria as listed."""
     rules = definition["eligibility"]
     reasons, unanswered = [], []
     age = age_on(date_of_birth, screening_date)
@@ -60,15 +70,21 @@ def evaluate(
         answer = answers.get(criterion["code"])
         if answer not in ("yes", "no"):
             unanswered.append(
-                {"code": criterion["code"], "text": _("Not answered: %(text)s") % {"text": criterion["text"]}}
+                {"code": criterion["code"], "text": _("Not answered: %(text)s") % {"text": criterion_text(criterion)}}
             )
         elif criterion["kind"] == "inclusion" and answer != "yes":
             reasons.append(
-                {"code": criterion["code"], "text": _("Inclusion not met: %(text)s") % {"text": criterion["text"]}}
+                {
+                    "code": criterion["code"],
+                    "text": _("Inclusion not met: %(text)s") % {"text": criterion_text(criterion)},
+                }
             )
         elif criterion["kind"] == "exclusion" and answer != "no":
             reasons.append(
-                {"code": criterion["code"], "text": _("Exclusion applies: %(text)s") % {"text": criterion["text"]}}
+                {
+                    "code": criterion["code"],
+                    "text": _("Exclusion applies: %(text)s") % {"text": criterion_text(criterion)},
+                }
             )
     if unanswered:
         return Verdict("incomplete", unanswered + reasons)

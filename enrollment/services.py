@@ -5,9 +5,10 @@ from __future__ import annotations
 import datetime
 import re
 
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, connection
 from django.utils import timezone
 from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
 
 from enrollment.eligibility import evaluate
 from enrollment.models import (
@@ -30,17 +31,19 @@ class InvalidScreening(TrialRuleError):
 
 
 class DuplicateRecordNumber(TrialRuleError):
-    default_message = _("A patient with this hospital record number has already been screened at this site.")
+    # Lazy: a class attribute is evaluated at import, before any request's language is active.
+    default_message = gettext_lazy("A patient with this hospital record number has already been screened at this site.")
 
     def __init__(self, message=None, *, field="hospital_record_number"):
         super().__init__(message, field=field)
 
 
 class AlreadySigned(Conflict):
-    default_message = _("Eligibility has already been signed off.")
+    default_message = gettext_lazy("Eligibility has already been signed off.")
 
 
-SIGNATURE_MEANING = _(
+# Lazy for the same reason; the text shown on the form is the text stored with the signature.
+SIGNATURE_MEANING = gettext_lazy(
     "I confirm that I have reviewed the eligibility of participant %(number)s and that they meet all "
     "criteria of protocol %(protocol)s."
 )
@@ -64,7 +67,14 @@ def _validate(
         raise InvalidScreening(_("The screening date cannot be in the future."), field="screening_date")
     if consent_date > screening_date:
         raise InvalidScreening(_("Consent must be signed on or before the screening date."), field="consent_date")
-    for factor in site.trial.randomization.get("factors", []):
+    factors = site.trial.randomization.get("factors", [])
+    unknown = set(stratification or {}) - {factor["code"] for factor in factors}
+    if unknown:
+        raise InvalidScreening(
+            _("The protocol has no stratification factor %(code)s.") % {"code": sorted(unknown)[0]},
+            field="stratification",
+        )
+    for factor in factors:
         if stratification.get(factor["code"]) not in factor["levels"]:
             raise InvalidScreening(
                 _("Choose one of %(levels)s.") % {"levels": ", ".join(factor["levels"])},
@@ -163,6 +173,9 @@ def screening_create(
     return screening
 
 
+EDITABLE = ("initials", "date_of_birth", "sex", "hospital_record_number", "screening_date", "stratification")
+
+
 def screening_update(
     *,
     screening: Screening,
@@ -170,10 +183,19 @@ def screening_update(
     reason: str,
     answers: dict[str, str | None] | None = None,
     consent_date: datetime.date | None = None,
+    consent_version: str | None = None,
     **changes,
 ) -> Screening:
     """Correct or re-screen. A change to a saved value needs a reason; the verdict is decided
-    again, and a person who becomes eligible becomes a participant."""
+    again, and a person who becomes eligible becomes a participant. Nothing changes for a
+    randomized participant: their eligibility was the basis of the allocation."""
+    unknown = set(changes) - set(EDITABLE)
+    if unknown:
+        raise InvalidScreening(_("These values cannot be changed here."), field=sorted(unknown)[0])
+    if "initials" in changes:
+        changes["initials"] = (changes["initials"] or "").upper()
+    if "hospital_record_number" in changes:
+        changes["hospital_record_number"] = (changes["hospital_record_number"] or "").strip()
     screening = Screening.objects.select_related("site__trial").get(pk=screening.pk)
     if hasattr(screening, "participant") and screening.participant.randomization_number:
         raise Conflict(_("A randomized participant's screening cannot be changed."))
@@ -185,32 +207,52 @@ def screening_update(
         for code, value in (answers or {}).items()
         if code in current_answers and current_answers[code] != value
     }
-    consent_changed = consent_date is not None and consent and consent.signed_on != consent_date
-    if not (changed or changed_answers or consent_changed):
+    consent_changes = {}
+    if consent_date is not None and consent.signed_on != consent_date:
+        consent_changes["signed_on"] = consent_date
+    if consent_version is not None and consent.version != consent_version:
+        consent_changes["version"] = consent_version
+    if not (changed or changed_answers or consent_changes):
         return screening
     if not (reason or "").strip():
         raise ReasonRequired()
-    new = {**{f: getattr(screening, f) for f in ("initials", "date_of_birth", "screening_date")}, **changed}
+    new = {**{f: getattr(screening, f) for f in EDITABLE}, **changed}
+    signed_on = consent_changes.get("signed_on", consent.signed_on)
     _validate(
         site=screening.site,
         initials=new["initials"],
         date_of_birth=new["date_of_birth"],
         screening_date=new["screening_date"],
-        consent_date=consent_date or consent.signed_on,
-        stratification=changes.get("stratification", screening.stratification),
+        consent_date=signed_on,
+        stratification=new["stratification"],
         today=timezone.localdate(timezone=screening.site.zone),
     )
-    with audit_context(actor=changed_by, reason=reason):
-        for name, value in changed.items():
-            setattr(screening, name, value)
-        if consent_changed:
-            consent.signed_on = consent_date
-            consent.save(update_fields=["signed_on"])
-        for code, value in changed_answers.items():
-            EligibilityAnswer.objects.filter(screening=screening, criterion_code=code).update(answer=value)
-        _verdict(screening, consent_date or consent.signed_on, {**current_answers, **changed_answers})
-        screening.save()
-        _enroll_if_eligible(screening)
+    if not new["hospital_record_number"]:
+        raise InvalidScreening(_("The hospital record number is required."), field="hospital_record_number")
+    if (
+        "hospital_record_number" in changed
+        and Screening.objects.filter(site_id=screening.site_id, hospital_record_number=new["hospital_record_number"])
+        .exclude(pk=screening.pk)
+        .exists()
+    ):
+        raise DuplicateRecordNumber()
+    try:
+        with audit_context(actor=changed_by, reason=reason):
+            for name, value in changed.items():
+                setattr(screening, name, value)
+            if consent_changes:
+                for name, value in consent_changes.items():
+                    setattr(consent, name, value)
+                consent.save(update_fields=list(consent_changes))
+            for code, value in changed_answers.items():
+                EligibilityAnswer.objects.filter(screening=screening, criterion_code=code).update(answer=value)
+            _verdict(screening, signed_on, {**current_answers, **changed_answers})
+            screening.save()
+            _enroll_if_eligible(screening)
+    except IntegrityError as error:
+        if "screening_record_number_unique_per_site" in str(error):
+            raise DuplicateRecordNumber() from None
+        raise
     return screening
 
 
@@ -237,22 +279,28 @@ def eligibility_sign(*, participant: Participant, signer, password: str, request
 
 
 def signature_meaning(participant: Participant) -> str:
-    return SIGNATURE_MEANING % {"number": participant.screening_number, "protocol": participant.site.trial.nct_id}
+    return str(SIGNATURE_MEANING) % {"number": participant.screening_number, "protocol": participant.site.trial.nct_id}
 
 
 def participant_withdraw(
     *, participant: Participant, withdrawn_by, withdrawn_on: datetime.date, reason: str
 ) -> Withdrawal:
+    """A participant leaves the trial by withdrawal, never by deletion."""
     if not (reason or "").strip():
         raise InvalidScreening(_("Give the reason for the withdrawal."), field="reason")
-    participant = Participant.objects.select_related("screening", "site").get(pk=participant.pk)
-    if withdrawn_on < participant.screening.screening_date:
-        raise InvalidScreening(_("The withdrawal date cannot be before the screening date."), field="withdrawn_on")
-    if withdrawn_on > timezone.localdate(timezone=participant.site.zone):
-        raise InvalidScreening(_("The withdrawal date cannot be in the future."), field="withdrawn_on")
-    if participant.status == ParticipantStatus.WITHDRAWN:
-        raise Conflict(_("The participant has already withdrawn."))
-    with audit_context(actor=withdrawn_by, reason=f"Withdrawal: {reason}"), transaction.atomic():
+    with audit_context(actor=withdrawn_by, reason=f"Withdrawal: {reason}"):
+        # Locked, so two withdrawals recorded at once cannot both pass the status check.
+        participant = (
+            Participant.objects.select_for_update(of=("self",))
+            .select_related("screening", "site")
+            .get(pk=participant.pk)
+        )
+        if participant.status == ParticipantStatus.WITHDRAWN:
+            raise Conflict(_("The participant has already withdrawn."))
+        if withdrawn_on < participant.screening.screening_date:
+            raise InvalidScreening(_("The withdrawal date cannot be before the screening date."), field="withdrawn_on")
+        if withdrawn_on > timezone.localdate(timezone=participant.site.zone):
+            raise InvalidScreening(_("The withdrawal date cannot be in the future."), field="withdrawn_on")
         withdrawal = Withdrawal.objects.create(
             participant=participant,
             site=participant.site,

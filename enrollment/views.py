@@ -66,6 +66,7 @@ def screening_detail(request, pk: int):
         "screening_date": screening.screening_date,
         "consent_version": consent.version if consent else "",
         "consent_date": consent.signed_on if consent else None,
+        **{f"stratification_{code}": level for code, level in screening.stratification.items()},
         **{f"answer_{code}": answer for code, answer in answers.items()},
     }
     form = RescreenForm(request.POST or None, trial=screening.site.trial, initial=initial)
@@ -73,8 +74,6 @@ def screening_detail(request, pk: int):
         if not may_edit:
             access.require(request.user, Capability.SCREEN, screening.site_id)
         if form.is_valid():
-            identifiers = form.identifiers()
-            identifiers.pop("hospital_record_number")
             try:
                 services.screening_update(
                     screening=screening,
@@ -82,7 +81,9 @@ def screening_detail(request, pk: int):
                     reason=form.cleaned_data["reason"],
                     answers=form.answers(),
                     consent_date=form.cleaned_data["consent_date"],
-                    **identifiers,
+                    consent_version=form.cleaned_data["consent_version"],
+                    stratification=form.stratification(),
+                    **form.identifiers(),
                 )
             except TrialRuleError as error:
                 _show(form, error)
