@@ -89,8 +89,9 @@ def randomization_section(server, cast, options) -> None:
     statistician = cast[(Role.STATISTICIAN, "NT")]
     trial = sites[0].trial
     total_needed = per_site * len(CLIENT_COUNTS) * options.runs
+    # Room for the kit-assignment section's participants too.
     randomization_list = randomization_services.list_generate(
-        trial=trial, seed="bench-seed-not-secret", slots_per_stratum=total_needed + 8, created_by=statistician
+        trial=trial, seed="bench-seed-not-secret", slots_per_stratum=total_needed + 1000, created_by=statistician
     )
     randomization_services.list_lock(
         randomization_list=randomization_list, locked_by=statistician, password=factories.PASSWORD
@@ -146,7 +147,8 @@ def randomization_section(server, cast, options) -> None:
 
 def kit_section(server, cast, options) -> None:
     from dosing.models import Kit
-    from tests import dosing_factories
+    from randomization.services import participant_randomize
+    from tests import dosing_factories, factories
     from trialsite.models import Role
 
     sites = cast["sites"]
@@ -155,18 +157,17 @@ def kit_section(server, cast, options) -> None:
     visits, tokens = [], []
     for index in range(count):
         site = sites[index % len(sites)]
-        participant = dosing_factories.randomized_participant(
-            site,
-            arm_code=("TOC", "ASA", "COMBO", "PBO")[(index // len(sites)) % 4],
-            by=cast[(Role.COORDINATOR, site.code)],
-            day0=today,
+        coordinator = cast[(Role.COORDINATOR, site.code)]
+        participant = participant_randomize(
+            participant=factories.make_participant(site, by=coordinator), randomized_by=coordinator
         )
         visits.append(participant.visits.get(code="C1"))
         tokens.append(cast["tokens"][(Role.COORDINATOR, site.code)])
     for site in sites:
         for kit_type in ("INF", "TAB"):
             for content in ("active", "placebo"):
-                for _ in range(count // len(sites) // 2 + 10):
+                # Enough for every participant of the site to need this content.
+                for _ in range(count // len(sites) + 5):
                     dosing_factories.make_kit(
                         kit_type=kit_type, content=content, site=site, expiry=today + datetime.timedelta(days=400)
                     )
@@ -202,7 +203,7 @@ def pages_section(cast, options) -> None:
     from django.test import Client
     from django.test.utils import CaptureQueriesContext
 
-    from tests import dosing_factories
+    from tests import factories
     from trialsite.models import Role
 
     site = cast["sites"][0]
@@ -210,8 +211,8 @@ def pages_section(cast, options) -> None:
     pharmacist = cast[(Role.PHARMACIST, site.code)]
     print(f"pages: {options.page_participants:,} participants at {site.code} (in-process server time)")
     existing = site.participants.count()
-    for index in range(max(0, options.page_participants - existing)):
-        dosing_factories.randomized_participant(site, arm_code="PBO", by=coordinator, schedule=index % 10 == 0)
+    for _ in range(max(0, options.page_participants - existing)):
+        factories.make_participant(site, by=coordinator)
     for user, url in (
         (coordinator, "/participants/"),
         (coordinator, "/api/v1/participants/"),

@@ -3,6 +3,7 @@
 
 import os
 import time
+import uuid
 from pathlib import Path
 
 from django.core.mail.backends.filebased import EmailBackend as FileBackend
@@ -20,8 +21,8 @@ class GatedFileBackend(FileBackend):
                 time.sleep(0.05)
         sent = 0
         for message in email_messages:
-            # One file per message (the stock backend appends a whole connection to one file).
-            self._fname = None
+            # One file per message: the stock backend names files by the second and appends.
+            self._fname = os.path.join(self.file_path, f"{uuid.uuid4().hex}.log")
             self.stream = None
             self.open()
             try:
