@@ -56,6 +56,7 @@ def test_the_form_shows_the_protocols_chinese_text_to_a_chinese_reader(cast, sit
     page = client.get("/screening/new/", HTTP_ACCEPT_LANGUAGE="zh-hans").content.decode()
     criterion = site.trial.eligibility["criteria"][0]
     assert criterion["text_zh"] in page
+    assert "筛选患者" in page and "保存并判断入选资格" in page
 
 
 def test_an_eligible_patient_gets_the_verdict_in_words_and_a_screening_number(cast, site, client_for):
