@@ -6,7 +6,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from enrollment import selectors, services
-from enrollment.models import Answer, Participant, ParticipantStatus, Screening, Sex
+from enrollment.models import Answer, Outcome, Participant, ParticipantStatus, Screening, Sex
 from trialsite import access
 from trialsite.access import Capability
 
@@ -99,9 +99,14 @@ class WithdrawSerializer(serializers.Serializer):
 class ScreeningIndex(generics.ListAPIView):
     serializer_class = ScreeningSerializer
 
+    @extend_schema(parameters=[OpenApiParameter("outcome", str, enum=Outcome.values)])
+    def get(self, request, *args, **kwargs):
+        return super().get(request, *args, **kwargs)
+
     def get_queryset(self):
         access.require(self.request.user, Capability.VIEW_PARTICIPANTS)
-        return selectors.screenings_for(self.request.user)
+        wanted = self.request.query_params.get("outcome")
+        return selectors.screenings_for(self.request.user, outcome=wanted if wanted in Outcome.values else None)
 
     @extend_schema(request=ScreeningCreateSerializer, responses={201: ScreeningSerializer})
     def post(self, request):

@@ -6,7 +6,7 @@ from django.utils.translation import gettext as _
 
 from enrollment import selectors, services
 from enrollment.forms import RescreenForm, ScreeningForm, SignForm, WithdrawForm
-from enrollment.models import Participant, ParticipantStatus, Screening
+from enrollment.models import Outcome, Participant, ParticipantStatus, Screening
 from trialsite import access
 from trialsite.access import Capability
 from trialsite.exceptions import TrialRuleError
@@ -45,9 +45,11 @@ def screening_new(request):
 @login_required
 def screening_log(request):
     access.require(request.user, Capability.VIEW_PARTICIPANTS)
-    outcome = request.GET.get("outcome") or None
+    outcome = request.GET.get("outcome") if request.GET.get("outcome") in Outcome.values else None
     page = Paginator(selectors.screenings_for(request.user, outcome=outcome), 50).get_page(request.GET.get("page"))
-    return render(request, "enrollment/screening_log.html", {"page": page, "outcome": outcome})
+    return render(
+        request, "enrollment/screening_log.html", {"page": page, "outcome": outcome, "outcomes": Outcome.choices}
+    )
 
 
 @login_required
@@ -126,7 +128,7 @@ def participant_list(request):
 @login_required
 def participant_detail(request, pk: int):
     participant = access.get_for_user(
-        Participant.objects.select_related("screening", "site__trial"),
+        Participant.objects.select_related("screening", "site__trial", "withdrawal", "eligibility_signature__signer"),
         request.user,
         Capability.VIEW_PARTICIPANTS,
         pk=pk,

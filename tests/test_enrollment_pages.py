@@ -244,3 +244,25 @@ def test_lists_take_the_same_number_of_queries_for_3_or_30_rows(
         answer = client.get(path)
     assert answer.status_code == 200
     assert answer.content.count(b"S-NT-") >= 30
+
+
+def test_the_screening_log_filters_by_verdict_on_the_page_and_in_the_api(cast, site, client_for, api_for):
+    coordinator = client_for(cast.coordinator)
+    coordinator.post("/screening/new/", FORM)
+    coordinator.post(
+        "/screening/new/", {**FORM, "hospital_record_number": "NT-2", "initials": "FA", "answer_EX1": "yes"}
+    )
+    failures = coordinator.get("/screening/?outcome=ineligible").content.decode()
+    assert "<td>FA</td>" in failures and "<td>ZQ</td>" not in failures
+    listed = api_for(cast.monitor).get("/api/v1/screenings/?outcome=eligible").json()
+    assert [row["initials"] for row in listed["results"]] == ["ZQ"]
+
+
+def test_a_withdrawn_participant_shows_the_date_and_reason(cast, site, client_for):
+    participant = factories.make_participant(site, by=cast.coordinator)
+    client_for(cast.coordinator).post(
+        f"/participants/{participant.pk}/", {"action": "withdraw", "withdrawn_on": "2026-11-20", "reason": "moved away"}
+    )
+    page = client_for(cast.monitor).get(f"/participants/{participant.pk}/").content.decode()
+    assert "2026-11-20" in page and "moved away" in page
+    assert 'name="action" value="withdraw"' not in page
