@@ -294,8 +294,6 @@ VISIT_FIELDS = [
 def visit_values(scope: ReportScope) -> Iterator[dict]:
     """Visits in scope ordered by participant id (the order of `subject_values`), streamed."""
     Visit = selectors._visit_model()
-    if Visit is None:  # TEMPORARY
-        return
     yield from (
         Visit.objects.filter(site_id__in=scope.site_ids)
         .order_by("participant_id", "target_date", "pk")
@@ -305,8 +303,6 @@ def visit_values(scope: ReportScope) -> Iterator[dict]:
 
 
 def visit_count(scope: ReportScope) -> int:
-    if selectors._visit_model() is None:  # TEMPORARY
-        return 0
     return selectors._visit_model().objects.filter(site_id__in=scope.site_ids).count()
 
 
@@ -535,8 +531,6 @@ class OdmWriter:
         from django.db.models import Min
 
         Visit = selectors._visit_model()
-        if Visit is None:  # TEMPORARY
-            return []
         return list(
             Visit.objects.filter(site_id__in=self.scope.site_ids)
             .values("code")
@@ -740,8 +734,6 @@ def _odm_datetime(moment: datetime.datetime | None) -> str:
 
 def _visit_status_choices():
     Visit = selectors._visit_model()
-    if Visit is None:  # TEMPORARY
-        return [("scheduled", "Scheduled"), ("completed", "Completed"), ("missed", "Missed")]
     status_field = Visit._meta.get_field("status")
     return status_field.choices or []
 

@@ -117,24 +117,14 @@ def data_version() -> int:
 
 
 def _visit_model():
-    try:  # TEMPORARY until dosing commits its Visit model
-        from dosing.models import Visit
-    except ImportError:
-        return None
+    from dosing.models import Visit
+
     return Visit
 
 
 def _participants(scope: ReportScope):
     """Participants in scope, each with the status of their latest resolved visit."""
     Visit = _visit_model()
-    if Visit is None:  # TEMPORARY
-        from django.db.models import CharField, Value
-
-        return (
-            Participant.objects.filter(site_id__in=scope.site_ids)
-            .annotate(latest_resolved_visit=Value(None, output_field=CharField()))
-            .order_by()
-        )
     resolved = Visit.objects.filter(participant=OuterRef("pk"), status__in=["completed", "missed"]).order_by(
         "-target_date", "-pk"
     )
