@@ -15,7 +15,8 @@ PRODUCTION = {
 
 
 def manage(*arguments, **env):
-    environment = {key: value for key, value in os.environ.items() if key not in ("SECRET_KEY", "DJANGO_DEBUG")}
+    unset = ("SECRET_KEY", "DJANGO_DEBUG", "DJANGO_ALLOW_ASYNC_UNSAFE")
+    environment = {key: value for key, value in os.environ.items() if key not in unset}
     environment.update(env)
     return subprocess.run(
         [sys.executable, "manage.py", *arguments], cwd=ROOT, env=environment, capture_output=True, text=True

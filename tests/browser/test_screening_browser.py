@@ -2,7 +2,6 @@
 login page, screens one eligible and one ineligible patient through the "Screen a patient" form
 and reads both verdicts in words; the PI then signs off the eligible participant's eligibility."""
 
-import os
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,14 @@ from enrollment.models import Participant, Screening
 from tests import factories
 
 # Playwright's sync API runs an event loop in this thread; the ORM calls here are plain and sync.
-os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+
+
+@pytest.fixture(autouse=True)
+def _playwright_runs_an_event_loop(monkeypatch):
+    # Only for this module's tests: set at import, it would switch off async safety for the
+    # whole session (and show up in `check --deploy` of the settings tests).
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+
 
 CHROMIUM_ARGS = [
     "--no-sandbox",
