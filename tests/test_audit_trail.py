@@ -58,6 +58,46 @@ def test_raw_sql_bypasses_nothing(screening):
     assert changed.database_user  # the database role is recorded when there is no application user
 
 
+def test_a_bulk_insert_writes_one_audit_row_per_inserted_row(screening, coordinator, site):
+    from enrollment.models import Consent
+
+    columns = sorted(field.column for field in Consent._meta.concrete_fields)
+    with audit_context(actor=coordinator, reason="paper consents transcribed"):
+        consents = Consent.objects.bulk_create(
+            [
+                Consent(
+                    screening=screening,
+                    site=site,
+                    version=f"v{number}",
+                    signed_on=datetime.date(2026, 1, number),
+                    obtained_by=coordinator,
+                )
+                for number in (1, 2, 3)
+            ]
+        )
+    for consent in consents:
+        (created,) = events_for(consent)
+        assert created.action == AuditEvent.Action.INSERT
+        assert created.actor == coordinator
+        assert created.reason == "paper consents transcribed"
+        assert created.site_id == site.pk
+        assert created.new_values["version"] == consent.version
+        assert created.changed_fields == columns
+
+
+def test_a_multi_row_raw_insert_is_audited_row_by_row(screening, site, coordinator):
+    with audit_context(reason="migration from the paper log"), connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO enrollment_consent (screening_id, site_id, version, signed_on, obtained_by_id, recorded_at) "
+            "VALUES (%s, %s, 'r1', '2026-01-01', %s, now()), (%s, %s, 'r2', '2026-01-02', %s, now()) RETURNING id",
+            [screening.pk, site.pk, coordinator.pk] * 2,
+        )
+        inserted = [row[0] for row in cursor.fetchall()]
+    events = AuditEvent.objects.filter(table_name="enrollment_consent", record_pk__in=[str(pk) for pk in inserted])
+    assert sorted(event.new_values["version"] for event in events) == ["r1", "r2"]
+    assert {event.reason for event in events} == {"migration from the paper log"}
+
+
 def test_an_update_that_changes_nothing_writes_no_audit_row(screening):
     before = AuditEvent.objects.count()
     Screening.objects.filter(pk=screening.pk).update(initials=screening.initials)
@@ -113,14 +153,16 @@ def test_the_orm_cannot_edit_an_audit_row_either(screening):
         AuditEvent.objects.all().delete()
 
 
-def test_every_trial_table_has_its_audit_trigger_as_declared(db):
+@pytest.mark.parametrize("trigger_name", ["trial_audit", "trial_audit_insert"])
+def test_every_trial_table_has_its_audit_trigger_as_declared(db, trigger_name):
     with connection.cursor() as cursor:
         cursor.execute(
             """
             SELECT c.relname, t.tgargs
             FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
-            WHERE t.tgname = 'trial_audit' AND NOT t.tgisinternal
-            """
+            WHERE t.tgname = %s AND NOT t.tgisinternal
+            """,
+            [trigger_name],
         )
         installed = {table: bytes(arguments).split(b"\x00")[:-1] for table, arguments in cursor.fetchall()}
 

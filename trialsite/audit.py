@@ -1,8 +1,8 @@
 """The audit trail, enforced by PostgreSQL rather than by Python.
 
-Every audited table carries a row trigger that writes to `trialsite_auditevent`: who (the
-application user set for the transaction by `audit_context`, plus the database role), when, the
-old and new row as JSON, the changed columns and the reason. Because it is a trigger,
+Every audited table carries triggers (per row for UPDATE and DELETE, per statement for INSERT)
+that write to `trialsite_auditevent`: who (the application user set for the transaction by
+`audit_context`, plus the database role), when, the old and new row as JSON, the changed columns and the reason. Because it is a trigger,
 `QuerySet.update()`, `bulk_create()` and raw SQL are audited like a form save. A change to a
 column declared clinical is refused by the trigger when no reason was given. The audit table
 itself has triggers that refuse UPDATE, DELETE and TRUNCATE.
@@ -105,7 +105,43 @@ DROP FUNCTION IF EXISTS trial_audit_immutable();
 DROP FUNCTION IF EXISTS trial_audit_row() CASCADE;
 """
 
+# Inserts are audited by a statement-level trigger reading the statement's transition table:
+# one INSERT ... SELECT per statement instead of one plpgsql call per row. Randomizing one
+# participant inserts 17 visits and about 50 reminders; row by row that was most of its cost.
+# The rows written are the same as the row trigger's: every column is "changed" on INSERT.
+AUDIT_INSERT_FUNCTION_SQL = r"""
+CREATE OR REPLACE FUNCTION trial_audit_inserted() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    pk_column text := TG_ARGV[0];
+    site_column text := nullif(TG_ARGV[1], '');
+    subject_column text := nullif(TG_ARGV[2], '');
+    reason text := coalesce(current_setting('trial.reason', true), '');
+    actor bigint := nullif(current_setting('trial.actor_id', true), '')::bigint;
+    columns text[];
+BEGIN
+    SELECT coalesce(array_agg(k ORDER BY k), '{}') INTO columns
+    FROM jsonb_object_keys((SELECT to_jsonb(n) FROM inserted_rows AS n LIMIT 1)) AS k;
+    INSERT INTO trialsite_auditevent (
+        occurred_at, table_name, record_pk, action, old_values, new_values, changed_fields,
+        actor_id, reason, site_id, subject_id, database_user
+    )
+    SELECT
+        clock_timestamp(), TG_TABLE_NAME, r.row_json ->> pk_column, 'INSERT', NULL, r.row_json, columns,
+        actor, reason,
+        CASE WHEN site_column IS NOT NULL THEN (r.row_json ->> site_column)::bigint END,
+        CASE WHEN subject_column IS NOT NULL THEN (r.row_json ->> subject_column)::bigint END,
+        session_user
+    FROM (SELECT to_jsonb(n) AS row_json FROM inserted_rows AS n) AS r;
+    RETURN NULL;
+END;
+$$;
+"""
+
+AUDIT_INSERT_FUNCTION_REVERSE_SQL = "DROP FUNCTION IF EXISTS trial_audit_inserted() CASCADE;"
+
 TRIGGER_NAME = "trial_audit"
+INSERT_TRIGGER_NAME = "trial_audit_insert"
 
 
 class Audited(models.Model):
@@ -149,9 +185,15 @@ def install_triggers(using: str = "default", **kwargs) -> None:
     with connections[using].cursor() as cursor:
         for model in audited_models():
             arguments = ", ".join("'" + argument.replace("'", "''") + "'" for argument in trigger_arguments(model))
+            table = model._meta.db_table
             cursor.execute(
-                f'CREATE OR REPLACE TRIGGER {TRIGGER_NAME} AFTER INSERT OR UPDATE OR DELETE ON "{model._meta.db_table}" '
+                f'CREATE OR REPLACE TRIGGER {TRIGGER_NAME} AFTER UPDATE OR DELETE ON "{table}" '
                 f"FOR EACH ROW EXECUTE FUNCTION trial_audit_row({arguments})"
+            )
+            cursor.execute(
+                f'CREATE OR REPLACE TRIGGER {INSERT_TRIGGER_NAME} AFTER INSERT ON "{table}" '
+                f"REFERENCING NEW TABLE AS inserted_rows "
+                f"FOR EACH STATEMENT EXECUTE FUNCTION trial_audit_inserted({arguments})"
             )
 
 
