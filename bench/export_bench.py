@@ -266,6 +266,7 @@ def visit_rows(Visit, enrolled, site, rng):
             yield {
                 "participant_id": index,
                 "site_id": site.pk,
+                "sequence": cycle,
                 "code": f"C{cycle:02d}",
                 "kind": "dosing",
                 "cycle": cycle,
@@ -388,6 +389,14 @@ def run_exports(loaded: dict, *, keep: bool) -> None:
             f"JOIN trialsite_site st ON st.id = v.site_id ORDER BY v.participant_id, v.target_date, v.id",
         )
         print(f"visits CSV (blinded) / COPY = {results['visits.csv blinded']['seconds'] / copy_visits:.1f}x")
+        copy_answers = postgres_copy(
+            "COPY eligibility answers",
+            "SELECT a.screening_id, a.criterion_code, a.answer FROM enrollment_eligibilityanswer a "
+            "ORDER BY a.screening_id, a.id",
+        )
+        # The ODM holds the subjects, their answers and their visits: all three COPYs together.
+        odm_ratio = results["odm blinded"]["seconds"] / (copy_subjects + copy_visits + copy_answers)
+        print(f"ODM (blinded) / COPY of subjects, answers and visits = {odm_ratio:.1f}x")
     worst = max(result["peak_mb"] for result in results.values())
     print(
         f"\nhighest Python peak over all exports: {worst:.1f} MB (limit 200 MB): {'OK' if worst < 200 else 'TOO HIGH'}"

@@ -51,7 +51,9 @@ def database_from_url(url: str) -> dict:
         "HOST": host,
         "PORT": str(parsed.port or ""),
         "CONN_MAX_AGE": envint("DATABASE_CONN_MAX_AGE", "0"),
-        "OPTIONS": query,
+        # ISO date output is what the exports stream from COPY (a date cast to text); pinned
+        # here rather than left to the server's postgresql.conf.
+        "OPTIONS": {"options": "-c datestyle=ISO,YMD", **query},
         "TEST": {"NAME": os.getenv("DATABASE_TEST_NAME") or None},
     }
 
