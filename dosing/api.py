@@ -169,7 +169,9 @@ class ShipmentSerializer(serializers.ModelSerializer):
 
 class PharmacyQueueSerializer(serializers.Serializer):
     to_dispense = PharmacyKitSerializer(many=True)
+    to_dispense_total = serializers.IntegerField(source="to_dispense.paginator.count")
     awaiting_return = PharmacyKitSerializer(many=True)
+    awaiting_return_total = serializers.IntegerField(source="awaiting_return.paginator.count")
     awaiting_kits = AwaitingKitSerializer(many=True)
     shipments = ShipmentSerializer(many=True)
     quarantined = BlindedKitSerializer(many=True)
@@ -323,10 +325,23 @@ class VisitAssignKits(APIView):
 
 
 class PharmacyQueueView(APIView):
-    @extend_schema(responses=PharmacyQueueSerializer)
+    @extend_schema(
+        responses=PharmacyQueueSerializer,
+        parameters=[
+            OpenApiParameter(
+                name, int, description=f"Page of {selectors.PHARMACY_PAGE_SIZE} kits, oldest first (default 1)"
+            )
+            for name in ("dispense_page", "return_page")
+        ],
+    )
     def get(self, request):
         access.require(request.user, Capability.DISPENSE)
-        return Response(PharmacyQueueSerializer(selectors.pharmacy_queue(request.user)).data)
+        queue = selectors.pharmacy_queue(
+            request.user,
+            dispense_page=request.query_params.get("dispense_page"),
+            return_page=request.query_params.get("return_page"),
+        )
+        return Response(PharmacyQueueSerializer(queue).data)
 
 
 def _pharmacy_kit(request, pk) -> Kit:

@@ -8,6 +8,7 @@ import dataclasses
 import datetime
 from decimal import Decimal
 
+from django.core.paginator import Page, Paginator
 from django.db.models import Count, Prefetch, Q, QuerySet
 from django.http import Http404
 from django.utils import timezone
@@ -66,23 +67,34 @@ def kit_for(user, pk, capability: str) -> Kit:
     return access.get_for_user(kits, user, capability, pk=pk)
 
 
+# The two kit lists of the pharmacy queue are paged: a site far into the trial has hundreds of
+# dispensed kits out, and the page must stay fast. Oldest first, so what is due comes first.
+PHARMACY_PAGE_SIZE = 50
+
+
 @dataclasses.dataclass
 class PharmacyQueue:
-    to_dispense: list[Kit]
-    awaiting_return: list[Kit]
+    to_dispense: Page
+    awaiting_return: Page
     awaiting_kits: list[Visit]
     shipments: list[Shipment]
     quarantined: list[Kit]
 
 
-def pharmacy_queue(user) -> PharmacyQueue:
+def pharmacy_queue(user, *, dispense_page=None, return_page=None) -> PharmacyQueue:
     """What the pharmacist has to do at their sites: kits to dispense (assigned, oldest first),
     dispensed kits to collect back, dosing visits still waiting for a kit, shipments to receive.
-    Kit numbers only; content is never loaded."""
+    Kit numbers only; content is never loaded. The two kit lists are pages of
+    PHARMACY_PAGE_SIZE (an out-of-range page number gives the last page)."""
     site_ids = access.site_ids_with(user, Capability.DISPENSE)
     kits = kits_blinded(Kit.objects.filter(site_id__in=site_ids)).select_related("participant", "visit__dose")
-    to_dispense = list(kits.filter(status=KitStatus.ASSIGNED).order_by("assigned_at", "visit_id", "kit_type"))
-    awaiting_return = list(kits.filter(status=KitStatus.DISPENSED).order_by("dispensed_at", "kit_type"))
+    to_dispense = Paginator(
+        kits.filter(status=KitStatus.ASSIGNED).order_by("assigned_at", "visit_id", "kit_type", "id"),
+        PHARMACY_PAGE_SIZE,
+    ).get_page(dispense_page)
+    awaiting_return = Paginator(
+        kits.filter(status=KitStatus.DISPENSED).order_by("dispensed_at", "kit_type", "id"), PHARMACY_PAGE_SIZE
+    ).get_page(return_page)
     quarantined = list(kits.filter(status=KitStatus.QUARANTINED).order_by("kit_number"))
     # Dosing visits (give/hold) recorded while a kit was missing.
     awaiting_kits = list(

@@ -76,7 +76,11 @@ def pharmacy(request: HttpRequest) -> HttpResponse:
         request,
         "dosing/pharmacy.html",
         {
-            "queue": selectors.pharmacy_queue(request.user),
+            "queue": selectors.pharmacy_queue(
+                request.user,
+                dispense_page=request.GET.get("dispense_page"),
+                return_page=request.GET.get("return_page"),
+            ),
             "dispense_form": DispenseForm(),
             "return_form": ReturnForm(),
             "excursion_form": ExcursionForm(),

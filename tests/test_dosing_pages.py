@@ -342,3 +342,25 @@ def test_supply_stock_warns_of_low_stock_and_near_expiry_per_content(site, cast,
     assert (stock["TAB", "active"]["available"], stock["TAB", "active"]["low"]) == (4, False)
     assert (stock["TAB", "placebo"]["low"], stock["TAB", "placebo"]["expiring_soon"]) == (True, 1)
     assert stock["INF", "active"]["low"] and stock["INF", "active"]["available"] == 0
+
+
+def test_the_pharmacy_queue_is_paged_oldest_first_on_the_page_and_in_the_api(
+    two_arms, cast, client_for, api_for, monkeypatch
+):
+    from dosing import selectors
+
+    monkeypatch.setattr(selectors, "PHARMACY_PAGE_SIZE", 1)
+    assigned = list(Kit.objects.filter(status=KitStatus.ASSIGNED).order_by("assigned_at", "visit_id", "kit_type", "id"))
+    assert len(assigned) >= 2
+    client = client_for(cast.pharmacist)
+    first = client.get("/pharmacy/").content.decode()
+    assert assigned[0].kit_number in first and assigned[1].kit_number not in first
+    assert f"Page 1 of {len(assigned)} ({len(assigned)} kits, oldest first)" in first
+    second = client.get("/pharmacy/?dispense_page=2").content.decode()
+    assert assigned[1].kit_number in second and assigned[0].kit_number not in second
+
+    queue = api_for(cast.pharmacist).get("/api/v1/pharmacy/queue/?dispense_page=2").json()
+    assert [kit["kit_number"] for kit in queue["to_dispense"]] == [assigned[1].kit_number]
+    assert queue["to_dispense_total"] == len(assigned)
+    # A page number that is not one gives the first page, not an error.
+    assert client.get("/pharmacy/?dispense_page=abc").status_code == 200

@@ -62,6 +62,8 @@ class Reminder(Audited, models.Model):
         ]
         indexes = [
             models.Index(fields=["due_at"], condition=Q(status="scheduled"), name="reminder_due"),
+            # The reminders page lists a site's reminders by due time, a page at a time.
+            models.Index(fields=["site", "due_at", "id"], name="reminder_site_due"),
         ]
 
     def __str__(self) -> str:
