@@ -19,32 +19,32 @@ from trialsite.models import Site
 _numbers = itertools.count(1)
 
 
-def active_list(site: Site, *, by) -> RandomizationList:
-    existing = RandomizationList.objects.filter(trial=site.trial, is_active=True).first()
-    if existing:
-        return existing
-    with audit_context(actor=by, reason="test list"):
-        return RandomizationList.objects.create(
-            trial=site.trial,
-            version=1,
-            source=RandomizationList.Source.IMPORTED,
-            slots_per_stratum=100,
-            sha256="0" * 64,
-            created_by=by,
-            locked_at=timezone.now(),
-            locked_by=by,
-            is_active=True,
-        )
+def allocation_list(site: Site, *, by) -> RandomizationList:
+    """A new, unlocked list version, made the trial's active list once its slot is written.
+
+    The database refuses slots added to a locked list, so each allocation made here comes with
+    its own list version (created, given its one slot, then locked and activated)."""
+    previous = RandomizationList.objects.filter(trial=site.trial).order_by("-version").first()
+    version = previous.version + 1 if previous else 1
+    return RandomizationList.objects.create(
+        trial=site.trial,
+        version=version,
+        source=RandomizationList.Source.IMPORTED,
+        slots_per_stratum=100,
+        sha256="0" * 64,
+        reason="" if version == 1 else "test allocation",
+        created_by=by,
+    )
 
 
 def randomized_participant(
     site: Site, *, arm_code: str, by, day0: datetime.date = datetime.date(2026, 11, 3), schedule: bool = True
 ) -> Participant:
     participant = factories.make_participant(site, by=by)
-    randomization_list = active_list(site, by=by)
     number = next(_numbers)
     randomized_at = datetime.datetime.combine(day0, datetime.time(9, 0), tzinfo=site.zone)
     with audit_context(actor=by, reason="test randomization"):
+        randomization_list = allocation_list(site, by=by)
         Slot.objects.create(
             randomization_list=randomization_list,
             stratum=site.code,
@@ -55,6 +55,10 @@ def randomized_participant(
             arm=site.trial.arms.get(code=arm_code),
             participant=participant,
             allocated_at=randomized_at,
+        )
+        RandomizationList.objects.filter(trial=site.trial, is_active=True).update(is_active=False)
+        RandomizationList.objects.filter(pk=randomization_list.pk).update(
+            locked_at=timezone.now(), locked_by=by, is_active=True
         )
         participant.status = ParticipantStatus.RANDOMIZED
         participant.randomization_number = f"{site.code}-{number:04d}"

@@ -141,6 +141,10 @@ def test_locking_needs_the_password_and_a_locked_list_cannot_change_in_the_datab
         "DELETE FROM randomization_slot",
         "UPDATE randomization_randomizationlist SET sha256 = 'forged'",
         "DELETE FROM randomization_randomizationlist",
+        # Appending a slot would add an allocation the list's hash never covered.
+        "INSERT INTO randomization_slot (randomization_list_id, stratum, site_id, sequence, block, block_size, arm_id) "
+        "SELECT randomization_list_id, stratum, site_id, 999, block, block_size, arm_id "
+        "FROM randomization_slot WHERE sequence = 1 LIMIT 1",
     ]
     for statement in statements:
         with pytest.raises(DatabaseError, match="locked"), transaction.atomic(), connection.cursor() as cursor:
