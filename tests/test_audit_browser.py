@@ -2,24 +2,13 @@
 history: who changed what, from what to what, and why, in the site's time zone."""
 
 import datetime
-from pathlib import Path
 
 import pytest
 
 from enrollment.models import Screening
 from tests import factories
+from tests.browser_support import SCREENSHOTS, launch_chromium
 from trialsite.audit import audit_context
-
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-SCREENSHOTS = Path(__file__).resolve().parent.parent / "var" / "screenshots"
 
 
 @pytest.mark.browser
@@ -32,7 +21,7 @@ def test_the_monitor_logs_in_and_reads_who_changed_a_date_of_birth_and_why(site,
         Screening.objects.filter(pk=screening.pk).update(date_of_birth=datetime.date(1968, 3, 14))
 
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS)
+        browser = launch_chromium(playwright)
         page = browser.new_page()
         page.goto(f"{live_server.url}/accounts/login/")
         page.fill("#id_username", "monitor")

@@ -4,7 +4,6 @@ content."""
 
 import re
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
 from django.conf import settings
@@ -14,16 +13,7 @@ from django.utils import timezone
 from dosing import services
 from dosing.models import Kit, KitStatus
 from tests import dosing_factories as df
-
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
+from tests.browser_support import SCREENSHOTS, launch_chromium
 
 
 @pytest.mark.browser
@@ -51,7 +41,7 @@ def test_the_pharmacist_dispenses_by_the_label_number_and_a_mismatch_is_refused(
     client.force_login(cast.pharmacist)
 
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS)
+        browser = launch_chromium(playwright)
         context = browser.new_context()
         context.add_cookies(
             [
@@ -80,9 +70,7 @@ def test_the_pharmacist_dispenses_by_the_label_number_and_a_mismatch_is_refused(
         page.locator(f"form[action$='/pharmacy/kits/{tablets.pk}/dispense/'] button").click()
         assert "Nothing to dispense." in page.locator("main").inner_text()
 
-        screenshots = Path(settings.BASE_DIR) / "var" / "screenshots"
-        screenshots.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(screenshots / f"{request.node.name}.png"), full_page=True)
+        page.screenshot(path=str(SCREENSHOTS / f"{request.node.name}.png"), full_page=True)
         browser.close()
 
     assert set(Kit.objects.values_list("status", flat=True)) == {KitStatus.DISPENSED}

@@ -3,24 +3,14 @@ form, sees both verdicts, and randomizes the eligible one without ever seeing an
 then breaks the blind for that participant with the password and a reason."""
 
 import re
-from pathlib import Path
 
 import pytest
 from django.utils import timezone
 
 from randomization import services
 from tests import factories
+from tests.browser_support import SCREENSHOTS, launch_chromium
 
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-SCREENSHOTS = Path(__file__).resolve().parent.parent / "var" / "screenshots"
 ARMS = re.compile(r"\b(TOC|ASA|COMBO|PBO|Tocilizumab|Aspirin|Placebo)\b", re.IGNORECASE)
 
 
@@ -61,7 +51,7 @@ def test_a_coordinator_screens_two_patients_and_randomizes_the_eligible_one_then
     services.list_lock(randomization_list=randomization_list, locked_by=cast.statistician, password=factories.PASSWORD)
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS)
+        browser = launch_chromium(playwright)
         page = browser.new_page()
         log_in(page, live_server, "coordinator")
 

@@ -11,6 +11,7 @@ from django.conf import settings
 
 from reports.models import Export, ExportStatus
 from tests import reports_data
+from tests.browser_support import SCREENSHOTS, launch_chromium
 from tests.test_reports_exports import ODM, odm_counts, odm_reference_problems
 from tests.worker import CeleryWorker, close_test_connection, wait_until
 from trialsite.models import AuditEvent
@@ -86,19 +87,7 @@ def test_the_pi_watches_a_background_export_finish_and_downloads_it(
     client = Client()
     client.force_login(cast.investigator)
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path="/usr/bin/chromium",
-            headless=True,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-            ],
-        )
+        browser = launch_chromium(playwright)
         context = browser.new_context(accept_downloads=True)
         context.add_cookies(
             [
@@ -128,8 +117,6 @@ def test_the_pi_watches_a_background_export_finish_and_downloads_it(
             link.click()
         content = Path(download_info.value.path()).read_text(encoding="utf-8")
         assert "<ODM" in content and "IT.ARM" not in content
-        screenshots = Path(settings.BASE_DIR) / "var" / "screenshots"
-        screenshots.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(screenshots / f"{request.node.name}.png"), full_page=True)
+        page.screenshot(path=str(SCREENSHOTS / f"{request.node.name}.png"), full_page=True)
         assert errors == []
         browser.close()

@@ -2,13 +2,12 @@
 login page, screens one eligible and one ineligible patient through the "Screen a patient" form
 and reads both verdicts in words; the PI then signs off the eligible participant's eligibility."""
 
-from pathlib import Path
-
 import pytest
 from django.utils import timezone
 
 from enrollment.models import Participant, Screening
 from tests import factories
+from tests.browser_support import SCREENSHOTS, launch_chromium
 
 # Playwright's sync API runs an event loop in this thread; the ORM calls here are plain and sync.
 
@@ -20,16 +19,6 @@ def _playwright_runs_an_event_loop(monkeypatch):
     monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 
 
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-SCREENSHOTS = Path(__file__).resolve().parents[2] / "var" / "screenshots"
 ANSWERS = {"IN1": "yes", "IN2": "yes", "EX1": "no", "EX2": "no", "EX3": "no"}
 
 
@@ -65,7 +54,7 @@ def test_a_coordinator_screens_an_eligible_and_an_ineligible_patient_and_sees_bo
     today = timezone.localdate(timezone=site.zone).isoformat()
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS)
+        browser = launch_chromium(playwright)
         page = browser.new_page()
         log_in(page, live_server, "coordinator")
 
