@@ -42,6 +42,16 @@ def local_postgres_answers() -> bool:
     return True
 
 
+def ensure_local_database(name: str) -> None:
+    """Create the named database on the local server if it is missing, so that `makemigrations
+    --check` can compare against a real migration history instead of warning."""
+    import psycopg
+
+    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as admin:
+        if admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone() is None:
+            admin.execute(f'CREATE DATABASE "{name}"')
+
+
 def start_embedded_postgres(folder: Path, database: str) -> str:
     import pgserver
     import psycopg
@@ -168,6 +178,7 @@ def test(pytest_arguments: list[str]) -> int:
     env.setdefault("PASSWORD_HASHERS", "django.contrib.auth.hashers.MD5PasswordHasher")
     if not env.get("DATABASE_URL"):
         if local_postgres_answers():
+            ensure_local_database("trialsite")
             env["DATABASE_URL"] = "postgres://postgres@127.0.0.1:5432/trialsite"
         else:
             env["DATABASE_URL"] = start_embedded_postgres(VAR / "test-pgdata", "trialsite")
