@@ -14,7 +14,7 @@ from dosing.services import visit_schedule_create
 from enrollment.models import Outcome, Participant, ParticipantStatus
 from randomization import generator
 from randomization.models import RandomizationList, Slot, Unblinding
-from trialsite import access
+from trialsite import access, two_factor
 from trialsite.access import Capability
 from trialsite.audit import audit_context
 from trialsite.exceptions import Conflict, ReasonRequired, TrialRuleError
@@ -188,7 +188,9 @@ def list_import(*, trial: Trial, csv_text: str, created_by, reason: str = "") ->
 
 
 def list_lock(*, randomization_list: RandomizationList, locked_by, password: str, request=None) -> RandomizationList:
-    """Lock the list (password again) and make it the one slots are taken from."""
+    """Lock the list (password again, and the two-factor code for a user who has one) and make
+    it the one slots are taken from."""
+    two_factor.require_verified(user=locked_by, request=request)
     confirm_password(user=locked_by, password=password, request=request)
     with audit_context(actor=locked_by, reason="randomization list locked"):
         randomization_list = RandomizationList.objects.select_for_update().get(pk=randomization_list.pk)
@@ -294,6 +296,7 @@ def participant_unblind(*, participant: Participant, unblinded_by, password: str
         raise Http404("Not found")
     if not (reason or "").strip():
         raise ReasonRequired(_("Give the medical reason for breaking the blind."))
+    two_factor.require_verified(user=unblinded_by, request=request)
     confirm_password(user=unblinded_by, password=password, request=request)
     participant = Participant.objects.select_related("site__trial").get(pk=participant.pk)
     slot = Slot.objects.filter(participant=participant).select_related("arm").first()

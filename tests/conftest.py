@@ -1,11 +1,20 @@
 import pytest
 from django.conf import settings
 from django.test import Client
+from django.utils import translation
 from rest_framework.test import APIClient
 
 from tests import factories
 from trialsite.models import Role, Site
 from trialsite.protocol import load_protocol
+
+
+@pytest.fixture(autouse=True)
+def _default_language_after_each_test():
+    # The test client runs LocaleMiddleware in this thread and nothing switches the language
+    # back: after a zh-hans request a later test's messages would come out in Chinese.
+    yield
+    translation.deactivate()
 
 
 @pytest.fixture(autouse=True)

@@ -138,6 +138,15 @@ def require(user, capability: str, site: Site | int | None = None) -> None:
         raise Http404("Not found")
 
 
+# Capabilities that reveal allocation; their holders are the "unblinded" users.
+UNBLINDING_CAPABILITIES = frozenset({Capability.VIEW_ALLOCATION, Capability.EMERGENCY_UNBLIND})
+
+
+def is_unblinded(user) -> bool:
+    """Does `user` hold, at any site, a capability that can reveal an arm?"""
+    return bool(capabilities_anywhere(user) & UNBLINDING_CAPABILITIES)
+
+
 def capabilities_anywhere(user) -> set[str]:
     return set().union(*_grants(user).values()) if _grants(user) else set()
 

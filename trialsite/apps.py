@@ -11,3 +11,10 @@ class TrialsiteConfig(AppConfig):
 
         # Once per migrate run, after every app's tables exist.
         post_migrate.connect(audit.install_triggers, sender=self, dispatch_uid="trial_audit_triggers")
+
+        from django.contrib.auth.signals import user_logged_in
+
+        from trialsite import two_factor
+
+        # Whether the user has an authenticator is looked up once per login, not per request.
+        user_logged_in.connect(two_factor.on_login, dispatch_uid="two_factor_on_login")

@@ -35,3 +35,18 @@ class PasswordIncorrect(TrialRuleError):
 
 class Conflict(TrialRuleError):
     status_code = 409
+
+
+class TokenIncorrect(TrialRuleError):
+    default_message = _("The code is not correct (or came too late). Enter the 6 digits your app shows now.")
+    status_code = 403
+
+    def __init__(self, message=None, *, field: str | None = "token"):
+        super().__init__(message, field=field)
+
+
+class TwoFactorRequired(TrialRuleError):
+    default_message = _(
+        "This needs a session verified with your two-factor code: log in on the web and enter the code first."
+    )
+    status_code = 403

@@ -80,6 +80,8 @@ INSTALLED_APPS = [
     "rest_framework.authtoken",
     "drf_spectacular",
     "axes",
+    "django_otp",
+    "django_otp.plugins.otp_totp",
     "trialsite",
     "enrollment",
     "randomization",
@@ -96,11 +98,13 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django_otp.middleware.OTPMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "trialsite.middleware.SecurityHeadersMiddleware",
     "trialsite.middleware.ApiJsonErrorsMiddleware",
     "trialsite.middleware.SiteTimezoneMiddleware",
+    "trialsite.middleware.TwoFactorMiddleware",
     # Last, so a locked-out login is refused before any view runs.
     "axes.middleware.AxesMiddleware",
 ]
@@ -161,6 +165,12 @@ SESSION_EXPIRE_AT_BROWSER_CLOSE = True
 REAUTHENTICATION_MAX_AGE = timedelta(minutes=envint("REAUTHENTICATION_MINUTES", "5"))
 
 AXES_FAILURE_LIMIT = envint("AXES_FAILURE_LIMIT", "5")
+
+# Two-factor (TOTP, django-otp): anyone may enrol an authenticator app; with this on, users who
+# can reveal an arm (statistician, supply manager, PI for emergencies) must. Off by default so
+# a first `make run` needs no phone; a production deployment should set it.
+TWO_FACTOR_FOR_UNBLINDED = envbool("TWO_FACTOR_FOR_UNBLINDED", "false")
+OTP_TOTP_ISSUER = os.getenv("OTP_TOTP_ISSUER", "trialsite NCT06442709")
 AXES_COOLOFF_TIME = timedelta(minutes=envint("AXES_COOLOFF_MINUTES", "30"))
 AXES_LOCKOUT_PARAMETERS = ["username"]
 AXES_RESET_ON_SUCCESS = True

@@ -22,6 +22,8 @@ urlpatterns = [
     path("", views.home, name="home"),
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("accounts/two-factor/", views.two_factor_setup, name="two-factor"),
+    path("accounts/two-factor/verify/", views.two_factor_verify, name="two-factor-verify"),
     path("audit/", views.audit_trail, name="audit-trail"),
     path("i18n/", include("django.conf.urls.i18n")),
     path("admin/", admin.site.urls),

@@ -42,3 +42,93 @@ def audit_trail(request: HttpRequest) -> HttpResponse:
             "subject": subject,
         },
     )
+
+
+# --- Two-factor ------------------------------------------------------------------------------
+
+
+def _next_url(request) -> str:
+    from django.utils.http import url_has_allowed_host_and_scheme
+
+    candidate = request.POST.get("next") or request.GET.get("next") or "/"
+    return candidate if url_has_allowed_host_and_scheme(candidate, allowed_hosts={request.get_host()}) else "/"
+
+
+@login_required
+def two_factor_setup(request: HttpRequest) -> HttpResponse:
+    """Enrol an authenticator app (scan, then confirm with a code), or remove it (password)."""
+    from django.contrib import messages
+    from django.shortcuts import redirect
+    from django.utils.translation import gettext as _
+
+    from trialsite import two_factor
+    from trialsite.exceptions import TrialRuleError
+    from trialsite.forms import TwoFactorRemoveForm, TwoFactorTokenForm
+
+    device = two_factor.confirmed_device(request.user)
+    token_form, remove_form = TwoFactorTokenForm(), TwoFactorRemoveForm()
+    if request.method == "POST":
+        if "remove" in request.POST and device is not None:
+            remove_form = TwoFactorRemoveForm(request.POST)
+            if remove_form.is_valid():
+                try:
+                    two_factor.device_remove(request=request, password=remove_form.cleaned_data["password"])
+                except TrialRuleError as error:
+                    remove_form.add_error(error.field, error.message)
+                else:
+                    messages.success(request, _("Two-factor authentication is off."))
+                    return redirect("two-factor")
+        elif device is None:
+            token_form = TwoFactorTokenForm(request.POST)
+            if token_form.is_valid():
+                try:
+                    two_factor.enrolment_confirm(request=request, token=token_form.cleaned_data["token"])
+                except TrialRuleError as error:
+                    token_form.add_error(error.field, error.message)
+                else:
+                    messages.success(request, _("Two-factor authentication is on."))
+                    return redirect(_next_url(request))
+    pending = None if device else two_factor.enrolment_start(request.user)
+    return render(
+        request,
+        "trialsite/two_factor_setup.html",
+        {
+            "device": device,
+            "pending": pending,
+            "qr_svg": two_factor.qr_svg(pending) if pending else "",
+            "secret": _base32(pending) if pending else "",
+            "required": two_factor.required_for(request.user),
+            "token_form": token_form,
+            "remove_form": remove_form,
+            "next": _next_url(request),
+        },
+    )
+
+
+def _base32(device) -> str:
+    import base64
+
+    secret = base64.b32encode(device.bin_key).decode().rstrip("=")
+    return " ".join(secret[index : index + 4] for index in range(0, len(secret), 4))
+
+
+@login_required
+def two_factor_verify(request: HttpRequest) -> HttpResponse:
+    """The second step of a login for a user with an authenticator app."""
+    from django.shortcuts import redirect
+
+    from trialsite import two_factor
+    from trialsite.exceptions import TrialRuleError
+    from trialsite.forms import TwoFactorTokenForm
+
+    if two_factor.is_verified(request.user) or not two_factor.is_enrolled(request):
+        return redirect(_next_url(request))
+    form = TwoFactorTokenForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            two_factor.verify(request=request, token=form.cleaned_data["token"])
+        except TrialRuleError as error:
+            form.add_error(error.field, error.message)
+        else:
+            return redirect(_next_url(request))
+    return render(request, "trialsite/two_factor_verify.html", {"form": form, "next": _next_url(request)})
