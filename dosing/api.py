@@ -203,7 +203,7 @@ class KitImportResultSerializer(serializers.Serializer):
 
 
 class ShipmentCreateSerializer(serializers.Serializer):
-    site = serializers.CharField(help_text="Site code")
+    site = serializers.CharField(help_text="Site code", max_length=20)
     kit_type = serializers.ChoiceField(choices=KitType.choices)
     content = serializers.ChoiceField(choices=KitContent.choices)
     quantity = serializers.IntegerField(min_value=1, max_value=500)

@@ -12,7 +12,10 @@ class VisitRecordForm(forms.Form):
     alt_uln = forms.DecimalField(label=_("ALT (x ULN)"), min_value=0, max_digits=5, decimal_places=2, required=False)
     ast_uln = forms.DecimalField(label=_("AST (x ULN)"), min_value=0, max_digits=5, decimal_places=2, required=False)
     out_of_window_reason = forms.CharField(
-        label=_("Reason, if the visit is outside its window"), widget=forms.Textarea(attrs={"rows": 2}), required=False
+        label=_("Reason, if the visit is outside its window"),
+        widget=forms.Textarea(attrs={"rows": 2}),
+        required=False,
+        max_length=2000,
     )
 
     def __init__(self, *args, dosing: bool, **kwargs):

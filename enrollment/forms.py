@@ -50,7 +50,9 @@ class ScreeningForm(forms.Form):
 
 
 class RescreenForm(ScreeningForm):
-    reason = forms.CharField(label=_("Reason for the change"), required=False, widget=forms.Textarea(attrs={"rows": 2}))
+    reason = forms.CharField(
+        label=_("Reason for the change"), required=False, max_length=2000, widget=forms.Textarea(attrs={"rows": 2})
+    )
 
 
 class SignForm(forms.Form):
@@ -59,4 +61,6 @@ class SignForm(forms.Form):
 
 class WithdrawForm(forms.Form):
     withdrawn_on = forms.DateField(label=_("Withdrawal date"), widget=forms.DateInput(attrs={"type": "date"}))
-    reason = forms.CharField(label=_("Reason for withdrawal"), widget=forms.Textarea(attrs={"rows": 2}))
+    reason = forms.CharField(
+        label=_("Reason for withdrawal"), max_length=2000, widget=forms.Textarea(attrs={"rows": 2})
+    )

@@ -49,6 +49,9 @@ SIGNATURE_MEANING = gettext_lazy(
 )
 
 
+OLDEST_PLAUSIBLE_AGE = 120
+
+
 def _validate(
     *,
     site: Site,
@@ -63,6 +66,13 @@ def _validate(
         raise InvalidScreening(_("Initials are 2 to 4 letters."), field="initials")
     if date_of_birth > today:
         raise InvalidScreening(_("The date of birth cannot be in the future."), field="date_of_birth")
+    # A typo such as 0001 for 2001 would otherwise become an age screen failure on record.
+    if date_of_birth < screening_date.replace(year=screening_date.year - OLDEST_PLAUSIBLE_AGE, day=1):
+        raise InvalidScreening(
+            _("The date of birth is more than %(years)s years before screening; check the year.")
+            % {"years": OLDEST_PLAUSIBLE_AGE},
+            field="date_of_birth",
+        )
     if screening_date > today:
         raise InvalidScreening(_("The screening date cannot be in the future."), field="screening_date")
     if consent_date > screening_date:

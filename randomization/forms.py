@@ -6,14 +6,20 @@ class GenerateForm(forms.Form):
     seed = forms.CharField(label=_("Secret seed"), max_length=200, widget=forms.PasswordInput(render_value=True))
     slots_per_stratum = forms.IntegerField(label=_("Slots per stratum"), min_value=1, max_value=100_000)
     reason = forms.CharField(
-        label=_("Reason (required for a new version)"), required=False, widget=forms.Textarea(attrs={"rows": 2})
+        label=_("Reason (required for a new version)"),
+        required=False,
+        max_length=2000,
+        widget=forms.Textarea(attrs={"rows": 2}),
     )
 
 
 class ImportForm(forms.Form):
     csv_file = forms.FileField(label=_("CSV file (stratum,sequence,block,block_size,arm)"))
     reason = forms.CharField(
-        label=_("Reason (required for a new version)"), required=False, widget=forms.Textarea(attrs={"rows": 2})
+        label=_("Reason (required for a new version)"),
+        required=False,
+        max_length=2000,
+        widget=forms.Textarea(attrs={"rows": 2}),
     )
 
     def clean_csv_file(self):

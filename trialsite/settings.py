@@ -102,6 +102,9 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "trialsite.middleware.SecurityHeadersMiddleware",
+    # Inside the language and header middleware, so its refusals are translated and carry the
+    # security headers; still before any view or CSRF check reads the body.
+    "trialsite.middleware.RequestBodyGuardMiddleware",
     "trialsite.middleware.ApiJsonErrorsMiddleware",
     "trialsite.middleware.SiteTimezoneMiddleware",
     "trialsite.middleware.TwoFactorMiddleware",
@@ -170,6 +173,11 @@ AXES_FAILURE_LIMIT = envint("AXES_FAILURE_LIMIT", "5")
 # can reveal an arm (statistician, supply manager, PI for emergencies) must. Off by default so
 # a first `make run` needs no phone; a production deployment should set it.
 TWO_FACTOR_FOR_UNBLINDED = envbool("TWO_FACTOR_FOR_UNBLINDED", "false")
+
+# Bodies: forms and JSON up to Django's DATA_UPLOAD_MAX_MEMORY_SIZE (2.5 MB); uploads (the CSV
+# imports) up to this. Larger requests are refused with 413 before any view reads them.
+DATA_UPLOAD_MAX_MEMORY_SIZE = envint("DATA_UPLOAD_MAX_MEMORY_SIZE", str(2_621_440))
+REQUEST_UPLOAD_MAX_BYTES = envint("REQUEST_UPLOAD_MAX_BYTES", str(10 * 1024 * 1024))
 OTP_TOTP_ISSUER = os.getenv("OTP_TOTP_ISSUER", "trialsite NCT06442709")
 AXES_COOLOFF_TIME = timedelta(minutes=envint("AXES_COOLOFF_MINUTES", "30"))
 AXES_LOCKOUT_PARAMETERS = ["username"]
