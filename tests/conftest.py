@@ -75,3 +75,11 @@ def api_for():
         return client
 
     return logged_in
+
+
+@pytest.fixture
+def world(trial, site, cast):
+    """One record of every kind a route names, for the sweeps over every route (tests/sweep.py)."""
+    from tests.sweep import make_world
+
+    return make_world(trial, site, cast)

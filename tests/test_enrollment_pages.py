@@ -264,5 +264,5 @@ def test_a_withdrawn_participant_shows_the_date_and_reason(cast, site, client_fo
         f"/participants/{participant.pk}/", {"action": "withdraw", "withdrawn_on": "2026-11-20", "reason": "moved away"}
     )
     page = client_for(cast.monitor).get(f"/participants/{participant.pk}/").content.decode()
-    assert "2026-11-20" in page and "moved away" in page
+    assert "20 Nov 2026" in page and "moved away" in page
     assert 'name="action" value="withdraw"' not in page

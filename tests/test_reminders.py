@@ -6,7 +6,7 @@ import datetime
 import pytest
 import time_machine
 from django.core import mail
-from django.utils import timezone
+from django.utils import formats, timezone
 
 from dosing.reminders import services
 from dosing.reminders.models import Reminder
@@ -170,7 +170,7 @@ def test_the_staff_message_names_numbers_and_study_medication_never_a_drug_or_an
     assert message.to == ["li.na@hospital.example"]
     assert participant.randomization_number in message.subject
     assert "study medication" in message.body.lower()
-    assert "2026-11-28" in message.body and "Asia/Shanghai" in message.body
+    assert "28 Nov 2026" in message.body and "Asia/Shanghai" in message.body
     text = (message.subject + message.body).lower()
     for word in ("tocilizumab", "aspirin", "placebo", "toc", "active", participant.screening.initials.lower()):
         assert f" {word} " not in f" {text} "
@@ -189,6 +189,8 @@ def test_a_participant_reminder_is_in_their_language(contactable):
     [message] = mail.outbox
     assert message.to == ["p@example.org"]
     assert "研究" in message.subject + message.body
+    start = formats.date_format(reminder.visit.window_start, "Y年n月j日")
+    assert start in message.body, "the participant reads the dates as Chinese writes them"
     assert "Tocilizumab" not in message.body
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import Exists, OuterRef, Q
-from django.utils import timezone, translation
+from django.utils import formats, timezone, translation
 from django.utils.translation import gettext as _
 
 from dosing.reminders.channels import OutgoingMessage, PermanentSendError, channel_for
@@ -240,6 +240,12 @@ def recipients_for(reminder: Reminder) -> list[str]:
     return sorted(emails)
 
 
+def _day(day) -> str:
+    """A date as the reader's language writes it (21 Nov 2026, 2026年11月21日); call inside
+    translation.override so the format is the recipient's, not the sender's."""
+    return formats.date_format(day, "SHORT_DATE_FORMAT")
+
+
 def compose(reminder: Reminder) -> OutgoingMessage:
     """The message, in the participant's language for them and the site's working language
     (English) for staff. It names the participant by number only and the medication as
@@ -254,19 +260,19 @@ def compose(reminder: Reminder) -> OutgoingMessage:
             body = _(
                 "No visit was recorded for participant %(number)s, visit %(visit)s, whose window "
                 "closed on %(end)s (%(zone)s). Please record the visit or the reason it was missed."
-            ) % {"number": number, "visit": visit.code, "end": visit.window_end.isoformat(), "zone": zone_name}
+            ) % {"number": number, "visit": visit.code, "end": _day(visit.window_end), "zone": zone_name}
         elif reminder.audience == Reminder.Audience.PARTICIPANT:
             subject = _("Reminder: your study visit")
             body = _(
                 "Your next study visit can take place between %(start)s and %(end)s. Please bring your "
                 "study medication, including any tablets you have not taken. Contact the study team "
                 "if you cannot come."
-            ) % {"start": visit.window_start.isoformat(), "end": visit.window_end.isoformat()}
+            ) % {"start": _day(visit.window_start), "end": _day(visit.window_end)}
         else:
             subject = _("Visit reminder: %(number)s, visit %(visit)s opens %(start)s") % {
                 "number": number,
                 "visit": visit.code,
-                "start": visit.window_start.isoformat(),
+                "start": _day(visit.window_start),
             }
             body = _(
                 "Participant %(number)s is due for visit %(visit)s. Window: %(start)s to %(end)s "
@@ -274,8 +280,8 @@ def compose(reminder: Reminder) -> OutgoingMessage:
             ) % {
                 "number": number,
                 "visit": visit.code,
-                "start": visit.window_start.isoformat(),
-                "end": visit.window_end.isoformat(),
+                "start": _day(visit.window_start),
+                "end": _day(visit.window_end),
                 "zone": zone_name,
             }
     return OutgoingMessage(

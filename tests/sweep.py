@@ -1,0 +1,114 @@
+"""What the sweeps over every route share: the routes, found from the URL resolver, a record for
+each kind of id a route takes, and row counts of every audited table."""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal
+
+from django.urls import URLResolver, get_resolver
+from django.utils import timezone
+
+from dosing import services as dosing_services
+from randomization import services as randomization_services
+from tests import dosing_factories, factories
+from trialsite.audit import audit_context, audited_models
+from trialsite.models import AuditEvent, Role
+
+# The URL prefix of a route decides which record its <pk> names.
+RECORD_FOR_PREFIX = [
+    ("randomization/lists/", "randomization_list"),
+    ("supply/kits/", "quarantined_kit"),
+    ("pharmacy/kits/", "kit"),
+    ("pharmacy/shipments/", "shipment"),
+    ("kits/", "kit"),
+    ("shipments/", "shipment"),
+    ("visits/", "visit"),
+    ("participants/", "participant"),
+    ("screenings/", "screening"),
+    ("screening/", "screening"),
+    ("exports/", "export"),
+    ("reports/exports/", "export"),
+    ("sites/", "site"),
+]
+# Writes that are not trial data: logging in and out, the language, the second factor.
+NOT_TRIAL_WRITES = ("accounts/", "i18n/", "admin/", "api/v1/schema/", "api/v1/docs/")
+
+
+def make_world(trial, site, cast) -> dict:
+    """A site with one record of every kind a route can name, and a user holding every role."""
+    everyone = factories.make_user(Role.COORDINATOR, site, username="everyone")
+    with audit_context(reason="every role, for the bad-input sweep"):
+        for role in Role:
+            if role != Role.COORDINATOR:
+                everyone.trial_roles.create(site=site, role=role)
+    today = timezone.localdate(timezone=site.zone)
+    participant = dosing_factories.randomized_participant(site, arm_code="TOC", by=cast.coordinator, day0=today)
+    for kit_type, content in (("INF", "active"), ("TAB", "placebo")):
+        dosing_factories.make_kit(kit_type=kit_type, content=content, site=site)
+    visit = participant.visits.get(code="C1")
+    dosing_services.visit_record(
+        visit=visit,
+        actual_date=today,
+        recorded_by=cast.coordinator,
+        weight_kg=Decimal("70.0"),
+        neutrophils=2500,
+        platelets=180000,
+        alt_uln=Decimal("0.8"),
+        ast_uln=Decimal("0.9"),
+    )
+    quarantined = dosing_factories.make_kit(kit_type="TAB", content="active", site=site, status="quarantined")
+    from dosing.models import Shipment
+    from reports.models import Export
+
+    with audit_context(actor=cast.supply_manager, reason="sweep shipment"):
+        shipment = Shipment.objects.create(site=site, shipped_by=cast.supply_manager)
+    randomization_list = randomization_services.list_generate(
+        trial=trial, seed="sweep", slots_per_stratum=8, created_by=everyone, reason="bad-input sweep"
+    )
+    with audit_context(actor=everyone, reason="sweep export"):
+        export = Export.objects.create(requested_by=everyone, kind="enrollment", format="csv", site=site)
+    return {
+        "user": everyone,
+        "participant": participant.pk,
+        "screening": participant.pk,
+        "visit": visit.pk,
+        "kit": visit.kits.first().pk,
+        "quarantined_kit": quarantined.pk,
+        "shipment": shipment.pk,
+        "randomization_list": randomization_list.pk,
+        "export": export.pk,
+        "site": site.pk,
+    }
+
+
+def row_counts() -> dict[str, int]:
+    tables = {model._meta.label: model for model in audited_models()} | {"audit": AuditEvent}
+    return {label: model.objects.count() for label, model in tables.items()}
+
+
+def record_id(route: str, world) -> int:
+    bare = route.removeprefix("api/v1/")
+    for prefix, key in RECORD_FOR_PREFIX:
+        if bare.startswith(prefix):
+            return world[key]
+    raise AssertionError(f"no record known for {route}: add its prefix to RECORD_FOR_PREFIX")
+
+
+def fill(route: str, pk: int) -> str:
+    return "/" + re.sub(r"<int:pk>", str(pk), route)
+
+
+def web_routes() -> list[str]:
+    def walk(patterns, prefix=""):
+        for pattern in patterns:
+            if isinstance(pattern, URLResolver):
+                yield from walk(pattern.url_patterns, prefix + str(pattern.pattern))
+            else:
+                yield prefix + str(pattern.pattern)
+
+    return [
+        route
+        for route in walk(get_resolver().url_patterns)
+        if not route.startswith(("api/", *NOT_TRIAL_WRITES)) and route
+    ]
