@@ -3,6 +3,7 @@ from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
 from django.shortcuts import redirect, render
 from django.utils.translation import gettext as _
+from django.views.decorators.debug import sensitive_post_parameters
 
 from enrollment import selectors, services
 from enrollment.forms import RescreenForm, ScreeningForm, SignForm, WithdrawForm
@@ -52,6 +53,7 @@ def screening_log(request):
     )
 
 
+@sensitive_post_parameters("password", "token")
 @login_required
 def screening_detail(request, pk: int):
     screening = access.get_for_user(
@@ -125,6 +127,7 @@ def participant_list(request):
     )
 
 
+@sensitive_post_parameters("password", "token")
 @login_required
 def participant_detail(request, pk: int):
     participant = access.get_for_user(

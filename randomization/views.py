@@ -2,6 +2,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.shortcuts import redirect, render
 from django.utils.translation import gettext as _
+from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_POST
 
 from enrollment.models import Participant
@@ -36,6 +37,7 @@ def participant_randomize(request, pk: int):
     return redirect("participant-detail", pk=pk)
 
 
+@sensitive_post_parameters("password", "token")
 @login_required
 def participant_unblind(request, pk: int):
     participant = access.get_for_user(Participant.objects.all(), request.user, Capability.EMERGENCY_UNBLIND, pk=pk)
@@ -92,6 +94,7 @@ def list_index(request):
     )
 
 
+@sensitive_post_parameters("password", "token")
 @login_required
 def list_detail(request, pk: int):
     randomization_list = access.get_object_or_404(selectors.lists_for(request.user), pk=pk)

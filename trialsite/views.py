@@ -2,6 +2,7 @@ from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
+from django.views.decorators.debug import sensitive_post_parameters
 
 from trialsite import access, selectors
 from trialsite.access import Capability
@@ -54,6 +55,7 @@ def _next_url(request) -> str:
     return candidate if url_has_allowed_host_and_scheme(candidate, allowed_hosts={request.get_host()}) else "/"
 
 
+@sensitive_post_parameters("password", "token")
 @login_required
 def two_factor_setup(request: HttpRequest) -> HttpResponse:
     """Enrol an authenticator app (scan, then confirm with a code), or remove it (password)."""
@@ -112,6 +114,7 @@ def _base32(device) -> str:
     return " ".join(secret[index : index + 4] for index in range(0, len(secret), 4))
 
 
+@sensitive_post_parameters("password", "token")
 @login_required
 def two_factor_verify(request: HttpRequest) -> HttpResponse:
     """The second step of a login for a user with an authenticator app."""
