@@ -527,7 +527,13 @@ def kits_import(*, csv_text: str, imported_by, trial) -> list[Kit]:
     and every error named with its line number; any error imports nothing."""
     types = set((trial.definition.get("kits") or {}).get("types", KitType.values))
     today = timezone.now().date()
-    rows = list(csv.reader(io.StringIO(csv_text.lstrip("\ufeff"))))
+    reader = csv.reader(io.StringIO(csv_text.lstrip("\ufeff"), newline=""))
+    try:
+        rows = list(reader)
+    except csv.Error as error:
+        raise KitListInvalid(
+            [str(_("Line %(line)d: %(problem)s.") % {"line": reader.line_num, "problem": error})]
+        ) from None
     errors: list[str] = []
     if not rows or [cell.strip() for cell in rows[0]] != KIT_LIST_HEADER:
         raise KitListInvalid(

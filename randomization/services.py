@@ -133,7 +133,20 @@ def list_import(*, trial: Trial, csv_text: str, created_by, reason: str = "") ->
     """A statistician's CSV (stratum,sequence,block,block_size,arm); every problem names its line."""
     arms = set(trial.arms.values_list("code", flat=True))
     strata = set(generator.protocol_strata(trial))
-    reader = csv.reader(io.StringIO(csv_text))
+    # newline="" lets the csv module read \r, \r\n and quoted line breaks itself, as its
+    # documentation asks; a line it still cannot parse is named like any other problem.
+    reader = csv.reader(io.StringIO(csv_text, newline=""))
+    try:
+        return _list_import_rows(
+            trial=trial, reader=reader, arms=arms, strata=strata, created_by=created_by, reason=reason
+        )
+    except csv.Error as error:
+        raise InvalidList(
+            _("Line %(line)d: %(problem)s.") % {"line": reader.line_num, "problem": error}, field="csv_file"
+        ) from None
+
+
+def _list_import_rows(*, trial, reader, arms, strata, created_by, reason) -> RandomizationList:
     header = next(reader, None)
     if [column.strip().lower() for column in header or []] != generator.CSV_HEADER:
         raise InvalidList(

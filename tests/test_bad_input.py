@@ -235,6 +235,8 @@ def test_csv_imports_refuse_broken_encodings_and_formula_cells_with_the_line(wor
         "formula cell": (kit_header + "=cmd|' /C calc'!A0,INF,active,L1,2028-01-31\n").encode(),
         "plus formula": (kit_header + "K4,INF,active,+SUM(A1),2028-01-31\n").encode(),
         "not a CSV": b"\x89PNG\r\n\x1a\n\x00\x00",
+        "a cell past the CSV field limit": (kit_header + "K5" * 100_000 + ",INF,active,L1,2028-01-31\n").encode(),
+        "old Mac line ends": (kit_header + "K6,INF,active,L1,2028-01-31\r=1+1,INF,active,L1,2028-01-31\r").encode(),
     }
     for case, content in kits.items():
         with collected(failures, f"kit import: {case}"):
@@ -250,16 +252,38 @@ def test_csv_imports_refuse_broken_encodings_and_formula_cells_with_the_line(wor
     lists = {
         "invalid UTF-8": b"stratum,sequence,block,block_size,arm\nNT,1,1,4,\xff\n",
         "formula cell": b"stratum,sequence,block,block_size,arm\n@SUM(1),1,1,4,TOC\n",
+        # Found by the fuzzer: a bare carriage return inside a cell was a 500.
+        "a bare carriage return": b"stratum,sequence,block,block_size,arm\rNT,1,1,4,T\rOC\n",
+        "a cell past the CSV field limit": b"stratum,sequence,block,block_size,arm\n"
+        + b"N" * 200_000
+        + b",1,1,4,TOC\n",
     }
+    web = Client()
+    web.force_login(world["user"])
     for case, content in lists.items():
-        with collected(failures, f"randomization list import: {case}"):
+        with collected(failures, f"randomization list import, web form: {case}"):
+            before = row_counts()
+            response = web.post(
+                "/randomization/lists/",
+                {
+                    "action": "import",
+                    "reason": "bad-input sweep",
+                    "csv_file": SimpleUploadedFile("list.csv", content, content_type="text/csv"),
+                },
+            )
+            assert response.status_code == 200, (case, response.status_code)
+            assert 'class="errorlist' in response.content.decode(), case
+            assert row_counts() == before
+        try:
+            text = content.decode("utf-8")
+        except UnicodeDecodeError:
+            continue  # JSON carries text; the bytes case is the web form's
+        with collected(failures, f"randomization list import, API: {case}"):
             before = row_counts()
             response = api.post(
-                "/api/v1/randomization/lists/import/",
-                {"file": SimpleUploadedFile("list.csv", content, content_type="text/csv")},
-                format="multipart",
+                "/api/v1/randomization/lists/import/", {"csv_text": text, "reason": "sweep"}, format="json"
             )
-            assert response.status_code == 400, (case, response.content)
+            assert response.status_code == 400, (case, response.status_code, response.content[:300])
             assert row_counts() == before
     assert not failures, "\n".join(failures)
 
