@@ -7,8 +7,9 @@ It creates a scratch database (`trialsite_bench` on the server of DATABASE_URL),
 loads the protocol and bulk-loads the synthetic rows with COPY. During the load only, and only in
 that scratch database, `SET session_replication_role = replica` switches the audit triggers off
 (they would write one audit row per synthetic row and measure the trigger, not the export).
-Prints per export: wall time, rows, file size, Python's peak heap (tracemalloc) and the
-process's peak resident memory (getrusage). Not part of `make test`."""
+Prints per export: median wall time of three untraced runs, rows, file size, Python's peak heap
+(tracemalloc, in a fourth run) and the process's peak resident memory (getrusage). Not part of
+`make test`."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import os
 import random
 import resource
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -278,11 +280,17 @@ def visit_rows(Visit, enrolled, site, rng):
             }
 
 
-def measure(label: str, function) -> dict:
+def measure(label: str, function, runs: int = 3) -> dict:
+    """Median time of untraced runs, then one run under tracemalloc for the peak: tracing every
+    allocation slows Python two to four times, so a traced run's time would not be the export's."""
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        rows = function()
+        times.append(time.perf_counter() - started)
+    elapsed = statistics.median(times)
     tracemalloc.start()
-    started = time.perf_counter()
-    rows = function()
-    elapsed = time.perf_counter() - started
+    function()
     _current, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     maxrss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -292,16 +300,19 @@ def measure(label: str, function) -> dict:
     return {"seconds": elapsed, "rows": rows, "peak_mb": peak / 2**20}
 
 
-def postgres_copy(label: str, sql: str) -> float:
+def postgres_copy(label: str, sql: str, runs: int = 3) -> float:
     from django.db import connection
 
-    started = time.perf_counter()
-    size = 0
-    with connection.cursor() as django_cursor:
-        with django_cursor.cursor.copy(f"COPY ({sql}) TO STDOUT WITH (FORMAT csv, HEADER)") as copy:
-            for chunk in copy:
-                size += len(chunk)
-    elapsed = time.perf_counter() - started
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        size = 0
+        with connection.cursor() as django_cursor:
+            with django_cursor.cursor.copy(f"COPY ({sql}) TO STDOUT WITH (FORMAT csv, HEADER)") as copy:
+                for chunk in copy:
+                    size += len(chunk)
+        times.append(time.perf_counter() - started)
+    elapsed = statistics.median(times)
     print(f"{label:<34} {elapsed:8.2f} s  ({size / 2**20:.1f} MB)")
     return elapsed
 

@@ -50,7 +50,11 @@ def database_from_url(url: str) -> dict:
         "PASSWORD": unquote(parsed.password or ""),
         "HOST": host,
         "PORT": str(parsed.port or ""),
-        "CONN_MAX_AGE": envint("DATABASE_CONN_MAX_AGE", "0"),
+        # Each gunicorn or Celery worker keeps its connection: opening one per request cost more
+        # than the framework's whole floor request (bench/http_bench.py). Health checks replace a
+        # connection the server closed before the request uses it.
+        "CONN_MAX_AGE": envint("DATABASE_CONN_MAX_AGE", "300"),
+        "CONN_HEALTH_CHECKS": True,
         # ISO date output is what the exports stream from COPY (a date cast to text); pinned
         # here rather than left to the server's postgresql.conf.
         "OPTIONS": {"options": "-c datestyle=ISO,YMD", **query},
