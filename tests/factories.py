@@ -10,7 +10,7 @@ from django.contrib.auth import get_user_model
 
 from enrollment.models import Answer, Consent, EligibilityAnswer, Outcome, Participant, Screening
 from trialsite.audit import audit_context
-from trialsite.models import Site, StaffRole, Trial
+from trialsite.models import Role, Site, StaffRole, Trial
 
 PASSWORD = "correct-horse-battery-staple"
 _numbers = itertools.count(1)
@@ -22,6 +22,15 @@ def make_user(role: str | None = None, site: Site | None = None, *, username: st
     if role is not None:
         with audit_context(reason="test cast"):
             StaffRole.objects.create(user=user, site=site, role=role)
+    return user
+
+
+def make_user_with_every_role(site: Site, *, username: str):
+    """One user holding every role at the site, so no request of theirs stops at "you may not"
+    before the code that reads its input."""
+    user = make_user(None, None, username=username)
+    with audit_context(reason="test cast: every role"):
+        StaffRole.objects.bulk_create(StaffRole(user=user, site=site, role=role) for role in Role)
     return user
 
 

@@ -13,7 +13,7 @@ from dosing import services as dosing_services
 from randomization import services as randomization_services
 from tests import dosing_factories, factories
 from trialsite.audit import audit_context, audited_models
-from trialsite.models import AuditEvent, Role
+from trialsite.models import AuditEvent
 
 # The URL prefix of a route decides which record its <pk> names.
 RECORD_FOR_PREFIX = [
@@ -37,11 +37,7 @@ NOT_TRIAL_WRITES = ("accounts/", "i18n/", "admin/", "api/v1/schema/", "api/v1/do
 
 def make_world(trial, site, cast) -> dict:
     """A site with one record of every kind a route can name, and a user holding every role."""
-    everyone = factories.make_user(Role.COORDINATOR, site, username="everyone")
-    with audit_context(reason="every role, for the bad-input sweep"):
-        for role in Role:
-            if role != Role.COORDINATOR:
-                everyone.trial_roles.create(site=site, role=role)
+    everyone = factories.make_user_with_every_role(site, username="everyone")
     today = timezone.localdate(timezone=site.zone)
     participant = dosing_factories.randomized_participant(site, arm_code="TOC", by=cast.coordinator, day0=today)
     for kit_type, content in (("INF", "active"), ("TAB", "placebo")):

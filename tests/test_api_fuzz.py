@@ -17,8 +17,6 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from tests import factories
-from trialsite.audit import audit_context
-from trialsite.models import Role
 
 REQUESTS_SENT = []
 ROLES = ["coordinator", "pharmacist", "investigator", "monitor", "statistician", "supply_manager"]
@@ -34,12 +32,7 @@ def fuzz_data(cast, site):
     role, for whom no request stops at "you may not" before its input is read."""
     for _ in range(3):
         factories.make_participant(site, by=cast.coordinator)
-    everyone = factories.make_user(Role.COORDINATOR, site, username="every_role")
-    with audit_context(reason="every role, for the coverage phase"):
-        for role in Role:
-            if role != Role.COORDINATOR:
-                everyone.trial_roles.create(site=site, role=role)
-    cast["every_role"] = everyone
+    cast["every_role"] = factories.make_user_with_every_role(site, username="every_role")
     return cast
 
 

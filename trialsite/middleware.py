@@ -3,7 +3,9 @@ import zoneinfo
 from urllib.parse import unquote_plus
 
 from django.conf import settings
+from django.http import HttpResponse, JsonResponse
 from django.utils import timezone
+from django.utils.html import escape
 from django.utils.translation import gettext_lazy as _
 
 
@@ -63,8 +65,6 @@ class ApiJsonErrorsMiddleware:
             and response.status_code >= 400
             and response.get("Content-Type", "").startswith("text/html")
         ):
-            from django.http import JsonResponse
-
             return JsonResponse({"detail": response.reason_phrase}, status=response.status_code)
         return response
 
@@ -97,7 +97,6 @@ class TwoFactorMiddleware:
         return self.get_response(request)
 
     def _stop(self, request, url_name, message):
-        from django.http import JsonResponse
         from django.shortcuts import redirect
         from django.urls import reverse
         from django.utils.http import urlencode
@@ -174,9 +173,6 @@ class RequestBodyGuardMiddleware:
         return None
 
     def _answer(self, request, status, message, field=None):
-        from django.http import HttpResponse, JsonResponse
-        from django.utils.html import escape
-
         if request.path.startswith("/api/"):
             return JsonResponse({field or "detail": [str(message)] if field else str(message)}, status=status)
         return HttpResponse(
