@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import ROUND_CEILING, ROUND_HALF_UP, Decimal
 
 from django.utils.translation import gettext_lazy as _
 
-from dosing.exceptions import WeightOutOfBounds
+from dosing.exceptions import VialPlanImpossible, WeightOutOfBounds
 
 TENTH = Decimal("0.1")
 
@@ -48,21 +48,35 @@ def check_weight(*, weight_kg: Decimal, rules: dict) -> Decimal:
 
 
 def vial_plan(*, dose_mg: Decimal, vial_sizes_mg: list[int]) -> tuple[tuple[int, int], ...]:
-    """The vials covering `dose_mg` with the fewest mg left over; on a tie, the fewest vials."""
-    sizes = sorted({int(size) for size in vial_sizes_mg}, reverse=True)
+    """The vials to open for `dose_mg`: of all combinations whose total covers the dose, the one
+    with the least waste (mg left over); among equal waste, the fewest vials; among those, the
+    most of the larger vials. Least waste comes first because that is what the protocol's
+    examples ask for: 250 mg is 200 + 80 (2 vials, 30 mg wasted), not one 400 mg vial (1 vial,
+    150 mg wasted); 300 mg is 4 x 80 (20 mg wasted); 480 mg is 400 + 80 (no waste, 2 vials,
+    rather than 200 + 200 + 80). Returns ((size, count), ...), largest vial first, sizes used
+    only. Exhaustive: at most ceil(dose / size) of each size is ever worth trying."""
     dose = _decimal(dose_mg)
-    best: tuple[Decimal, int, tuple[int, ...]] | None = None
-    # Never more of one size than needed to cover the dose alone: bounded and exhaustive.
-    ranges = [range(int(-(-dose // size)) + 1) for size in sizes]
+    try:
+        sizes = sorted({int(size) for size in vial_sizes_mg}, reverse=True)
+    except (TypeError, ValueError):
+        sizes = []
+    if not sizes or sizes[-1] <= 0:
+        raise VialPlanImpossible(_("The protocol names no usable vial sizes."))
+    if not dose.is_finite() or dose <= 0:
+        raise VialPlanImpossible(_("A dose must be more than 0 mg to be prepared from vials."))
+    # Integer ceiling: Decimal's // truncates toward zero, so -(-dose // size) is not a ceiling.
+    ranges = [range(int((dose / size).to_integral_value(rounding=ROUND_CEILING)) + 1) for size in sizes]
+    best: tuple | None = None
     for counts in itertools.product(*ranges):
         total = sum(size * count for size, count in zip(sizes, counts, strict=True))
         if total < dose:
             continue
-        candidate = (total - dose, sum(counts), counts)
-        if best is None or candidate[:2] < best[:2]:
-            best = candidate
-    assert best is not None  # the largest vial times its bound always covers the dose
-    return tuple((size, count) for size, count in zip(sizes, best[2], strict=True) if count)
+        key = (total - dose, sum(counts), tuple(-count for count in counts))
+        if best is None or key < best:
+            best = key
+    if best is None:  # pragma: no cover - ceil(dose / largest) of the largest vial always covers it
+        raise VialPlanImpossible()
+    return tuple((size, -negated) for size, negated in zip(sizes, best[2], strict=True) if negated)
 
 
 def infusion_dose(*, weight_kg: Decimal, rules: dict) -> InfusionDose:

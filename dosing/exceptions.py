@@ -23,6 +23,16 @@ class WeightOutOfBounds(TrialRuleError):
         super().__init__(message, field=field)
 
 
+class VialPlanImpossible(TrialRuleError):
+    """No combination of the protocol's vials can prepare the dose: a protocol or input error,
+    answered as a refusal at the weight field rather than a server error."""
+
+    default_message = _("No combination of the protocol's vial sizes can prepare this dose.")
+
+    def __init__(self, message=None, *, field: str | None = "weight_kg"):
+        super().__init__(message, field=field)
+
+
 class TreatmentStopped(TrialRuleError):
     default_message = _("Treatment was stopped for this participant; no further dose can be prepared.")
 

@@ -1,16 +1,21 @@
+import itertools
 import tomllib
 from decimal import Decimal
 
 import pytest
 from django.conf import settings
+from hypothesis import given
+from hypothesis import settings as settings_hypothesis
+from hypothesis import strategies as st
 
 from dosing.dose import adherence, infusion_decision, infusion_dose, vial_plan, weight_change_flagged
-from dosing.exceptions import WeightOutOfBounds
+from dosing.exceptions import VialPlanImpossible, WeightOutOfBounds
 
 with open(settings.PROTOCOL_FILE, "rb") as protocol:
     DOSING = tomllib.load(protocol)["dosing"]
 INFUSION = DOSING["infusion"]
 SAFETY = DOSING["safety"]
+TENTH_KG = Decimal("0.1")
 
 
 def dose_for(kg: str):
@@ -139,3 +144,75 @@ def test_adherence_is_tablets_taken_per_day_elapsed():
     assert adherence(tablets_taken=28, days_elapsed=28) == Decimal("1.00")
     assert adherence(tablets_taken=21, days_elapsed=28) == Decimal("0.75")
     assert adherence(tablets_taken=3, days_elapsed=0) is None
+
+
+# --- The vial plan at every weight the protocol allows -----------------------------------------
+
+VIAL_SIZES = INFUSION["vial_sizes_mg"]
+
+
+def _covering_plans(dose: Decimal, sizes: list[int]) -> list[tuple[Decimal, int, dict[int, int]]]:
+    """Every combination that covers `dose`, as (waste, vials, {size: count}); brute force, with
+    plain integer ceilings computed independently of dose.py."""
+    tenths = int(dose * 10)
+    limits = [-(-tenths // (size * 10)) for size in sizes]
+    plans = []
+    for counts in itertools.product(*[range(limit + 1) for limit in limits]):
+        total = sum(size * count for size, count in zip(sizes, counts, strict=True))
+        if total * 10 >= tenths:
+            plans.append((Decimal(total) - dose, sum(counts), dict(zip(sizes, counts, strict=True))))
+    return plans
+
+
+def _check_plan(dose: Decimal, plan: tuple[tuple[int, int], ...], sizes: list[int]) -> None:
+    chosen = {size: 0 for size in sizes} | dict(plan)
+    total = sum(size * count for size, count in chosen.items())
+    assert total >= dose, f"{plan} does not cover {dose} mg"
+    waste, vials = Decimal(total) - dose, sum(chosen.values())
+    for other_waste, other_vials, other in _covering_plans(dose, sizes):
+        assert other_waste >= waste, f"{other} wastes less than {plan} for {dose} mg"
+        if other_waste == waste:
+            assert other_vials >= vials, f"{other} uses fewer vials than {plan} for {dose} mg"
+    assert [size for size, _count in plan] == sorted((size for size, _count in plan), reverse=True)
+    assert all(count > 0 for _size, count in plan)
+
+
+def test_the_issue_examples_least_waste_first_then_fewest_vials():
+    assert dose_for("62.5").dose_mg == Decimal("250")
+    assert dose_for("62.5").vial_plan == ((200, 1), (80, 1))
+    assert dose_for("75").vial_plan == ((80, 4),)
+    assert dose_for("120").vial_plan == ((400, 1), (80, 1))
+    # Under 50 kg: the dose is below the 200 mg vial, which old code never tried (Decimal // truncates).
+    assert dose_for("47.5").dose_mg == Decimal("190")
+    assert dose_for("47.5").vial_plan == ((200, 1),)
+    assert dose_for("0.1").vial_plan == ((80, 1),)
+
+
+def test_every_weight_the_protocol_allows_in_tenth_kg_steps_gets_the_best_plan():
+    low = Decimal(str(INFUSION["minimum_weight_kg"]))
+    high = Decimal(str(INFUSION["maximum_weight_kg"]))
+    weight, checked = low + TENTH_KG, 0
+    while weight <= high:
+        dose = dose_for(str(weight))
+        _check_plan(dose.dose_mg, dose.vial_plan, VIAL_SIZES)
+        assert dose.waste_mg >= 0
+        weight += TENTH_KG
+        checked += 1
+    assert checked == int((high - low) * 10)
+
+
+@settings_hypothesis(max_examples=300, deadline=None)
+@given(
+    dose_tenths=st.integers(min_value=1, max_value=12_000),
+    sizes=st.lists(st.integers(min_value=10, max_value=500), min_size=1, max_size=3, unique=True),
+)
+def test_any_dose_and_vial_sizes_get_the_least_waste_then_fewest_vials(dose_tenths, sizes):
+    dose = Decimal(dose_tenths) / 10
+    _check_plan(dose, vial_plan(dose_mg=dose, vial_sizes_mg=sizes), sizes)
+
+
+@pytest.mark.parametrize(("dose", "sizes"), [("0", [80]), ("-5", [80]), ("NaN", [80]), ("100", []), ("100", [0])])
+def test_an_impossible_vial_plan_is_a_named_refusal_not_an_assert(dose, sizes):
+    with pytest.raises(VialPlanImpossible) as refused:
+        vial_plan(dose_mg=Decimal(dose), vial_sizes_mg=sizes)
+    assert refused.value.field == "weight_kg"
