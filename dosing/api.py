@@ -249,11 +249,13 @@ class ParticipantAccountabilitySerializer(serializers.Serializer):
     participant = serializers.CharField(source="participant.label")
     dispensed = serializers.IntegerField()
     returned = serializers.IntegerField()
-    tablets_dispensed = serializers.IntegerField()
-    tablets_returned = serializers.IntegerField()
-    tablets_taken = serializers.IntegerField()
-    days_elapsed = serializers.IntegerField()
-    adherence = serializers.DecimalField(max_digits=6, decimal_places=2, allow_null=True)
+    tablets_dispensed = serializers.IntegerField(help_text="Every dispensed tablet kit, returned or not.")
+    tablets_returned = serializers.IntegerField(help_text="Returned tablet kits only.")
+    tablets_taken = serializers.IntegerField(help_text="Returned tablet kits only.")
+    days_elapsed = serializers.IntegerField(help_text="Returned tablet kits only.")
+    adherence = serializers.DecimalField(
+        max_digits=6, decimal_places=2, allow_null=True, help_text="Over returned tablet kits only."
+    )
 
 
 # --- visits ------------------------------------------------------------------------------------

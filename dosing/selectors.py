@@ -231,8 +231,9 @@ def kit_accountability(user) -> QuerySet[Kit]:
 
 
 def participant_accountability(user) -> list[ParticipantAccountability]:
-    """Per participant: kits dispensed and returned, tablets counted and adherence (tablets taken
-    per day between dispensing and return, over returned tablet kits)."""
+    """Per participant: kits dispensed and returned; tablets dispensed (every dispensed tablet
+    kit, returned or not); tablets returned and taken, days and adherence (tablets taken per day
+    between dispensing and return) over returned tablet kits only."""
     rows: dict[int, ParticipantAccountability] = {}
     kits = list(kit_accountability(user).filter(status__in=[KitStatus.DISPENSED, KitStatus.RETURNED]))
     for kit in kits:
@@ -241,9 +242,12 @@ def participant_accountability(user) -> list[ParticipantAccountability]:
         row.dispensed += 1
         if kit.status == KitStatus.RETURNED:
             row.returned += 1
+        if kit.kit_type == KitType.TABLET:
+            # Every tablet handed out counts as dispensed, returned or not; what was taken and
+            # adherence can only be known from the kits that came back and were counted.
+            row.tablets_dispensed += per_kit
         if kit.kit_type == KitType.TABLET and kit.status == KitStatus.RETURNED and kit.tablets_returned is not None:
             dispensed_on = timezone.localtime(kit.dispensed_at, kit.site.zone).date()
-            row.tablets_dispensed += per_kit
             row.tablets_returned += kit.tablets_returned
             row.tablets_taken += per_kit - kit.tablets_returned
             row.days_elapsed += (kit.returned_on - dispensed_on).days
