@@ -29,7 +29,7 @@ class BlindedKitSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Kit
-        fields = ["id", "kit_number", "kit_type", "status", "expiry"]
+        fields = ["id", "kit_number", "kit_type", "status", "packaging_lot", "label_expiry"]
 
 
 class SupplyKitSerializer(serializers.ModelSerializer):
@@ -39,7 +39,20 @@ class SupplyKitSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Kit
-        fields = ["id", "kit_number", "kit_type", "content", "lot", "expiry", "status", "site", "status_note"]
+        fields = [
+            "id",
+            "kit_number",
+            "kit_type",
+            "content",
+            "lot",
+            "expiry",
+            "packaging_lot",
+            "label_expiry",
+            "status",
+            "site",
+            "shipment",
+            "status_note",
+        ]
 
 
 class DoseSerializer(serializers.ModelSerializer):
@@ -204,9 +217,37 @@ class KitImportResultSerializer(serializers.Serializer):
 
 class ShipmentCreateSerializer(serializers.Serializer):
     site = serializers.CharField(help_text="Site code", max_length=20)
+    per_content = serializers.DictField(
+        child=serializers.IntegerField(min_value=0, max_value=250),
+        help_text='Kits of EACH content per kit type, e.g. {"INF": 4, "TAB": 4}: every shipment is mixed alike.',
+    )
+
+    def validate_per_content(self, value):
+        unknown = sorted(set(value) - set(KitType.values))
+        if unknown:
+            raise serializers.ValidationError(f"Unknown kit type: {', '.join(unknown)}")
+        return value
+
+
+class KitLotSerializer(serializers.Serializer):
     kit_type = serializers.ChoiceField(choices=KitType.choices)
     content = serializers.ChoiceField(choices=KitContent.choices)
-    quantity = serializers.IntegerField(min_value=1, max_value=500)
+    lot = serializers.CharField(max_length=40)
+    expiry = serializers.DateField()
+
+
+class KitListGenerateSerializer(serializers.Serializer):
+    packaging_lot = serializers.CharField(max_length=40)
+    kits_per_type = serializers.IntegerField(min_value=1, max_value=5000)
+    seed = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
+    lots = KitLotSerializer(many=True, help_text="One manufacturing lot and true expiry per kit type and content")
+
+
+class KitListSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    kit_count = serializers.IntegerField()
+    sha256 = serializers.CharField()
+    source = serializers.CharField()
 
 
 class StockLineSerializer(serializers.Serializer):
@@ -479,10 +520,39 @@ class ShipmentCreate(APIView):
         selectors.require_supply(request.user)
         data = ShipmentCreateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        site = access.get_object_or_404(selectors.supply_sites(request.user), code=data.validated_data.pop("site"))
-        shipment = services.shipment_create(site=site, shipped_by=request.user, **data.validated_data)
+        site = access.get_object_or_404(selectors.supply_sites(request.user), code=data.validated_data["site"])
+        shipment = services.shipment_create(
+            site=site, per_content=data.validated_data["per_content"], shipped_by=request.user
+        )
         shipment.kit_count = shipment.kits.count()
         return Response(ShipmentSerializer(shipment).data, status=status.HTTP_201_CREATED)
+
+
+class KitListGenerate(APIView):
+    @extend_schema(request=KitListGenerateSerializer, responses={201: KitListSerializer})
+    def post(self, request):
+        selectors.require_supply(request.user)
+        data = KitListGenerateSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        trial = selectors.supply_sites(request.user).select_related("trial").first().trial
+        lots = {(lot["kit_type"], lot["content"]): (lot["lot"], lot["expiry"]) for lot in data.validated_data["lots"]}
+        missing = [
+            f"{kit_type} {content}"
+            for kit_type in selectors.kit_types(trial)
+            for content in KitContent.values
+            if (kit_type, content) not in lots
+        ]
+        if missing:
+            raise serializers.ValidationError({"lots": [f"Missing: {', '.join(missing)}"]})
+        kit_list = services.kit_list_generate(
+            trial=trial,
+            packaging_lot=data.validated_data["packaging_lot"],
+            kits_per_type=data.validated_data["kits_per_type"],
+            seed=data.validated_data["seed"],
+            lots=lots,
+            created_by=request.user,
+        )
+        return Response(KitListSerializer(kit_list).data, status=status.HTTP_201_CREATED)
 
 
 class _QuarantineDecision(APIView):

@@ -21,6 +21,7 @@ urlpatterns = [
     ),
     path("supply/kits/", api.SupplyKitList.as_view(), name="api-supply-kits"),
     path("supply/kits/import/", api.KitImport.as_view(), name="api-supply-kit-import"),
+    path("supply/kit-lists/", api.KitListGenerate.as_view(), name="api-supply-kit-list-generate"),
     path("supply/kits/<int:pk>/release/", api.KitRelease.as_view(), name="api-supply-kit-release"),
     path("supply/kits/<int:pk>/destroy/", api.KitDestroy.as_view(), name="api-supply-kit-destroy"),
     path("supply/stock/", api.SupplyStock.as_view(), name="api-supply-stock"),

@@ -46,15 +46,60 @@ class QuarantineDecisionForm(forms.Form):
 
 
 class KitImportForm(forms.Form):
-    file = forms.FileField(label=_("Kit list (CSV: kit_number,kit_type,content,lot,expiry)"))
+    file = forms.FileField(label=_("Kit list (CSV: kit_number,kit_type,content,lot,expiry,packaging_lot)"))
 
 
 class ShipmentForm(forms.Form):
-    site = forms.ModelChoiceField(label=_("Site"), queryset=None)
-    kit_type = forms.ChoiceField(label=_("Kit type"), choices=KitType.choices)
-    content = forms.ChoiceField(label=_("Content"), choices=KitContent.choices)
-    quantity = forms.IntegerField(label=_("Number of kits"), min_value=1, max_value=500)
+    """Kits of each content per kit type: a shipment always carries every content alike."""
 
-    def __init__(self, *args, sites, **kwargs):
+    site = forms.ModelChoiceField(label=_("Site"), queryset=None)
+
+    def __init__(self, *args, sites, kit_types, **kwargs):
         super().__init__(*args, **kwargs)
         self.fields["site"].queryset = sites
+        for kit_type in kit_types:
+            self.fields[f"per_content_{kit_type}"] = forms.IntegerField(
+                label=_("%(type)s kits of each content") % {"type": KitType(kit_type).label},
+                min_value=0,
+                max_value=250,
+                initial=0,
+            )
+
+    def per_content(self) -> dict[str, int]:
+        return {
+            name.removeprefix("per_content_"): value
+            for name, value in self.cleaned_data.items()
+            if name.startswith("per_content_")
+        }
+
+
+class KitListGenerateForm(forms.Form):
+    """A packaging lot's kit list generated here: one manufacturing lot and true expiry for each
+    kit type and content; the label shows the earliest expiry of the packaging lot."""
+
+    packaging_lot = forms.CharField(label=_("Packaging lot (printed on every label)"), max_length=40)
+    kits_per_type = forms.IntegerField(label=_("Kits of each type"), min_value=1, max_value=5000)
+    seed = forms.CharField(
+        label=_("Seed (leave empty for a new secret one)"), max_length=200, required=False, strip=True
+    )
+
+    def __init__(self, *args, kit_types, **kwargs):
+        super().__init__(*args, **kwargs)
+        for kit_type in kit_types:
+            for content in KitContent.values:
+                label = {"type": KitType(kit_type).label, "content": KitContent(content).label}
+                self.fields[f"lot_{kit_type}_{content}"] = forms.CharField(
+                    label=_("%(type)s, %(content)s: manufacturing lot") % label, max_length=40
+                )
+                self.fields[f"expiry_{kit_type}_{content}"] = forms.DateField(
+                    label=_("%(type)s, %(content)s: expiry") % label,
+                    widget=forms.DateInput(attrs={"type": "date"}, format="%Y-%m-%d"),
+                )
+
+    def lots(self) -> dict[tuple[str, str], tuple]:
+        data = self.cleaned_data
+        return {
+            (name.split("_")[1], name.split("_")[2]): (value, data[name.replace("lot_", "expiry_", 1)])
+            for name, value in data.items()
+            if name.startswith("lot_")
+        }

@@ -27,6 +27,8 @@ class VisitStatus(models.TextChoices):
     MISSED = "missed", _("Missed")
     # A dosing visit after treatment was stopped by a safety gate: no dose will be given.
     CANCELLED = "cancelled", _("Not done (treatment stopped)")
+    # A visit after the participant withdrew: it will not happen, and it was not missed.
+    NOT_DONE_WITHDRAWN = "not_done_withdrawn", _("Not done (withdrawn)")
 
 
 class Visit(Audited, models.Model):
@@ -54,7 +56,7 @@ class Visit(Audited, models.Model):
     target_date = models.DateField(_("target date"))
     window_start = models.DateField(_("window opens"))
     window_end = models.DateField(_("window closes"))
-    status = models.CharField(max_length=10, choices=VisitStatus.choices, default=VisitStatus.SCHEDULED)
+    status = models.CharField(max_length=20, choices=VisitStatus.choices, default=VisitStatus.SCHEDULED)
     actual_date = models.DateField(_("visit date"), null=True, blank=True)
     out_of_window_reason = models.TextField(_("reason for a visit outside the window"), blank=True)
     is_deviation = models.BooleanField(_("protocol deviation"), default=False)
@@ -74,7 +76,8 @@ class Visit(Audited, models.Model):
                 name="visit_target_inside_window",
             ),
             models.CheckConstraint(
-                condition=Q(status__in=["scheduled", "completed", "missed", "cancelled"]), name="visit_status_valid"
+                condition=Q(status__in=["scheduled", "completed", "missed", "cancelled", "not_done_withdrawn"]),
+                name="visit_status_valid",
             ),
             models.CheckConstraint(
                 condition=~Q(status="completed") | Q(actual_date__isnull=False), name="completed_visit_has_date"
@@ -141,12 +144,18 @@ class DoseRecord(Audited, models.Model):
 
 
 class Shipment(Audited, models.Model):
-    """Kits sent from the depot to a site, received there by the pharmacist."""
+    """Kits sent from the depot to a site, received there by the pharmacist. A shipment always
+    holds the same number of kits of each content for every kit type it carries, from the same
+    packaging lots (`services.shipment_create`), so receiving shipments one at a time tells a
+    blinded pharmacist nothing about which kits share a content."""
 
     audit_clinical_fields = ()
 
     site = models.ForeignKey(Site, on_delete=models.PROTECT, related_name="+")
-    shipped_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    # None when the system resupplied the site on its own (stock below the trigger level).
+    shipped_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
     shipped_at = models.DateTimeField(auto_now_add=True)
     received_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
@@ -182,9 +191,39 @@ class KitStatus(models.TextChoices):
     QUARANTINED = "quarantined", _("Quarantined")
 
 
+class KitList(Audited, models.Model):
+    """One kit list: generated here from a secret seed (an auditor re-derives it with
+    `manage.py kit_list`) or imported from the packager's CSV after the checks that its numbers,
+    packaging lots and expiries say nothing about content. Its SHA-256 is of the canonical CSV."""
+
+    class Source(models.TextChoices):
+        GENERATED = "generated", _("Generated in the application")
+        IMPORTED = "imported", _("Imported from CSV")
+
+    audit_site_column = None
+    audit_blinded_fields = ("seed",)
+
+    trial = models.ForeignKey("trialsite.Trial", on_delete=models.PROTECT, related_name="kit_lists")
+    source = models.CharField(max_length=10, choices=Source.choices)
+    # The secret seed of a generated list; never shown to a blinded user.
+    seed = models.CharField(max_length=200, blank=True)
+    kit_count = models.PositiveIntegerField()
+    sha256 = models.CharField(max_length=64)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"Kit list {self.pk} ({self.kit_count} kits)"
+
+
 class Kit(Audited, models.Model):
-    """One numbered kit. `content` is the only column that reveals allocation: it is blinded in
-    the audit trail and read only by the assignment service and unblinded supply pages."""
+    """One numbered kit. `content`, the manufacturing `lot` and the true `expiry` reveal or can
+    group by allocation: blinded users read only the number, the type, the `packaging_lot` and the
+    `label_expiry` printed on the label, which every content of a packaging lot shares (the
+    earliest true expiry among them), so no attribute they can see differs between contents."""
 
     Status = KitStatus
 
@@ -195,8 +234,13 @@ class Kit(Audited, models.Model):
     kit_number = models.CharField(_("kit number"), max_length=20, unique=True)
     kit_type = models.CharField(_("kit type"), max_length=3, choices=KitType.choices)
     content = models.CharField(max_length=7, choices=KitContent.choices)
-    lot = models.CharField(_("lot"), max_length=40)
+    # Manufacturing lot and true expiry: unblinded supply staff only (they differ by content).
+    lot = models.CharField(_("manufacturing lot"), max_length=40)
     expiry = models.DateField(_("expiry date"))
+    # What the label says: shared by every content of the packaging lot.
+    packaging_lot = models.CharField(_("packaging lot"), max_length=40)
+    label_expiry = models.DateField(_("label expiry"))
+    kit_list = models.ForeignKey(KitList, on_delete=models.PROTECT, null=True, blank=True, related_name="kits")
     status = models.CharField(_("status"), max_length=12, choices=KitStatus.choices, default=KitStatus.IN_DEPOT)
     # None while the kit is at the depot.
     site = models.ForeignKey(Site, on_delete=models.PROTECT, null=True, blank=True, related_name="+")
@@ -238,7 +282,9 @@ class Kit(Audited, models.Model):
                 name="kit_away_from_depot_has_site",
             ),
         ]
-        indexes = [models.Index(fields=["site", "status", "kit_type", "expiry"], name="kit_available_by_expiry")]
+        indexes = [
+            models.Index(fields=["site", "status", "kit_type", "label_expiry"], name="kit_available_by_label_expiry")
+        ]
 
     def __str__(self) -> str:
         return self.kit_number

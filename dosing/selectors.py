@@ -20,13 +20,15 @@ from trialsite import access
 from trialsite.access import Capability
 from trialsite.models import Site
 
-# Fields a blinded user may read of a kit. `content` is not among them.
+# Fields a blinded user may read of a kit. Not `content`, and not the manufacturing `lot`, the
+# true `expiry` or the shipment, which differ or group by content: the label's packaging lot and
+# label expiry are shared by every content of a packaging lot.
 BLINDED_KIT_FIELDS = (
     "id",
     "kit_number",
     "kit_type",
-    "lot",
-    "expiry",
+    "packaging_lot",
+    "label_expiry",
     "status",
     "site_id",
     "participant_id",
@@ -37,6 +39,10 @@ BLINDED_KIT_FIELDS = (
     "tablets_returned",
     "status_note",
 )
+
+
+def kit_types(trial) -> list[str]:
+    return list((trial.definition.get("kits") or {}).get("types", KitType.values))
 
 
 def visits_for(user, participant: Participant) -> QuerySet[Visit]:

@@ -7,15 +7,19 @@ import csv
 import dataclasses
 import datetime
 import io
+import logging
 import re
+import secrets
 from decimal import Decimal
 
 from dateutil.relativedelta import relativedelta
 from django.core.mail import send_mail
 from django.db import transaction
+from django.db.models import Count, Min
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
+from dosing import kitlist
 from dosing.dose import check_weight, infusion_decision, infusion_dose, weight_change_flagged
 from dosing.exceptions import (
     DosingValueRequired,
@@ -35,6 +39,7 @@ from dosing.models import (
     DoseRecord,
     Kit,
     KitContent,
+    KitList,
     KitStatus,
     KitType,
     Shipment,
@@ -43,6 +48,7 @@ from dosing.models import (
     VisitStatus,
 )
 from dosing.reminders.services import reminders_plan, reminders_replan
+from dosing.schedule import visits_end_for_withdrawal
 from enrollment.models import Participant, ParticipantStatus
 from randomization.selectors import allocated_arm
 from trialsite import access
@@ -50,6 +56,9 @@ from trialsite.access import Capability
 from trialsite.audit import audit_context
 from trialsite.exceptions import Conflict, ReasonRequired, TrialRuleError
 from trialsite.models import Site
+from trialsite.text import clean_text, identifier, looks_like_formula
+
+logger = logging.getLogger(__name__)
 
 
 def visit_plan(*, visits_rules: dict, day0: datetime.date) -> list[dict]:
@@ -275,24 +284,29 @@ def visit_record(
 
 def visits_mark_missed(*, today: datetime.date | None = None) -> int:
     """Scheduled visits whose window closed (in the site's zone) with no visit recorded become
-    missed. Idempotent: a second run finds nothing left to mark."""
+    missed. A withdrawn participant's visits are not "missed": any still open (withdrawn before
+    visits were closed at withdrawal) end as "Not done (withdrawn)". Idempotent: a second run
+    finds nothing left to mark."""
     marked = 0
     for site in Site.objects.all():
         local_today = today or _site_today(site)
         with audit_context(reason="visit window closed without a visit recorded"):
-            # A withdrawn participant's remaining visits are not "missed": they will not happen.
             marked += Visit.objects.filter(
                 site=site,
                 status=VisitStatus.SCHEDULED,
                 window_end__lt=local_today,
                 participant__status=ParticipantStatus.RANDOMIZED,
             ).update(status=VisitStatus.MISSED)
+    with audit_context(reason="participant withdrew: the visit will not happen"):
+        marked += visits_end_for_withdrawal()
     return marked
 
 
 # --- Kits: one transition function for every status change -------------------------------------
 
 S = KitStatus
+# Kit choice must not be predictable from anything a blinded user sees: the OS CSPRNG.
+_random = secrets.SystemRandom()
 KIT_TRANSITIONS: dict[str, frozenset[str]] = {
     S.IN_DEPOT: frozenset({S.SHIPPED, S.QUARANTINED, S.DAMAGED, S.EXPIRED}),
     S.SHIPPED: frozenset({S.AT_SITE, S.QUARANTINED, S.DAMAGED, S.EXPIRED}),
@@ -348,11 +362,68 @@ def kit_expiry_needed(visit: Visit) -> datetime.date:
     return following.window_end
 
 
+def kit_contents_by_type(trial) -> dict[str, set[str]]:
+    """Which contents each kit type comes in for this trial's arms ({"INF": {"active", "placebo"}})."""
+    contents: dict[str, set[str]] = {}
+    for arm in trial.arms.all():
+        for kit_type, content in (arm.kit_contents or {}).items():
+            contents.setdefault(kit_type, set()).add(content)
+    return contents
+
+
+def _supply_rules(trial) -> dict:
+    return trial.definition.get("kits") or {}
+
+
+def _fit_kit_ids(*, site_id: int, kit_type: str, content: str, lasting_until: datetime.date) -> list[int]:
+    return list(
+        Kit.objects.filter(
+            site_id=site_id, status=S.AT_SITE, kit_type=kit_type, content=content, label_expiry__gte=lasting_until
+        ).values_list("id", "label_expiry")
+    )
+
+
+def _choose_kit(*, site, kit_type: str, content: str, lasting_until: datetime.date) -> Kit | None:
+    """A fit kit chosen at random (CSPRNG), never the lowest number: otherwise the numbers given
+    out within one content would rise over time and a later, lower number would name the other
+    content. Kits whose label expiry is near (within `kits.use_first_days`, 60 by default) go
+    first, earliest label expiry first, so stock does not expire on the shelf; a packaging lot's
+    label expiry is the same for every content, so this order is the same for every arm. Locked
+    with SKIP LOCKED: two pharmacists never get the same kit."""
+    candidates = _fit_kit_ids(site_id=site.pk, kit_type=kit_type, content=content, lasting_until=lasting_until)
+    if not candidates:
+        return None
+    use_first_days = int(_supply_rules(site.trial).get("use_first_days", 60))
+    soon = _site_today(site) + datetime.timedelta(days=use_first_days)
+    earliest = min(label_expiry for _, label_expiry in candidates)
+    if earliest <= soon:
+        candidates = [(pk, label_expiry) for pk, label_expiry in candidates if label_expiry == earliest]
+    order = [pk for pk, _ in candidates]
+    _random.shuffle(order)
+    for pk in order:
+        kit = Kit.objects.select_for_update(skip_locked=True).filter(pk=pk, status=S.AT_SITE).first()
+        if kit is not None:
+            return kit
+    return None
+
+
+def _site_can_serve(*, site, kit_type: str, lasting_until: datetime.date) -> bool:
+    """Could the site give a fit kit of this type to a participant of ANY content right now?
+    Assignment is refused for everyone at the site when one content is out, so the set of
+    participants hit by a stock-out does not split them by content."""
+    for content in kit_contents_by_type(site.trial).get(kit_type, ()):
+        if not _fit_kit_ids(site_id=site.pk, kit_type=kit_type, content=content, lasting_until=lasting_until):
+            return False
+    return True
+
+
 def kits_assign(*, visit: Visit, assigned_by) -> list[Kit]:
-    """Assign each kit the visit still needs: right type and content at the participant's site,
-    at the site, lasting long enough, earliest expiry first; locked with SKIP LOCKED so two
-    pharmacists never get the same kit. Kits found stay assigned even when another type is
-    missing; then NoKitAvailable is raised and the supply manager is e-mailed after commit."""
+    """Assign every kit the visit still needs, or none: the right type and content for the arm,
+    at the participant's site, with a label expiry lasting until the next visit's window closes,
+    chosen at random among the fit kits (`_choose_kit`). When the site cannot serve every content
+    of a needed type, nothing is assigned and NoKitAvailable is raised: the same words and the
+    same answer whichever type or content is short. The supply manager is e-mailed the detail and
+    a resupply is computed, both after commit."""
     shortages: list[tuple[str, str]] = []
     with audit_context(actor=assigned_by, reason="kit assignment at a dosing visit"):
         visit = Visit.objects.select_related("participant", "site__trial").get(pk=visit.pk)
@@ -362,40 +433,42 @@ def kits_assign(*, visit: Visit, assigned_by) -> list[Kit]:
             raise VisitNotOpen(_("Only a randomized participant still in the trial can receive kits."))
         if DoseRecord.objects.filter(visit=visit, decision=Decision.STOP).exists():
             raise TreatmentStopped()
+        site = visit.site
         have = set(
             visit.kits.filter(status__in=[S.ASSIGNED, S.DISPENSED, S.RETURNED]).values_list("kit_type", flat=True)
         )
         lasting_until = kit_expiry_needed(visit)
-        for kit_type, content in needed_kits(visit):
-            if kit_type in have:
-                continue
-            kit = (
-                Kit.objects.select_for_update(skip_locked=True)
-                .filter(
-                    site_id=visit.site_id,
-                    status=S.AT_SITE,
-                    kit_type=kit_type,
-                    content=content,
-                    expiry__gte=lasting_until,
-                )
-                .order_by("expiry", "kit_number")
-                .first()
-            )
-            if kit is None:
-                shortages.append((kit_type, content))
-                continue
-            kit_transition(
-                kit=kit,
-                to=S.ASSIGNED,
-                participant=visit.participant,
-                visit=visit,
-                assigned_at=timezone.now(),
-                assigned_by=assigned_by,
-            )
-            _warn_if_low(site=visit.site, kit_type=kit_type, content=content)
+        wanted = [(kit_type, content) for kit_type, content in needed_kits(visit) if kit_type not in have]
+        for kit_type, _content in wanted:
+            if not _site_can_serve(site=site, kit_type=kit_type, lasting_until=lasting_until):
+                shortages += [
+                    (kit_type, content)
+                    for content in sorted(kit_contents_by_type(site.trial).get(kit_type, ()))
+                    if not _fit_kit_ids(
+                        site_id=site.pk, kit_type=kit_type, content=content, lasting_until=lasting_until
+                    )
+                ]
+        if not shortages:
+            try:
+                with transaction.atomic():
+                    for kit_type, content in wanted:
+                        kit = _choose_kit(site=site, kit_type=kit_type, content=content, lasting_until=lasting_until)
+                        if kit is None:
+                            # Taken by a concurrent assignment since the check: undo this visit's.
+                            raise NoKitAvailable()
+                        kit_transition(
+                            kit=kit,
+                            to=S.ASSIGNED,
+                            participant=visit.participant,
+                            visit=visit,
+                            assigned_at=timezone.now(),
+                            assigned_by=assigned_by,
+                        )
+            except NoKitAvailable:
+                shortages = [(kit_type, content) for kit_type, content in wanted]
         if shortages:
-            site = visit.site
             transaction.on_commit(lambda: notify_supply(site=site, shortages=shortages, running_low=False))
+        transaction.on_commit(lambda: resupply_requested(site_id=site.pk))
     if shortages:
         raise NoKitAvailable()
     return list(visit.kits.filter(status=S.ASSIGNED).order_by("kit_type"))
@@ -405,10 +478,15 @@ def available_stock(*, site, kit_type: str, content: str) -> int:
     return Kit.objects.filter(site=site, status=S.AT_SITE, kit_type=kit_type, content=content).count()
 
 
-def _warn_if_low(*, site, kit_type: str, content: str) -> None:
-    threshold = int((site.trial.definition.get("kits") or {}).get("low_stock_threshold", 0))
-    if available_stock(site=site, kit_type=kit_type, content=content) < threshold:
-        transaction.on_commit(lambda: notify_supply(site=site, shortages=[(kit_type, content)], running_low=True))
+def resupply_requested(*, site_id: int) -> None:
+    """Ask a worker to compute the site's resupply (after a kit left its stock). Called after
+    commit; a broker that is down loses nothing: beat's daily pass resupplies every site."""
+    from dosing.tasks import resupply_site as resupply_task
+
+    try:
+        resupply_task.delay(site_id)
+    except Exception:  # the assignment is committed; the daily pass catches up
+        logger.warning("resupply of site %s not queued: the broker did not answer", site_id, exc_info=True)
 
 
 def notify_supply(*, site, shortages: list[tuple[str, str]], running_low: bool) -> None:
@@ -437,7 +515,7 @@ def kit_dispense(*, kit: Kit, label_number: str, dispensed_by) -> Kit:
     """Dispense an assigned kit once the number read off its label matches."""
     with audit_context(actor=dispensed_by, reason="kit dispensed"):
         kit = _locked(kit)
-        if (label_number or "").strip().upper() != kit.kit_number.upper():
+        if identifier(label_number) != identifier(kit.kit_number):
             raise LabelMismatch()
         if kit.status != S.ASSIGNED:
             raise IllegalKitTransition(_("Only an assigned kit can be dispensed."))
@@ -497,19 +575,20 @@ def kit_destroy(*, kit: Kit, destroyed_by, reason: str) -> Kit:
 
 
 def kits_expire(*, today: datetime.date | None = None) -> int:
-    """Kits past their expiry date (in their site's zone; UTC at the depot) can no longer be
-    used. Idempotent."""
+    """Kits past their label expiry (in their site's zone; UTC at the depot) can no longer be
+    used. The label date, not the true expiry: it is what the pharmacist reads, and it is the same
+    for every content of a packaging lot, so kits of both contents expire together. Idempotent."""
     usable = [S.IN_DEPOT, S.SHIPPED, S.AT_SITE, S.ASSIGNED, S.QUARANTINED]
     expired = 0
     with audit_context(reason="kit past its expiry date"):
         candidates = (
             Kit.objects.select_for_update(skip_locked=True, of=("self",))
             .select_related("site")
-            .filter(status__in=usable, expiry__lt=today or timezone.now().date() + datetime.timedelta(days=1))
+            .filter(status__in=usable, label_expiry__lt=today or timezone.now().date() + datetime.timedelta(days=1))
         )
         for kit in candidates:
             local_today = today or (_site_today(kit.site) if kit.site else timezone.now().date())
-            if kit.expiry < local_today and S.EXPIRED in KIT_TRANSITIONS[kit.status]:
+            if kit.label_expiry < local_today and S.EXPIRED in KIT_TRANSITIONS[kit.status]:
                 kit_transition(kit=kit, to=S.EXPIRED)
                 expired += 1
     return expired
@@ -517,16 +596,15 @@ def kits_expire(*, today: datetime.date | None = None) -> int:
 
 # --- Kit lists and shipments -------------------------------------------------------------------
 
-KIT_LIST_HEADER = ["kit_number", "kit_type", "content", "lot", "expiry"]
+KIT_LIST_HEADER = ["kit_number", "kit_type", "content", "lot", "expiry", "packaging_lot"]
+# The older five-column lists (no packaging lot): the whole import becomes one packaging lot.
+KIT_LIST_HEADER_WITHOUT_PACKAGING = KIT_LIST_HEADER[:5]
 KIT_NUMBER = re.compile(r"^[A-Z0-9][A-Z0-9-]{3,19}$")
-FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
-def kits_import(*, csv_text: str, imported_by, trial) -> list[Kit]:
-    """Import a kit list (header kit_number,kit_type,content,lot,expiry). Every line is checked
-    and every error named with its line number; any error imports nothing."""
-    types = set((trial.definition.get("kits") or {}).get("types", KitType.values))
-    today = timezone.now().date()
+def _kit_list_rows(*, csv_text: str, trial, today: datetime.date) -> list[kitlist.PlannedKit]:
+    """Parse and check every line of a kit list; every error is named with its line number."""
+    types = set(_supply_rules(trial).get("types", KitType.values))
     reader = csv.reader(io.StringIO(csv_text.lstrip("\ufeff"), newline=""))
     try:
         rows = list(reader)
@@ -534,27 +612,37 @@ def kits_import(*, csv_text: str, imported_by, trial) -> list[Kit]:
         raise KitListInvalid(
             [str(_("Line %(line)d: %(problem)s.") % {"line": reader.line_num, "problem": error})]
         ) from None
-    errors: list[str] = []
-    if not rows or [cell.strip() for cell in rows[0]] != KIT_LIST_HEADER:
+    header = [cell.strip() for cell in rows[0]] if rows else []
+    if header not in (KIT_LIST_HEADER, KIT_LIST_HEADER_WITHOUT_PACKAGING):
         raise KitListInvalid(
             [str(_("Line 1: the header must be exactly: %(header)s") % {"header": ",".join(KIT_LIST_HEADER)})]
         )
+    # One packaging lot for a list that names none: today's date and a number, unique per trial.
+    default_packaging_lot = f"PL{today:%Y%m%d}-{Kit.objects.filter(site__trial=trial).count() + 1}"
+    errors: list[str] = []
     seen: dict[str, int] = {}
-    kits: list[Kit] = []
+    planned: list[kitlist.PlannedKit] = []
     for line, row in enumerate(rows[1:], start=2):
         if not any(cell.strip() for cell in row):
             continue
-        if len(row) != len(KIT_LIST_HEADER):
+        if len(row) != len(header):
             errors.append(
-                str(_("Line %(line)s: expected 5 columns, found %(count)s.") % {"line": line, "count": len(row)})
+                str(
+                    _("Line %(line)s: expected %(expected)s columns, found %(count)s.")
+                    % {"line": line, "expected": len(header), "count": len(row)}
+                )
             )
             continue
-        if any(cell.startswith(FORMULA_START) for cell in row):
+        # Checked as stored: " =1+2" would otherwise pass the check and be stored as "=1+2".
+        cells = [clean_text(cell) for cell in row]
+        if any(looks_like_formula(cell) for cell in cells):
             errors.append(
                 str(_("Line %(line)s: a cell starts with = + - @ (a spreadsheet formula); refused.") % {"line": line})
             )
             continue
-        number, kit_type, content, lot, expiry_text = (cell.strip() for cell in row)
+        number, kit_type, content, lot, expiry_text = cells[:5]
+        number = identifier(number)
+        packaging_lot = cells[5] if len(cells) > 5 else default_packaging_lot
         problems = []
         if not KIT_NUMBER.match(number):
             problems.append(
@@ -572,6 +660,9 @@ def kits_import(*, csv_text: str, imported_by, trial) -> list[Kit]:
             problems.append(_("content must be active or placebo"))
         if not lot or len(lot) > 40:
             problems.append(_("lot is missing or too long"))
+        if not packaging_lot or len(packaging_lot) > 40:
+            problems.append(_("packaging lot is missing or too long"))
+        expiry = None
         try:
             expiry = datetime.date.fromisoformat(expiry_text)
         except ValueError:
@@ -586,46 +677,290 @@ def kits_import(*, csv_text: str, imported_by, trial) -> list[Kit]:
                 str(_("Line %(line)s: %(problems)s.") % {"line": line, "problems": "; ".join(str(p) for p in problems)})
             )
             continue
-        kits.append(
-            Kit(kit_number=number, kit_type=kit_type, content=content, lot=lot, expiry=expiry, imported_by=imported_by)
-        )
+        planned.append(kitlist.PlannedKit(number, kit_type, content, lot, expiry, packaging_lot))
     existing = set(Kit.objects.filter(kit_number__in=seen).values_list("kit_number", flat=True))
     for number in sorted(existing):
         errors.append(
             str(_("Line %(line)s: kit number %(number)s already exists.") % {"line": seen[number], "number": number})
         )
-    if not kits and not errors:
+    if not planned and not errors:
         errors.append(str(_("The list has no kits.")))
     if errors:
         raise KitListInvalid(errors)
-    with audit_context(actor=imported_by, reason="kit list imported"):
-        return Kit.objects.bulk_create(kits)
+    return planned
 
 
-def shipment_create(*, site, kit_type: str, content: str, quantity: int, shipped_by) -> Shipment:
-    """Ship `quantity` depot kits of one type and content to a site, earliest expiry first."""
-    if quantity < 1 or quantity > 500:
-        raise TrialRuleError(_("Ship between 1 and 500 kits."), field="quantity")
-    with audit_context(actor=shipped_by, reason="kits shipped to site"):
-        kits = list(
-            Kit.objects.select_for_update(skip_locked=True)
-            .filter(
-                site__isnull=True,
-                status=S.IN_DEPOT,
-                kit_type=kit_type,
-                content=content,
-                expiry__gte=timezone.now().date(),
-            )
-            .order_by("expiry", "kit_number")[:quantity]
+def kit_list_blinding_problems(planned: list[kitlist.PlannedKit], *, trial) -> tuple[list[str], list[str]]:
+    """What in a kit list would let a blinded person tell contents apart: (refusals, warnings).
+    Numbers related to content (trend, runs, last digit), and packaging lots whose contents are
+    not balanced once the kits already in those lots are counted."""
+    refusals: list[str] = []
+    warnings: list[str] = []
+    for finding in kitlist.order_findings(planned):
+        if abs(finding.z) <= kitlist.WARN_Z:
+            continue
+        text = _("%(type)s kits: %(test)s gives z = %(z).2f (p = %(p).2g); the numbers would tell contents apart.") % {
+            "type": finding.kit_type,
+            "test": finding.test,
+            "z": finding.z,
+            "p": finding.p,
+        }
+        (refusals if finding.refused else warnings).append(str(text))
+    lots = {kit.packaging_lot for kit in planned}
+    already = [
+        kitlist.PlannedKit(row["kit_number"], row["kit_type"], row["content"], "", today_unused, row["packaging_lot"])
+        for today_unused in [datetime.date.min]
+        for row in Kit.objects.filter(packaging_lot__in=lots).values(
+            "kit_number", "kit_type", "content", "packaging_lot"
         )
-        if len(kits) < quantity:
-            raise TrialRuleError(
-                _("Only %(count)s such kits are in the depot.") % {"count": len(kits)}, field="quantity"
+    ]
+    for packaging_lot, kit_type, counts in kitlist.packaging_lot_problems([*already, *planned]):
+        refusals.append(
+            str(
+                _(
+                    "Packaging lot %(lot)s, %(type)s kits: %(active)s active and %(placebo)s placebo; each packaging "
+                    "lot must hold both contents within %(limit)s kits of each other, or its label would tell them apart."
+                )
+                % {
+                    "lot": packaging_lot,
+                    "type": kit_type,
+                    "active": counts["active"],
+                    "placebo": counts["placebo"],
+                    "limit": kitlist.PACKAGING_LOT_IMBALANCE,
+                }
             )
+        )
+    return refusals, warnings
+
+
+def _kits_store(
+    *, planned: list[kitlist.PlannedKit], trial, created_by, source: str, seed: str = ""
+) -> tuple[KitList, list[Kit]]:
+    """Write the kits in kit-number order, so their database ids carry no more than their numbers
+    do, and give every kit of a packaging lot the earliest true expiry of that lot as its label
+    expiry (kits already in the lot are relabelled in the same transaction when it gets earlier)."""
+    planned = sorted(planned, key=lambda kit: kitlist.number_key(kit.kit_number))
+    canonical = kitlist.to_csv(planned)
+    label_expiry: dict[str, datetime.date] = {}
+    for kit in planned:
+        label_expiry[kit.packaging_lot] = min(kit.expiry, label_expiry.get(kit.packaging_lot, kit.expiry))
+    for row in (
+        Kit.objects.filter(packaging_lot__in=label_expiry).values("packaging_lot").annotate(earliest=Min("expiry"))
+    ):
+        label_expiry[row["packaging_lot"]] = min(label_expiry[row["packaging_lot"]], row["earliest"])
+    kit_list = KitList.objects.create(
+        trial=trial,
+        source=source,
+        seed=seed,
+        kit_count=len(planned),
+        sha256=kitlist.sha256(canonical),
+        created_by=created_by,
+    )
+    kits = Kit.objects.bulk_create(
+        [
+            Kit(
+                kit_number=kit.kit_number,
+                kit_type=kit.kit_type,
+                content=kit.content,
+                lot=kit.lot,
+                expiry=kit.expiry,
+                packaging_lot=kit.packaging_lot,
+                label_expiry=label_expiry[kit.packaging_lot],
+                kit_list=kit_list,
+                imported_by=created_by,
+            )
+            for kit in planned
+        ]
+    )
+    for packaging_lot, earliest in label_expiry.items():
+        Kit.objects.filter(packaging_lot=packaging_lot, label_expiry__gt=earliest).update(label_expiry=earliest)
+    return kit_list, kits
+
+
+def kits_import(*, csv_text: str, imported_by, trial) -> list[Kit]:
+    """Import a packager's kit list (header kit_number,kit_type,content,lot,expiry[,packaging_lot]).
+    Every line is checked and every error named with its line number; a list whose numbers or
+    packaging lots would let a blinded person tell contents apart is refused with the statistic.
+    Any error imports nothing."""
+    today = timezone.now().date()
+    planned = _kit_list_rows(csv_text=csv_text, trial=trial, today=today)
+    refusals, _warnings = kit_list_blinding_problems(planned, trial=trial)
+    if refusals:
+        raise KitListInvalid(refusals)
+    with audit_context(actor=imported_by, reason="kit list imported"):
+        _kit_list, kits = _kits_store(
+            planned=planned, trial=trial, created_by=imported_by, source=KitList.Source.IMPORTED
+        )
+        return kits
+
+
+def kit_list_generate(
+    *,
+    trial,
+    packaging_lot: str,
+    kits_per_type: int,
+    lots: dict[tuple[str, str], tuple[str, datetime.date]],
+    created_by,
+    seed: str = "",
+) -> KitList:
+    """Generate a packaging lot's kit list here (`dosing.kitlist.generate`): random 8-digit numbers,
+    contents balanced in random blocks along them. The seed (a fresh secret when none is given) is
+    stored for the auditor and never shown to a blinded user."""
+    packaging_lot = (packaging_lot or "").strip()
+    if not packaging_lot or len(packaging_lot) > 40:
+        raise TrialRuleError(
+            _("Give the packaging lot printed on the labels (up to 40 characters)."), field="packaging_lot"
+        )
+    if Kit.objects.filter(packaging_lot=packaging_lot).exists():
+        raise TrialRuleError(_("This packaging lot already has kits; give a new one."), field="packaging_lot")
+    if not 1 <= kits_per_type <= 5000:
+        raise TrialRuleError(_("Between 1 and 5,000 kits of each type."), field="kits_per_type")
+    today = timezone.now().date()
+    for (_kit_type, _content), (lot, expiry) in lots.items():
+        if expiry < today:
+            raise TrialRuleError(_("That lot has already expired."), field="lots")
+        if not lot or len(lot) > 40:
+            raise TrialRuleError(_("Give every manufacturing lot (up to 40 characters)."), field="lots")
+    seed = seed or secrets.token_hex(32)
+    kit_types = [kit_type for kit_type in _supply_rules(trial).get("types", KitType.values)]
+    planned = kitlist.generate(
+        seed=seed, packaging_lot=packaging_lot, kits_per_type=kits_per_type, lots=lots, kit_types=kit_types
+    )
+    taken = Kit.objects.filter(kit_number__in=[kit.kit_number for kit in planned]).exists()
+    if taken:
+        raise TrialRuleError(
+            _("A generated kit number is already in use; generate again with another seed."), field="seed"
+        )
+    with audit_context(actor=created_by, reason="kit list generated"):
+        kit_list, _kits = _kits_store(
+            planned=planned, trial=trial, created_by=created_by, source=KitList.Source.GENERATED, seed=seed
+        )
+        return kit_list
+
+
+def _depot_kits_for_shipment(*, kit_type: str, contents: list[str], per_content: int, today) -> list[Kit]:
+    """`per_content` depot kits of each content, taken from the same packaging lots in equal
+    numbers (earliest label expiry first, at random within a lot), so that at the site every
+    packaging lot holds the contents alike. Locked; fewer when the depot is short."""
+    depot = Kit.objects.filter(site__isnull=True, status=S.IN_DEPOT, kit_type=kit_type, label_expiry__gte=today)
+    lots = (
+        depot.values("packaging_lot", "content")
+        .annotate(count=Count("id"), label_expiry=Min("label_expiry"))
+        .order_by("label_expiry", "packaging_lot")
+    )
+    per_lot: dict[str, dict[str, int]] = {}
+    for row in lots:
+        per_lot.setdefault(row["packaging_lot"], {})[row["content"]] = row["count"]
+    chosen: list[Kit] = []
+    remaining = per_content
+    for packaging_lot, counts in per_lot.items():
+        if remaining == 0:
+            break
+        take = min(remaining, *(counts.get(content, 0) for content in contents))
+        if take == 0:
+            continue
+        for content in contents:
+            ids = list(depot.filter(packaging_lot=packaging_lot, content=content).values_list("id", flat=True))
+            _random.shuffle(ids)
+            kits = list(Kit.objects.select_for_update(skip_locked=True).filter(pk__in=ids[: take * 2]))
+            _random.shuffle(kits)
+            chosen += kits[:take]
+        remaining -= take
+    return chosen
+
+
+def shipment_create(*, site, per_content: dict[str, int], shipped_by=None) -> Shipment:
+    """Ship to a site `per_content[kit type]` kits of EACH content of that type: a shipment always
+    carries every content alike, so receiving it, or which kits came in it, says nothing about
+    content. `shipped_by` None: the system resupplied on its own."""
+    per_content = {kit_type: int(count) for kit_type, count in per_content.items() if int(count or 0) > 0}
+    if not per_content or any(count > 250 for count in per_content.values()):
+        raise TrialRuleError(_("Ship between 1 and 250 kits of each content."), field="quantity")
+    contents_by_type = kit_contents_by_type(site.trial)
+    today = timezone.now().date()
+    with audit_context(actor=shipped_by, reason="kits shipped to site" if shipped_by else "automatic resupply"):
+        chosen: list[Kit] = []
+        for kit_type, count in sorted(per_content.items()):
+            contents = sorted(contents_by_type.get(kit_type, ()))
+            if not contents:
+                raise TrialRuleError(_("Unknown kit type %(type)s.") % {"type": kit_type}, field="quantity")
+            kits = _depot_kits_for_shipment(kit_type=kit_type, contents=contents, per_content=count, today=today)
+            if len(kits) < count * len(contents):
+                raise TrialRuleError(
+                    _("The depot has only %(count)s %(type)s kits of each content in matching packaging lots.")
+                    % {"count": len(kits) // len(contents), "type": kit_type},
+                    field="quantity",
+                )
+            chosen += kits
         shipment = Shipment.objects.create(site=site, shipped_by=shipped_by)
-        for kit in kits:
+        _random.shuffle(chosen)
+        for kit in chosen:
             kit_transition(kit=kit, to=S.SHIPPED, site=site, shipment=shipment)
         return shipment
+
+
+def resupply_plan(site) -> dict[str, int]:
+    """Kits of each content to ship to the site, per kit type, from its stock: when any content's
+    kits at the site or on their way fall below the trigger level (`kits.resupply_trigger`,
+    otherwise `low_stock_threshold`), every content is brought up to at least the target level
+    (`kits.resupply_target`, otherwise `initial_per_content`), the same number of each. Empty when
+    nothing is needed. Unblinded: only the supply manager and the system read it."""
+    rules = _supply_rules(site.trial)
+    trigger = int(rules.get("resupply_trigger", rules.get("low_stock_threshold", 0)))
+    target = int(rules.get("resupply_target", rules.get("initial_per_content", 0)))
+    if target <= 0:
+        return {}
+    today = _site_today(site)
+    stock = (
+        Kit.objects.filter(site=site, status__in=[S.AT_SITE, S.SHIPPED], label_expiry__gte=today)
+        .values("kit_type", "content")
+        .annotate(count=Count("id"))
+    )
+    counts = {(row["kit_type"], row["content"]): row["count"] for row in stock}
+    plan = {}
+    for kit_type, contents in sorted(kit_contents_by_type(site.trial).items()):
+        levels = [counts.get((kit_type, content), 0) for content in contents]
+        if min(levels) < max(trigger, 1):
+            plan[kit_type] = target - min(levels)
+    return plan
+
+
+def resupply_site(*, site) -> Shipment | None:
+    """Ship what `resupply_plan` says, as one mixed shipment; the site row is locked so two
+    workers never ship twice for the same shortage. When the depot cannot fill it, the supply
+    managers are e-mailed and nothing is shipped."""
+    with transaction.atomic():
+        site = Site.objects.select_for_update().select_related("trial").get(pk=site.pk)
+        plan = resupply_plan(site)
+        if not plan:
+            return None
+        try:
+            with transaction.atomic():
+                return shipment_create(site=site, per_content=plan, shipped_by=None)
+        except TrialRuleError as error:
+            message = str(error.message)
+            transaction.on_commit(lambda: notify_depot_short(site=site, plan=plan, problem=message))
+            return None
+
+
+def resupply_all_sites() -> int:
+    """Beat's daily pass: resupply every site that needs it. Idempotent."""
+    shipped = 0
+    for site in Site.objects.select_related("trial"):
+        shipped += resupply_site(site=site) is not None
+    return shipped
+
+
+def notify_depot_short(*, site, plan: dict[str, int], problem: str) -> None:
+    recipients = [user.email for user in access.users_with(Capability.MANAGE_SUPPLY, site) if user.email]
+    if not recipients:
+        return
+    lines = [problem] + [
+        str(_("%(type)s: %(count)s kits of each content needed") % {"type": kit_type, "count": count})
+        for kit_type, count in plan.items()
+    ]
+    subject = _("Automatic resupply of %(site)s failed: the depot is short") % {"site": site.code}
+    send_mail(str(subject), "\n".join(lines), None, recipients)
 
 
 def shipment_receive(*, shipment: Shipment, received_by) -> Shipment:

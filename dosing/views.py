@@ -16,6 +16,7 @@ from dosing.forms import (
     DispenseForm,
     ExcursionForm,
     KitImportForm,
+    KitListGenerateForm,
     QuarantineDecisionForm,
     ReturnForm,
     ShipmentForm,
@@ -192,9 +193,14 @@ def accountability(request: HttpRequest) -> HttpResponse:
 @login_required
 def supply(request: HttpRequest) -> HttpResponse:
     selectors.require_supply(request.user)
+    sites = selectors.supply_sites(request.user).select_related("trial")
+    trial = sites.first().trial
+    kit_types = selectors.kit_types(trial)
     import_form = KitImportForm()
-    ship_form = ShipmentForm(sites=selectors.supply_sites(request.user))
-    if request.method == "POST" and request.POST.get("action") == "import":
+    ship_form = ShipmentForm(sites=sites, kit_types=kit_types)
+    generate_form = KitListGenerateForm(kit_types=kit_types)
+    action = request.POST.get("action") if request.method == "POST" else None
+    if action == "import":
         import_form = KitImportForm(request.POST, request.FILES)
         if import_form.is_valid():
             upload = import_form.cleaned_data["file"]
@@ -205,18 +211,40 @@ def supply(request: HttpRequest) -> HttpResponse:
                     text = upload.read().decode("utf-8")
                 except UnicodeDecodeError:
                     raise KitListInvalid([_("The file is not UTF-8 text.")]) from None
-                site = selectors.supply_sites(request.user).select_related("trial").first()
-                kits = services.kits_import(csv_text=text, imported_by=request.user, trial=site.trial)
+                kits = services.kits_import(csv_text=text, imported_by=request.user, trial=trial)
             except TrialRuleError as error:
                 _form_error(import_form, error)
             else:
                 messages.success(request, _("%(count)s kits imported into the depot.") % {"count": len(kits)})
                 return redirect("supply")
-    elif request.method == "POST" and request.POST.get("action") == "ship":
-        ship_form = ShipmentForm(request.POST, sites=selectors.supply_sites(request.user))
+    elif action == "generate":
+        generate_form = KitListGenerateForm(request.POST, kit_types=kit_types)
+        if generate_form.is_valid():
+            try:
+                kit_list = services.kit_list_generate(
+                    trial=trial,
+                    packaging_lot=generate_form.cleaned_data["packaging_lot"],
+                    kits_per_type=generate_form.cleaned_data["kits_per_type"],
+                    seed=generate_form.cleaned_data["seed"],
+                    lots=generate_form.lots(),
+                    created_by=request.user,
+                )
+            except TrialRuleError as error:
+                _form_error(generate_form, error)
+            else:
+                messages.success(
+                    request,
+                    _("%(count)s kits generated into the depot (list SHA-256 %(sha)s).")
+                    % {"count": kit_list.kit_count, "sha": kit_list.sha256},
+                )
+                return redirect("supply")
+    elif action == "ship":
+        ship_form = ShipmentForm(request.POST, sites=sites, kit_types=kit_types)
         if ship_form.is_valid():
             try:
-                shipment = services.shipment_create(shipped_by=request.user, **ship_form.cleaned_data)
+                shipment = services.shipment_create(
+                    site=ship_form.cleaned_data["site"], per_content=ship_form.per_content(), shipped_by=request.user
+                )
             except TrialRuleError as error:
                 _form_error(ship_form, error)
             else:
@@ -230,6 +258,7 @@ def supply(request: HttpRequest) -> HttpResponse:
             "depot": selectors.depot_stock(),
             "quarantined": selectors.quarantined_kits(request.user),
             "import_form": import_form,
+            "generate_form": generate_form,
             "ship_form": ship_form,
             "decision_form": QuarantineDecisionForm(),
         },

@@ -78,6 +78,8 @@ def make_kit(
     expiry: datetime.date = datetime.date(2028, 1, 31),
     number: str | None = None,
     lot: str = "LOT-1",
+    packaging_lot: str = "PL-1",
+    label_expiry: datetime.date | None = None,
 ) -> Kit:
     with audit_context(reason="test kit"):
         return Kit.objects.create(
@@ -86,6 +88,8 @@ def make_kit(
             content=content,
             lot=lot,
             expiry=expiry,
+            packaging_lot=packaging_lot,
+            label_expiry=label_expiry or expiry,
             status=status,
             site=site,
         )

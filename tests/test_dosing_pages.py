@@ -24,10 +24,13 @@ REVEALING = re.compile(r"\b(active|placebo|tocilizumab|aspirin|TOC|ASA|COMBO|PBO
 def two_arms(site, cast):
     """Two participants, one per opposite arm, each with both kits assigned at C1."""
     people = []
-    for arm, infusion, tablets in (("COMBO", "active", "active"), ("PBO", "placebo", "placebo")):
+    # Stock of every content first, two of each: a site that cannot serve every content (even
+    # one the visit does not need) assigns nothing.
+    for content in ("active", "placebo", "active", "placebo"):
+        df.make_kit(kit_type="INF", content=content, site=site)
+        df.make_kit(kit_type="TAB", content=content, site=site)
+    for arm in ("COMBO", "PBO"):
         participant = df.randomized_participant(site, arm_code=arm, by=cast.coordinator, day0=DAY0)
-        df.make_kit(kit_type="INF", content=infusion, site=site)
-        df.make_kit(kit_type="TAB", content=tablets, site=site)
         with time_machine.travel(AT_VISIT, tick=False):
             services.visit_record(
                 visit=participant.visits.get(code="C1"),
@@ -203,21 +206,25 @@ def test_weight_out_of_bounds_is_refused_by_the_api_at_the_field(site, cast, api
 
 
 def test_a_supply_manager_imports_ships_and_the_pharmacist_receives(site, cast, client_for, api_for):
-    csv_text = "kit_number,kit_type,content,lot,expiry\nA1B2-0001,INF,active,L1,2028-01-31\nC3D4-0002,TAB,placebo,L2,2028-02-29\n"
+    csv_text = (
+        "kit_number,kit_type,content,lot,expiry,packaging_lot\n"
+        "A1B2-0001,INF,active,L1,2028-01-31,P1\n"
+        "C3D4-0002,INF,placebo,L2,2028-02-29,P1\n"
+    )
     response = client_for(cast.supply_manager).post(
         "/supply/",
         {"action": "import", "file": SimpleUploadedFile("kits.csv", csv_text.encode(), content_type="text/csv")},
         follow=True,
     )
     assert "2 kits imported" in response.content.decode()
+    # The label of both shows the packaging lot's earliest expiry.
+    assert set(Kit.objects.values_list("label_expiry", flat=True)) == {datetime.date(2028, 1, 31)}
     shipped = api_for(cast.supply_manager).post(
-        "/api/v1/supply/shipments/",
-        {"site": "NT", "kit_type": "INF", "content": "active", "quantity": 1},
-        format="json",
+        "/api/v1/supply/shipments/", {"site": "NT", "per_content": {"INF": 1}}, format="json"
     )
     assert shipped.status_code == 201
     shipment_id = shipped.json()["id"]
-    assert Kit.objects.get(kit_number="A1B2-0001").status == KitStatus.SHIPPED
+    assert set(Kit.objects.values_list("status", "shipment_id")) == {(KitStatus.SHIPPED, shipment_id)}
     received = api_for(cast.pharmacist).post(f"/api/v1/shipments/{shipment_id}/receive/")
     assert received.status_code == 200
     assert_blind(received.content.decode())

@@ -30,6 +30,13 @@ def toc(site, cast):
     return df.randomized_participant(site, arm_code="TOC", by=cast.coordinator, day0=DAY0)
 
 
+def other_contents(site) -> None:
+    """Stock of the contents a TOC participant does not take (placebo infusion, active tablets):
+    a site that cannot serve every content of a kit type assigns that type to nobody."""
+    df.make_kit(kit_type="INF", content="placebo", site=site)
+    df.make_kit(kit_type="TAB", content="active", site=site)
+
+
 def first_visit(participant) -> Visit:
     return participant.visits.get(code="C1")
 
@@ -108,6 +115,7 @@ def test_the_earliest_expiry_goes_first_and_a_kit_expiring_before_the_next_windo
     exact = df.make_kit(kit_type="INF", site=site, expiry=c2_window_end, number="EXP-EXACT")
     df.make_kit(kit_type="INF", site=site, expiry=datetime.date(2027, 6, 1), number="EXP-LATER")
     df.make_kit(kit_type="TAB", content="placebo", site=site)
+    other_contents(site)
 
     outcome = record(first_visit(toc), cast.coordinator)
 
@@ -132,6 +140,7 @@ def test_no_kit_available_keeps_the_visit_and_tells_only_the_supply_manager_the_
     cast.pharmacist.email = "pharmacist@example.org"
     cast.pharmacist.save()
     df.make_kit(kit_type="TAB", content="placebo", site=site)
+    df.make_kit(kit_type="TAB", content="active", site=site)
     df.make_kit(kit_type="INF", content="placebo", site=site)  # wrong content for TOC
 
     with django_capture_on_commit_callbacks(execute=True):
@@ -140,18 +149,18 @@ def test_no_kit_available_keeps_the_visit_and_tells_only_the_supply_manager_the_
     assert outcome.no_kit
     visit = first_visit(toc)
     assert visit.status == VisitStatus.COMPLETED and visit.dose.decision == Decision.GIVE
-    assert [kit.kit_type for kit in outcome.kits] == ["TAB"]
-    # One e-mail for the missing infusion kit, one because the tablet stock fell below 4.
+    # All or nothing: the tablet kit that was there is not assigned either.
+    assert outcome.kits == []
+    assert not Kit.objects.filter(status=KitStatus.ASSIGNED).exists()
     assert {tuple(message.to) for message in mail.outbox} == {("supply@example.org",)}
     (shortage,) = [message for message in mail.outbox if "No kit available" in message.subject]
     assert "INF kits, Active: 0 available" in shortage.body
-    (low,) = [message for message in mail.outbox if "low" in message.subject]
-    assert "TAB kits, Placebo: 0 available" in low.body
     assert str(NoKitAvailable().message) == "No kit available; the supply manager has been notified."
 
 
-def test_assigning_again_after_resupply_gives_only_the_missing_kit(site, cast, toc):
+def test_assigning_again_after_resupply_gives_both_kits(site, cast, toc):
     df.make_kit(kit_type="TAB", content="placebo", site=site)
+    other_contents(site)
     outcome = record(first_visit(toc), cast.coordinator)
     assert outcome.no_kit
     infusion = df.make_kit(kit_type="INF", content="active", site=site)
@@ -182,6 +191,9 @@ def test_two_concurrent_assignments_never_share_a_kit(site, cast):
     for _ in range(2):
         df.make_kit(kit_type="INF", content="active", site=site)
         df.make_kit(kit_type="TAB", content="active", site=site)
+    # The placebo kits are there too: a site that cannot serve every content assigns nothing.
+    df.make_kit(kit_type="INF", content="placebo", site=site)
+    df.make_kit(kit_type="TAB", content="placebo", site=site)
     barrier = threading.Barrier(2)
     results: dict[int, list[int]] = {}
     errors: list[BaseException] = []
@@ -234,6 +246,7 @@ def test_a_weight_change_above_10_percent_from_baseline_is_flagged(site, cast, t
 def test_a_stop_decision_ends_treatment_without_kits_for_every_arm(site, cast, toc):
     df.make_kit(kit_type="INF", site=site)
     df.make_kit(kit_type="TAB", content="placebo", site=site)
+    other_contents(site)
     record(first_visit(toc), cast.coordinator)
     df.make_kit(kit_type="INF", site=site)
 
@@ -248,6 +261,7 @@ def test_a_stop_decision_ends_treatment_without_kits_for_every_arm(site, cast, t
 def test_a_held_infusion_still_gets_its_tablet_kit(site, cast, toc):
     df.make_kit(kit_type="INF", site=site)
     tablets = df.make_kit(kit_type="TAB", content="placebo", site=site)
+    other_contents(site)
     outcome = record(first_visit(toc), cast.coordinator, platelets=90000)
     assert outcome.dose.decision == Decision.HOLD
     assert [kit.pk for kit in outcome.kits] == [tablets.pk]
@@ -267,6 +281,7 @@ def test_missed_visits_are_marked_when_the_window_closes_once(site, cast, toc):
 def assigned_kits(site, cast, participant):
     df.make_kit(kit_type="INF", site=site, number="INF-1001")
     df.make_kit(kit_type="TAB", content="placebo", site=site, number="TAB-2001")
+    other_contents(site)
     return {kit.kit_type: kit for kit in record(first_visit(participant), cast.coordinator).kits}
 
 
