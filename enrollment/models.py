@@ -32,6 +32,20 @@ class Outcome(models.TextChoices):
 class Screening(Audited, models.Model):
     audit_subject_column = "id"
     audit_clinical_fields = ("initials", "date_of_birth", "sex", "hospital_record_number", "screening_date")
+    audit_blinded_visible = (
+        "site",
+        "initials",
+        "date_of_birth",
+        "sex",
+        "hospital_record_number",
+        "screening_date",
+        "outcome",
+        "reasons",
+        "stratification",
+        "screened_by",
+        "created_at",
+        "updated_at",
+    )
 
     site = models.ForeignKey(Site, on_delete=models.PROTECT, related_name="screenings")
     initials = models.CharField(_("initials"), max_length=4)
@@ -68,6 +82,7 @@ class Screening(Audited, models.Model):
 class Consent(Audited, models.Model):
     audit_subject_column = "screening_id"
     audit_clinical_fields = ("version", "signed_on")
+    audit_blinded_visible = ("screening", "site", "version", "signed_on", "obtained_by", "recorded_at")
 
     screening = models.ForeignKey(Screening, on_delete=models.PROTECT, related_name="consents")
     # The row's site, copied from its screening, so site scoping and the audit trail need no join.
@@ -90,6 +105,7 @@ class EligibilityAnswer(Audited, models.Model):
 
     audit_subject_column = "screening_id"
     audit_clinical_fields = ("answer",)
+    audit_blinded_visible = ("screening", "site", "criterion_code", "answer")
 
     screening = models.ForeignKey(Screening, on_delete=models.PROTECT, related_name="answers")
     # The row's site, copied from its screening, so site scoping and the audit trail need no join.
@@ -120,6 +136,19 @@ class Participant(Audited, models.Model):
 
     audit_subject_column = "screening_id"
     audit_clinical_fields = ("contact_email",)
+    audit_blinded_visible = (
+        "site",
+        "screening_number",
+        "status",
+        "randomization_number",
+        "randomized_at",
+        "eligibility_signature",
+        "unblinded_at",
+        "contact_consent",
+        "contact_email",
+        "language",
+        "created_at",
+    )
 
     screening = models.OneToOneField(Screening, on_delete=models.PROTECT, primary_key=True, related_name="participant")
     site = models.ForeignKey(Site, on_delete=models.PROTECT, related_name="participants")
@@ -159,6 +188,7 @@ class Participant(Audited, models.Model):
 class Withdrawal(Audited, models.Model):
     audit_subject_column = "participant_id"
     audit_clinical_fields = ("withdrawn_on", "reason")
+    audit_blinded_visible = ("participant", "site", "withdrawn_on", "reason", "recorded_by", "recorded_at")
 
     participant = models.OneToOneField(Participant, on_delete=models.PROTECT, related_name="withdrawal")
     # The row's site, copied from its screening, so site scoping and the audit trail need no join.

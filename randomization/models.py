@@ -25,7 +25,20 @@ class RandomizationList(Audited, models.Model):
         IMPORTED = "imported", _("Imported from CSV")
 
     audit_site_column = None
-    audit_blinded_fields = ("seed",)
+    # Not seed (regenerates the list) nor sha256 (checks a guessed seed offline).
+    audit_blinded_visible = (
+        "trial",
+        "version",
+        "source",
+        "block_sizes",
+        "slots_per_stratum",
+        "reason",
+        "created_by",
+        "created_at",
+        "locked_at",
+        "locked_by",
+        "is_active",
+    )
 
     trial = models.ForeignKey(Trial, on_delete=models.PROTECT, related_name="randomization_lists")
     version = models.PositiveIntegerField()
@@ -66,7 +79,9 @@ class Slot(Audited, models.Model):
     """One line of a list: the `sequence`-th allocation of a stratum."""
 
     audit_subject_column = "participant_id"
-    audit_blinded_fields = ("arm",)
+    # Not arm, nor what places a slot in its block (sequence, block, block_size): with the
+    # arms learnt elsewhere they predict the next allocation. Not the list: all slots share it.
+    audit_blinded_visible = ("stratum", "site", "participant", "allocated_at")
 
     randomization_list = models.ForeignKey(RandomizationList, on_delete=models.PROTECT, related_name="slots")
     # "NT" for site-only strata; "NT|liver_metastasis=yes" with further factors.
@@ -108,6 +123,7 @@ class Unblinding(Audited, models.Model):
     """An emergency break of the blind for one participant, for one user: who, when, why."""
 
     audit_subject_column = "participant_id"
+    audit_blinded_visible = ("participant", "site", "unblinded_by", "reason", "unblinded_at", "sponsor_notified_at")
 
     participant = models.ForeignKey(Participant, on_delete=models.PROTECT, related_name="unblindings")
     site = models.ForeignKey(Site, on_delete=models.PROTECT, related_name="+")

@@ -43,6 +43,24 @@ class Export(Audited, models.Model):
 
     audit_site_column = None
     audit_clinical_fields = ()
+    # Not file_path: where an unblinded export's file lies is nobody else's business.
+    audit_blinded_visible = (
+        "requested_by",
+        "kind",
+        "format",
+        "site",
+        "site_ids",
+        "blinded",
+        "language",
+        "status",
+        "progress",
+        "row_count",
+        "data_version",
+        "error",
+        "created_at",
+        "started_at",
+        "finished_at",
+    )
 
     requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
     kind = models.CharField(max_length=20, choices=ExportKind.choices)

@@ -18,6 +18,7 @@ import contextlib
 from collections.abc import Iterator
 
 from django.apps import apps
+from django.core.exceptions import ImproperlyConfigured
 from django.db import DatabaseError, connection, models, transaction
 
 REASON_REQUIRED_SQLSTATE = "TR001"
@@ -149,12 +150,17 @@ class Audited(models.Model):
 
     - `audit_clinical_fields`: field names whose change needs a reason (refused without one);
     - `audit_site_column` / `audit_subject_column`: the columns holding the site and the
-      participant (or screening) the row belongs to, so a monitor can read a whole history.
+      participant (or screening) the row belongs to, so a monitor can read a whole history;
+    - `audit_blinded_visible`: the fields whose values a blinded reader of the audit trail may
+      see (an allow-list; the primary key is always shown). Every other column, including one
+      added later, is shown to a blinded reader as blinded until it is declared here. A model
+      that declares nothing (None) shows a blinded reader nothing but its id.
     """
 
     audit_clinical_fields: tuple[str, ...] = ()
     audit_site_column: str | None = "site_id"
     audit_subject_column: str | None = None
+    audit_blinded_visible: tuple[str, ...] | None = None
 
     class Meta:
         abstract = True
@@ -162,6 +168,24 @@ class Audited(models.Model):
 
 def audited_models() -> list[type[models.Model]]:
     return [model for model in apps.get_models() if issubclass(model, Audited) and not model._meta.proxy]
+
+
+def blinded_visible_columns(model: type[models.Model]) -> frozenset[str]:
+    """The columns of `model`'s audit rows a blinded reader may see: its primary key and what
+    it declares in `audit_blinded_visible` (field names or attnames). A name that is not a
+    concrete field of the model is a mistake that would silently hide or show the wrong
+    column, so it raises ImproperlyConfigured (the system check reports it at startup)."""
+    columns = {field.name: field.column for field in model._meta.concrete_fields}
+    columns |= {field.attname: field.column for field in model._meta.concrete_fields}
+    declared = getattr(model, "audit_blinded_visible", None) or ()
+    if isinstance(declared, str):
+        raise ImproperlyConfigured(f"{model._meta.label}.audit_blinded_visible must be a tuple of field names")
+    unknown = sorted(name for name in declared if name not in columns)
+    if unknown:
+        raise ImproperlyConfigured(
+            f"{model._meta.label}.audit_blinded_visible names no concrete field: {', '.join(unknown)}"
+        )
+    return frozenset({model._meta.pk.column, *(columns[name] for name in declared)})
 
 
 def trigger_arguments(model: type[Audited]) -> list[str]:

@@ -19,6 +19,16 @@ class Trial(Audited, models.Model):
     columns here are what other tables join on, `definition` keeps the whole parsed file."""
 
     audit_clinical_fields = ()
+    audit_blinded_visible = (
+        "nct_id",
+        "title",
+        "sponsor",
+        "sponsor_protocol_id",
+        "sponsor_contact_email",
+        "target_enrollment",
+        "definition_sha256",
+        "loaded_at",
+    )  # Not `definition`: the file may hold supply settings per content, for unblinded roles only.
 
     nct_id = models.CharField(max_length=20, unique=True)
     title = models.CharField(max_length=300)
@@ -54,6 +64,9 @@ class Arm(Audited, models.Model):
     """A treatment arm. Its code and name are exactly what a blinded user must never see."""
 
     audit_clinical_fields = ()
+    # Not code, name, kit_contents, ratio or order: any of them would turn an arm id that
+    # leaked elsewhere into an arm.
+    audit_blinded_visible = ("trial",)
 
     trial = models.ForeignKey(Trial, on_delete=models.PROTECT, related_name="arms")
     code = models.CharField(max_length=20)
@@ -74,6 +87,7 @@ class Arm(Audited, models.Model):
 class Site(Audited, models.Model):
     audit_clinical_fields = ()
     audit_site_column = "id"
+    audit_blinded_visible = ("trial", "code", "name", "time_zone", "last_randomization_number", "last_screening_number")
 
     trial = models.ForeignKey(Trial, on_delete=models.PROTECT, related_name="sites")
     code = models.CharField(max_length=20, unique=True, help_text=_("Short code, e.g. NT"))
@@ -108,6 +122,7 @@ class StaffRole(Audited, models.Model):
     """A user's role at one site. A user may hold several roles at several sites."""
 
     audit_clinical_fields = ()
+    audit_blinded_visible = ("user", "site", "role")
 
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="trial_roles")
     site = models.ForeignKey(Site, on_delete=models.PROTECT, related_name="staff_roles")
@@ -169,6 +184,7 @@ class Signature(Audited, models.Model):
     signed is stored in words next to what they signed."""
 
     audit_clinical_fields = ()
+    audit_blinded_visible = ("signer", "site", "meaning", "signed_at", "record_table", "record_pk")
 
     signer = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="signatures")
     site = models.ForeignKey(Site, on_delete=models.PROTECT, related_name="+")

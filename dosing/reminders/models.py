@@ -32,6 +32,23 @@ class Reminder(Audited, models.Model):
         CANCELLED = "cancelled", _("Cancelled")
 
     audit_subject_column = "participant_id"
+    audit_blinded_visible = (
+        "participant",
+        "site",
+        "visit",
+        "kind",
+        "audience",
+        "channel",
+        "due_at",
+        "status",
+        "enqueued_at",
+        "claimed_at",
+        "attempts",
+        "sent_at",
+        "recipients",
+        "status_reason",
+        "created_at",
+    )
 
     participant = models.ForeignKey(Participant, on_delete=models.PROTECT, related_name="reminders")
     site = models.ForeignKey(Site, on_delete=models.PROTECT, related_name="+")
