@@ -319,4 +319,8 @@ def participant_withdraw(
             recorded_by=withdrawn_by,
         )
         Participant.objects.filter(pk=participant.pk).update(status=ParticipantStatus.WITHDRAWN)
+        # dosing imports enrollment's models, so enrollment reaches dosing only when called.
+        from dosing.schedule import visits_end_for_withdrawal
+
+        visits_end_for_withdrawal(participant_ids=[participant.pk])
     return withdrawal

@@ -150,6 +150,9 @@ def reminders_cancel_stale() -> int:
     cancelled += scheduled.filter(visit__status="cancelled").update(
         status=Reminder.Status.CANCELLED, status_reason="the visit was cancelled (treatment stopped)"
     )
+    cancelled += scheduled.filter(visit__status="not_done_withdrawn").update(
+        status=Reminder.Status.CANCELLED, status_reason="the visit will not happen (participant withdrew)"
+    )
     cancelled += scheduled.filter(audience=Reminder.Audience.PARTICIPANT, participant__contact_consent=False).update(
         status=Reminder.Status.CANCELLED, status_reason="participant opted out of contact"
     )
@@ -300,6 +303,8 @@ def _still_wanted(reminder: Reminder) -> str | None:
         return "the visit happened"
     if reminder.visit.status == "cancelled":
         return "the visit was cancelled (treatment stopped)"
+    if reminder.visit.status == "not_done_withdrawn":
+        return "the visit will not happen (participant withdrew)"
     if reminder.audience == Reminder.Audience.PARTICIPANT and not reminder.participant.contact_consent:
         return "participant opted out of contact"
     return None

@@ -1,0 +1,33 @@
+"""How a withdrawn participant's visit plan ends. Called by the withdrawal service (enrollment)
+in its own transaction and audit context, and by the daily missed-visit scan for anything left
+over, so no visit of a withdrawn participant stays "scheduled" with its window long closed."""
+
+from __future__ import annotations
+
+from django.db.models import F, Q
+
+from dosing.models import Visit, VisitStatus
+from dosing.reminders.models import Reminder
+
+
+def visits_end_for_withdrawal(*, participant_ids=None) -> int:
+    """Close the still-open visits of withdrawn participants (all of them, or those given).
+
+    A visit whose window closed before the withdrawal date was missed while the participant was
+    still in the trial; every other scheduled visit will not happen: "Not done (withdrawn)".
+    A visit marked missed whose window had not closed by the withdrawal date (the withdrawal was
+    recorded late) was not missed either. Their scheduled reminders are cancelled with the
+    reason. Must run inside the caller's audit context. Returns the visits changed."""
+    withdrawn_on = F("participant__withdrawal__withdrawn_on")
+    visits = Visit.objects.filter(participant__withdrawal__isnull=False)
+    if participant_ids is not None:
+        visits = visits.filter(participant_id__in=list(participant_ids))
+    missed = visits.filter(status=VisitStatus.SCHEDULED, window_end__lt=withdrawn_on).update(status=VisitStatus.MISSED)
+    not_done = visits.filter(
+        Q(status=VisitStatus.SCHEDULED) | Q(status=VisitStatus.MISSED, window_end__gte=withdrawn_on)
+    ).update(status=VisitStatus.NOT_DONE_WITHDRAWN)
+    reminders = Reminder.objects.filter(status=Reminder.Status.SCHEDULED, participant__withdrawal__isnull=False)
+    if participant_ids is not None:
+        reminders = reminders.filter(participant_id__in=list(participant_ids))
+    reminders.update(status=Reminder.Status.CANCELLED, status_reason="participant withdrew")
+    return missed + not_done
