@@ -8,9 +8,11 @@ The generator, exactly (an auditor holding the seed re-derives the list with
 2. Numbers: for each kit type in protocol order, draw 8-digit numbers uniformly from
    [10000000, 99999999] with the stream's unbiased draw, skipping any number already drawn for
    this list, until the type has its count. Sort them ascending.
-3. Contents: walk the sorted numbers in blocks whose size is drawn from `BLOCK_SIZES`; each block
-   holds the same number of each content and is shuffled by Fisher-Yates (as the randomization
-   list's blocks are). The last block may be cut.
+3. Contents: walk the sorted numbers in blocks whose size is drawn from those of `BLOCK_SIZES`
+   that fit in what is left (when none fits, one block of what is left); each block holds the
+   same number of each content (an odd last kit takes a content drawn at random) and is shuffled
+   by Fisher-Yates (as the randomization list's blocks are). So every type's list is balanced to
+   within one kit.
 
 So along the number line the contents are balanced within every few kits, a range of numbers
 holds both contents, and the order of numbers carries no trend; the numbers themselves are
@@ -78,8 +80,13 @@ def generate(
         numbers.sort()
         contents: list[str] = []
         while len(contents) < kits_per_type:
-            size = BLOCK_SIZES[stream.below(len(BLOCK_SIZES))]
+            remaining = kits_per_type - len(contents)
+            sizes = [size for size in BLOCK_SIZES if size <= remaining] or [remaining]
+            size = sizes[stream.below(len(sizes))]
+            # An odd last block of one kit takes a random content; every other block is balanced.
             block = [content for content in CONTENTS for _ in range(size // len(CONTENTS))]
+            if len(block) < size:
+                block.append(CONTENTS[stream.below(len(CONTENTS))])
             for i in range(len(block) - 1, 0, -1):
                 j = stream.below(i + 1)
                 block[i], block[j] = block[j], block[i]
