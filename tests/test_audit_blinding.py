@@ -10,7 +10,6 @@ import pytest
 from django.core.exceptions import ImproperlyConfigured
 
 from dosing.models import Kit, Shipment
-from randomization import services as randomization_services
 from randomization.models import Slot
 from tests import dosing_factories as df
 from tests import factories
@@ -46,10 +45,22 @@ def kits_shipped_by_content(site, cast):
 @pytest.fixture
 def slots_used_and_unused(trial, site, cast):
     df.randomized_participant(site, arm_code="COMBO", by=cast.coordinator, schedule=False)
-    randomization_services.list_generate(
-        trial=trial, seed="future", slots_per_stratum=8, created_by=cast.statistician, reason="next version"
-    )
-    assert Slot.objects.filter(site=site, participant__isnull=True).exists()
+    arms = list(trial.arms.order_by("order"))
+    with audit_context(actor=cast.statistician, reason="test: the next list version"):
+        randomization_list = df.allocation_list(site, by=cast.statistician)
+        Slot.objects.bulk_create(
+            Slot(
+                randomization_list=randomization_list,
+                stratum=site.code,
+                site=site,
+                sequence=sequence,
+                block=(sequence + 3) // 4,
+                block_size=4,
+                arm=arms[(sequence * 3) % 4],
+            )
+            for sequence in range(1, 9)
+        )
+    assert Slot.objects.filter(site=site, participant__isnull=True).count() == 8
     assert Slot.objects.filter(site=site, participant__isnull=False).exists()
 
 

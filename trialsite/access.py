@@ -147,6 +147,18 @@ def is_unblinded(user) -> bool:
     return bool(capabilities_anywhere(user) & UNBLINDING_CAPABILITIES)
 
 
+def holds_blinded_role(user) -> bool:
+    """Does `user` hold any role, at any site, that does not see allocation there? Judged per
+    role, not per site: a coordinator who is also the site's statistician still works blinded."""
+    if not getattr(user, "is_authenticated", False):
+        return False
+    staff_roles = StaffRole.objects.filter(user=user).select_related("site__trial")
+    return any(
+        Capability.VIEW_ALLOCATION not in role_capabilities(staff_role.site, staff_role.role)
+        for staff_role in staff_roles
+    )
+
+
 def capabilities_anywhere(user) -> set[str]:
     return set().union(*_grants(user).values()) if _grants(user) else set()
 

@@ -1,11 +1,19 @@
 """The admin is a read-only window on trial data, scoped and blinded by the same access
-functions as every other surface. Writes go through the services, which audit them."""
+functions as every other surface, and open only to people with no blinded role
+(trialsite/admin_site.py). Writes go through the services, which audit them."""
 
 from django.contrib import admin
+from django.contrib.admin import SimpleListFilter
+from django.core.exceptions import FieldDoesNotExist
+from django.db import models
 
 from trialsite import access
 from trialsite.access import Capability
 from trialsite.models import Arm, AuditEvent, Signature, Site, StaffRole, Trial
+
+# What the admin's own list filters put in the query string after a field's name (choices,
+# booleans, dates, foreign keys); no transform, no text or JSON lookup.
+FILTER_LOOKUPS = frozenset({"", "exact", "isnull", "in", "gte", "lt", "gt", "lte", "id__exact", "pk__exact"})
 
 
 class TrialDataAdmin(admin.ModelAdmin):
@@ -53,10 +61,43 @@ class TrialDataAdmin(admin.ModelAdmin):
         return display
 
     def get_list_filter(self, request):
-        filters = list(super().get_list_filter(request))
-        if not access.can(request.user, Capability.VIEW_ALLOCATION):
-            filters = [name for name in filters if name not in self.blinded_fields]
-        return filters
+        # Not even for unblinded users: a filter on an allocation column is a list of arms.
+        return [
+            list_filter
+            for list_filter in super().get_list_filter(request)
+            if not (isinstance(list_filter, str) and self._is_json_or_blinded(list_filter))
+        ]
+
+    def lookup_allowed(self, lookup, value, request=None):
+        """Only the lookups the declared list filters make. Django's own rule lets any lookup
+        on a local field through, and a lookup into a JSON column of the audit trail
+        (`new_values__arm_id__iexact`) filtered rows by a value the page never shows: an
+        oracle. Anything else is refused with Django's 400 (DisallowedModelAdminLookup)."""
+        for list_filter in self.get_list_filter(request):
+            if isinstance(list_filter, type) and issubclass(list_filter, SimpleListFilter):
+                if lookup == list_filter.parameter_name:
+                    return True
+                continue
+            name = list_filter[0] if isinstance(list_filter, (tuple, list)) else list_filter
+            if not isinstance(name, str) or self._is_json_or_blinded(name):
+                continue
+            if lookup == name or (lookup.startswith(name + "__") and lookup[len(name) + 2 :] in FILTER_LOOKUPS):
+                return True
+        return False
+
+    def get_search_fields(self, request):
+        # A search is a filter too: never into a JSON column or a blinded field.
+        return [name for name in super().get_search_fields(request) if not self._is_json_or_blinded(name)]
+
+    def _is_json_or_blinded(self, path: str) -> bool:
+        name = path.lstrip("^=@").split("__")[0]
+        if name in self.blinded_fields:
+            return True
+        try:
+            field = self.model._meta.get_field(name)
+        except FieldDoesNotExist:
+            return True
+        return isinstance(field, models.JSONField)
 
 
 @admin.register(Trial)
