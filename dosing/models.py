@@ -44,6 +44,25 @@ class Visit(Audited, models.Model):
         "window_start",
         "window_end",
     )
+    # The plan and what happened are the same in form for every arm.
+    audit_blinded_visible = (
+        "participant",
+        "site",
+        "sequence",
+        "code",
+        "kind",
+        "cycle",
+        "target_date",
+        "window_start",
+        "window_end",
+        "status",
+        "actual_date",
+        "out_of_window_reason",
+        "is_deviation",
+        "weight_kg",
+        "recorded_by",
+        "recorded_at",
+    )
 
     participant = models.ForeignKey(Participant, on_delete=models.PROTECT, related_name="visits")
     # Copied from the participant, so site scoping and the audit trail need no join.
@@ -110,6 +129,28 @@ class DoseRecord(Audited, models.Model):
 
     audit_subject_column = "participant_id"
     audit_clinical_fields = ("neutrophils", "platelets", "alt_uln", "ast_uln", "decision", "dose_mg")
+    # Labs, gates and the prepared dose are computed alike for every arm (placebo to the same volume).
+    audit_blinded_visible = (
+        "visit",
+        "participant",
+        "site",
+        "first_dose",
+        "neutrophils",
+        "platelets",
+        "alt_uln",
+        "ast_uln",
+        "decision",
+        "reasons",
+        "weight_kg",
+        "baseline_weight_kg",
+        "weight_change_flagged",
+        "dose_mg",
+        "concentrate_ml",
+        "diluted_volume_ml",
+        "vial_plan",
+        "recorded_by",
+        "recorded_at",
+    )
 
     visit = models.OneToOneField(Visit, on_delete=models.PROTECT, related_name="dose")
     participant = models.ForeignKey(Participant, on_delete=models.PROTECT, related_name="doses")
@@ -150,6 +191,9 @@ class Shipment(Audited, models.Model):
     blinded pharmacist nothing about which kits share a content."""
 
     audit_clinical_fields = ()
+    # Shipments are mixed alike and resupplied on a schedule, not right after one participant's
+    # dosing, so neither a shipment nor its timing points at a content.
+    audit_blinded_visible = ("site", "shipped_by", "shipped_at", "received_by", "received_at")
 
     site = models.ForeignKey(Site, on_delete=models.PROTECT, related_name="+")
     # None when the system resupplied the site on its own (stock below the trigger level).
@@ -202,6 +246,8 @@ class KitList(Audited, models.Model):
 
     audit_site_column = None
     audit_blinded_fields = ("seed",)
+    # Not the seed (it regenerates the contents).
+    audit_blinded_visible = ("trial", "source", "kit_count", "sha256", "created_by", "created_at")
 
     trial = models.ForeignKey("trialsite.Trial", on_delete=models.PROTECT, related_name="kit_lists")
     source = models.CharField(max_length=10, choices=Source.choices)
@@ -230,6 +276,26 @@ class Kit(Audited, models.Model):
     audit_subject_column = "participant_id"
     audit_blinded_fields = ("content",)
     audit_clinical_fields = ("tablets_returned",)
+    # What the label and the pharmacy show. Not content, manufacturing lot or true expiry (they
+    # differ by content), nor shipment, kit list or import time and user (they could group kits).
+    audit_blinded_visible = (
+        "kit_number",
+        "kit_type",
+        "packaging_lot",
+        "label_expiry",
+        "status",
+        "site",
+        "participant",
+        "visit",
+        "assigned_at",
+        "assigned_by",
+        "dispensed_at",
+        "dispensed_by",
+        "returned_on",
+        "tablets_returned",
+        "returned_by",
+        "status_note",
+    )
 
     kit_number = models.CharField(_("kit number"), max_length=20, unique=True)
     kit_type = models.CharField(_("kit type"), max_length=3, choices=KitType.choices)

@@ -422,8 +422,9 @@ def kits_assign(*, visit: Visit, assigned_by) -> list[Kit]:
     at the participant's site, with a label expiry lasting until the next visit's window closes,
     chosen at random among the fit kits (`_choose_kit`). When the site cannot serve every content
     of a needed type, nothing is assigned and NoKitAvailable is raised: the same words and the
-    same answer whichever type or content is short. The supply manager is e-mailed the detail and
-    a resupply is computed, both after commit."""
+    same answer whichever type or content is short. The supply manager is e-mailed the detail
+    after commit. Resupply is not asked for here but on beat's schedule (`resupply_all_sites`): a
+    shipment leaving seconds after one participant's kits would point at that participant's content."""
     shortages: list[tuple[str, str]] = []
     with audit_context(actor=assigned_by, reason="kit assignment at a dosing visit"):
         visit = Visit.objects.select_related("participant", "site__trial").get(pk=visit.pk)
@@ -468,7 +469,6 @@ def kits_assign(*, visit: Visit, assigned_by) -> list[Kit]:
                 shortages = [(kit_type, content) for kit_type, content in wanted]
         if shortages:
             transaction.on_commit(lambda: notify_supply(site=site, shortages=shortages, running_low=False))
-        transaction.on_commit(lambda: resupply_requested(site_id=site.pk))
     if shortages:
         raise NoKitAvailable()
     return list(visit.kits.filter(status=S.ASSIGNED).order_by("kit_type"))
@@ -476,17 +476,6 @@ def kits_assign(*, visit: Visit, assigned_by) -> list[Kit]:
 
 def available_stock(*, site, kit_type: str, content: str) -> int:
     return Kit.objects.filter(site=site, status=S.AT_SITE, kit_type=kit_type, content=content).count()
-
-
-def resupply_requested(*, site_id: int) -> None:
-    """Ask a worker to compute the site's resupply (after a kit left its stock). Called after
-    commit; a broker that is down loses nothing: beat's daily pass resupplies every site."""
-    from dosing.tasks import resupply_site as resupply_task
-
-    try:
-        resupply_task.delay(site_id)
-    except Exception:  # the assignment is committed; the daily pass catches up
-        logger.warning("resupply of site %s not queued: the broker did not answer", site_id, exc_info=True)
 
 
 def notify_supply(*, site, shortages: list[tuple[str, str]], running_low: bool) -> None:
@@ -902,12 +891,12 @@ def shipment_create(*, site, per_content: dict[str, int], shipped_by=None) -> Sh
 def resupply_plan(site) -> dict[str, int]:
     """Kits of each content to ship to the site, per kit type, from its stock: when any content's
     kits at the site or on their way fall below the trigger level (`kits.resupply_trigger`,
-    otherwise `low_stock_threshold`), every content is brought up to at least the target level
-    (`kits.resupply_target`, otherwise `initial_per_content`), the same number of each. Empty when
-    nothing is needed. Unblinded: only the supply manager and the system read it."""
+    otherwise `low_stock_threshold`), every content of every kit type is brought up to at least
+    the target level (`kits.resupply_target`), the same number of each. Empty when nothing is
+    needed. Unblinded: only the supply manager and the system read it."""
     rules = _supply_rules(site.trial)
     trigger = int(rules.get("resupply_trigger", rules.get("low_stock_threshold", 0)))
-    target = int(rules.get("resupply_target", rules.get("initial_per_content", 0)))
+    target = int(rules.get("resupply_target", 0))
     if target <= 0:
         return {}
     today = _site_today(site)
@@ -917,12 +906,14 @@ def resupply_plan(site) -> dict[str, int]:
         .annotate(count=Count("id"))
     )
     counts = {(row["kit_type"], row["content"]): row["count"] for row in stock}
-    plan = {}
-    for kit_type, contents in sorted(kit_contents_by_type(site.trial).items()):
-        levels = [counts.get((kit_type, content), 0) for content in contents]
-        if min(levels) < max(trigger, 1):
-            plan[kit_type] = target - min(levels)
-    return plan
+    lowest = {
+        kit_type: min(counts.get((kit_type, content), 0) for content in contents)
+        for kit_type, contents in sorted(kit_contents_by_type(site.trial).items())
+    }
+    if all(level >= max(trigger, 1) for level in lowest.values()):
+        return {}
+    # Every kit type below its target comes along, so the shipment does not name the type that ran low.
+    return {kit_type: target - level for kit_type, level in lowest.items() if level < target}
 
 
 def resupply_site(*, site) -> Shipment | None:
@@ -944,7 +935,7 @@ def resupply_site(*, site) -> Shipment | None:
 
 
 def resupply_all_sites() -> int:
-    """Beat's daily pass: resupply every site that needs it. Idempotent."""
+    """Beat's pass (every six hours): resupply every site that needs it. Idempotent."""
     shipped = 0
     for site in Site.objects.select_related("trial"):
         shipped += resupply_site(site=site) is not None

@@ -17,17 +17,7 @@ def expire_kits() -> int:
 
 
 @shared_task(autoretry_for=(Exception,), retry_backoff=True, max_retries=5)
-def resupply_site(site_id: int) -> bool:
-    """After a kit left a site's stock: ship what the site needs, if anything. The site row is
-    locked by the service, so a second worker or a retry ships nothing twice."""
-    from trialsite.models import Site
-
-    site = Site.objects.filter(pk=site_id).select_related("trial").first()
-    if site is None:
-        return False
-    return services.resupply_site(site=site) is not None
-
-
-@shared_task(autoretry_for=(Exception,), retry_backoff=True, max_retries=5)
 def resupply_all_sites() -> int:
+    """Every site's resupply, on a schedule rather than after each dosing: the timing of a
+    shipment must not point at the participant dosed just before it."""
     return services.resupply_all_sites()
