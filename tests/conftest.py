@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 from django.conf import settings
 from django.test import Client
@@ -7,6 +9,48 @@ from rest_framework.test import APIClient
 from tests import factories
 from trialsite.models import Role, Site
 from trialsite.protocol import load_protocol
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(
+    request, django_test_environment, django_db_blocker, django_db_modify_db_settings, tmp_path_factory
+):
+    """Created by the superuser, migrated by the owner, used as the restricted application role
+    (tests/dbsetup.py); falls back to pytest-django's own setup when DATABASE_URL is no superuser."""
+    import os
+
+    from django.test.utils import setup_databases, teardown_databases
+
+    from tests import dbsetup
+
+    # Seals of test databases never land in the developer's var/audit-seals.jsonl; workers the
+    # tests start inherit this.
+    os.environ["AUDIT_SEAL_FILE"] = str(tmp_path_factory.mktemp("seals") / "audit-seals.jsonl")
+    settings.AUDIT_SEAL_FILE = Path(os.environ["AUDIT_SEAL_FILE"])
+    with django_db_blocker.unblock():
+        plan = dbsetup.setup(verbosity=request.config.option.verbose)
+        ordinary = None if plan else setup_databases(verbosity=request.config.option.verbose, interactive=False)
+    yield
+    with django_db_blocker.unblock():
+        dbsetup.teardown() if plan else teardown_databases(ordinary, verbosity=request.config.option.verbose)
+
+
+@pytest.fixture
+def superuser_sql():
+    """Run SQL on the test database as the superuser, behind the application's back."""
+    import psycopg
+
+    from tests import dbsetup
+
+    if dbsetup.plan.superuser is None:
+        pytest.skip("needs DATABASE_URL to be a superuser")
+
+    def run(statement: str, parameters=None):
+        with psycopg.connect(**dbsetup.plan.superuser) as connection:
+            cursor = connection.execute(statement, parameters)
+            return cursor.fetchall() if cursor.description else None
+
+    return run
 
 
 @pytest.fixture(autouse=True)

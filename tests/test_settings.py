@@ -34,8 +34,18 @@ def test_production_refuses_a_short_secret_key():
     assert result.returncode != 0
 
 
-def test_check_deploy_is_clean_with_production_settings():
-    result = manage("check", "--deploy", "--fail-level", "WARNING", SECRET_KEY="k" * 20 + "x9!Q" * 10, **PRODUCTION)
+def test_check_deploy_is_clean_with_production_settings(django_db_setup):
+    from tests.dbsetup import database_url
+
+    # The real test database as the application's restricted role: check --deploy asks it.
+    result = manage(
+        "check",
+        "--deploy",
+        "--fail-level",
+        "WARNING",
+        SECRET_KEY="k" * 20 + "x9!Q" * 10,
+        **{**PRODUCTION, "DATABASE_URL": database_url()},
+    )
     assert result.returncode == 0, result.stderr + result.stdout
     assert "System check identified no issues" in result.stdout
 

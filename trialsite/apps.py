@@ -7,10 +7,12 @@ class TrialsiteConfig(AppConfig):
     verbose_name = "Trial, sites and staff"
 
     def ready(self) -> None:
-        from trialsite import audit, checks  # noqa: F401  (registers the system checks)
+        from trialsite import audit, checks, dbroles  # noqa: F401  (registers the system checks)
 
-        # Once per migrate run, after every app's tables exist.
+        # Once per migrate run, after every app's tables exist; as the owner, who then grants
+        # the application's role its rows.
         post_migrate.connect(audit.install_triggers, sender=self, dispatch_uid="trial_audit_triggers")
+        post_migrate.connect(audit.grant_privileges, sender=self, dispatch_uid="trial_audit_grants")
 
         from django.contrib.auth.signals import user_logged_in
 

@@ -141,6 +141,252 @@ $$;
 
 AUDIT_INSERT_FUNCTION_REVERSE_SQL = "DROP FUNCTION IF EXISTS trial_audit_inserted() CASCADE;"
 
+# Least privilege (migration 0004). The application's role may not write the audit table, so
+# the functions that do are SECURITY DEFINER, owned by the owner role that ran the migration,
+# with a search path nobody else can add to. `session_user` in them is still the application's
+# role, and is what `database_user` records.
+#
+# The actor is checked, not trusted: `trial.actor_id` must name an active user who holds a role
+# at the site of every row the statement writes, or a trial-wide role (statistician, supply
+# manager) in that site's trial; a Django superuser anywhere. The application's
+# role is the application, so it can still name any such user; what it cannot do is credit a
+# change to someone with no business at that site, or to an id that is nobody.
+ACTOR_REFUSED_SQLSTATE = "TR003"
+DEFINER = "SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp"
+
+AUDIT_LEAST_PRIVILEGE_SQL = (
+    r"""
+CREATE OR REPLACE FUNCTION trial_audit_actor(actor bigint, site_ids bigint[]) RETURNS bigint
+LANGUAGE plpgsql STABLE """
+    + DEFINER
+    + r""" AS $$
+DECLARE
+    superuser boolean;
+    missing bigint;
+BEGIN
+    IF actor IS NULL THEN
+        RETURN NULL;
+    END IF;
+    SELECT u.is_superuser INTO superuser FROM auth_user AS u WHERE u.id = actor AND u.is_active;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'The change is credited to user %, who is not an active user', actor
+            USING ERRCODE = 'TR003';
+    END IF;
+    IF superuser THEN
+        RETURN actor;
+    END IF;
+    -- A role at the site, or a trial-wide one (the statistician's lists and the supply
+    -- manager's kits span every site of the trial).
+    SELECT s INTO missing FROM unnest(site_ids) AS s
+    WHERE s IS NOT NULL
+      AND NOT EXISTS (
+          SELECT 1 FROM trialsite_staffrole AS r
+          WHERE r.user_id = actor
+            AND (r.site_id = s OR (r.role IN ('statistician', 'supply_manager') AND r.site_id IN (
+                SELECT other.id FROM trialsite_site AS other JOIN trialsite_site AS this
+                    ON this.trial_id = other.trial_id WHERE this.id = s))))
+    LIMIT 1;
+    IF missing IS NOT NULL THEN
+        RAISE EXCEPTION 'The change is credited to user %, who holds no role at site %', actor, missing
+            USING ERRCODE = 'TR003';
+    END IF;
+    RETURN actor;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION trial_audit_row() RETURNS trigger
+LANGUAGE plpgsql """
+    + DEFINER
+    + r""" AS $$
+DECLARE
+    old_row jsonb := CASE WHEN TG_OP IN ('UPDATE', 'DELETE') THEN to_jsonb(OLD) END;
+    new_row jsonb := CASE WHEN TG_OP IN ('INSERT', 'UPDATE') THEN to_jsonb(NEW) END;
+    current_row jsonb := coalesce(new_row, old_row);
+    pk_column text := TG_ARGV[0];
+    site_column text := nullif(TG_ARGV[1], '');
+    subject_column text := nullif(TG_ARGV[2], '');
+    clinical text[] := coalesce(TG_ARGV[3:], '{}');
+    changed text[];
+    reason text := coalesce(current_setting('trial.reason', true), '');
+    actor bigint := nullif(current_setting('trial.actor_id', true), '')::bigint;
+BEGIN
+    IF TG_OP = 'UPDATE' THEN
+        SELECT coalesce(array_agg(n.key ORDER BY n.key), '{}') INTO changed
+        FROM jsonb_each(new_row) AS n
+        WHERE n.value IS DISTINCT FROM old_row -> n.key;
+        IF cardinality(changed) = 0 THEN
+            RETURN NEW;
+        END IF;
+        IF reason = '' AND changed && clinical THEN
+            RAISE EXCEPTION 'A reason is required to change %', array_to_string(
+                ARRAY(SELECT unnest(changed) INTERSECT SELECT unnest(clinical) ORDER BY 1), ', ')
+                USING ERRCODE = 'TR001';
+        END IF;
+    ELSIF TG_OP = 'INSERT' THEN
+        SELECT coalesce(array_agg(k ORDER BY k), '{}') INTO changed FROM jsonb_object_keys(new_row) AS k;
+    ELSE
+        IF reason = '' AND cardinality(clinical) > 0 THEN
+            RAISE EXCEPTION 'A reason is required to delete a record of %', TG_TABLE_NAME
+                USING ERRCODE = 'TR001';
+        END IF;
+        changed := '{}';
+    END IF;
+    IF actor IS NOT NULL THEN
+        PERFORM trial_audit_actor(actor, CASE WHEN site_column IS NULL THEN '{}'::bigint[] ELSE
+            ARRAY[(old_row ->> site_column)::bigint, (new_row ->> site_column)::bigint] END);
+    END IF;
+
+    INSERT INTO trialsite_auditevent (
+        occurred_at, table_name, record_pk, action, old_values, new_values, changed_fields,
+        actor_id, reason, site_id, subject_id, database_user
+    ) VALUES (
+        clock_timestamp(), TG_TABLE_NAME, current_row ->> pk_column, TG_OP, old_row, new_row, changed,
+        actor, reason,
+        CASE WHEN site_column IS NOT NULL THEN (current_row ->> site_column)::bigint END,
+        CASE WHEN subject_column IS NOT NULL THEN (current_row ->> subject_column)::bigint END,
+        session_user
+    );
+    IF TG_OP = 'DELETE' THEN
+        RETURN OLD;
+    END IF;
+    RETURN NEW;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION trial_audit_inserted() RETURNS trigger
+LANGUAGE plpgsql """
+    + DEFINER
+    + r""" AS $$
+DECLARE
+    pk_column text := TG_ARGV[0];
+    site_column text := nullif(TG_ARGV[1], '');
+    subject_column text := nullif(TG_ARGV[2], '');
+    reason text := coalesce(current_setting('trial.reason', true), '');
+    actor bigint := nullif(current_setting('trial.actor_id', true), '')::bigint;
+    columns text[];
+BEGIN
+    SELECT coalesce(array_agg(k ORDER BY k), '{}') INTO columns
+    FROM jsonb_object_keys((SELECT to_jsonb(n) FROM inserted_rows AS n LIMIT 1)) AS k;
+    IF actor IS NOT NULL THEN
+        PERFORM trial_audit_actor(actor, CASE WHEN site_column IS NULL THEN '{}'::bigint[] ELSE
+            ARRAY(SELECT DISTINCT (to_jsonb(n) ->> site_column)::bigint FROM inserted_rows AS n) END);
+    END IF;
+    INSERT INTO trialsite_auditevent (
+        occurred_at, table_name, record_pk, action, old_values, new_values, changed_fields,
+        actor_id, reason, site_id, subject_id, database_user
+    )
+    SELECT
+        clock_timestamp(), TG_TABLE_NAME, r.row_json ->> pk_column, 'INSERT', NULL, r.row_json, columns,
+        actor, reason,
+        CASE WHEN site_column IS NOT NULL THEN (r.row_json ->> site_column)::bigint END,
+        CASE WHEN subject_column IS NOT NULL THEN (r.row_json ->> subject_column)::bigint END,
+        session_user
+    FROM (SELECT to_jsonb(n) AS row_json FROM inserted_rows AS n) AS r;
+    RETURN NULL;
+END;
+$$;
+
+ALTER FUNCTION trial_audit_immutable() SET search_path = pg_catalog, public, pg_temp;
+
+CREATE OR REPLACE TRIGGER trial_audit_chain_immutable_rows
+    BEFORE UPDATE OR DELETE ON trialsite_auditchain
+    FOR EACH ROW EXECUTE FUNCTION trial_audit_immutable();
+CREATE OR REPLACE TRIGGER trial_audit_chain_immutable_truncate
+    BEFORE TRUNCATE ON trialsite_auditchain
+    FOR EACH STATEMENT EXECUTE FUNCTION trial_audit_immutable();
+"""
+)
+
+# The chain (tamper evidence). Writers do not hash: a trigger that chained each row to the one
+# before would make every audited transaction wait for the previous one to commit. Instead
+# `trial_audit_chain_extend()` (Celery beat every minute, and before every seal) appends the
+# rows committed since its last run to trialsite_auditchain, in id order, each link holding
+# sha256(the row's canonical content) and sha256(previous link || that hash).
+#
+# Ids are handed out when a row is inserted but become visible at commit, so a row with a lower
+# id can appear after a higher one. The extension therefore reads the highest id handed out,
+# then waits for the transactions still writing the audit table at that moment (the ones holding
+# its RowExclusiveLock, which is taken before an id is drawn and kept to commit) to end; every
+# row with an id up to that mark is then committed or never will be. Only the extension waits;
+# writers never do. A row with an id at or below the chained head that is not in the chain was
+# therefore put there behind the application's back, and `audit_verify` says so.
+CHAIN_CONTENT_SQL = (
+    "convert_to(jsonb_build_array(e.id, (extract(epoch FROM e.occurred_at) * 1000000)::bigint, e.table_name,"
+    " e.record_pk, e.action, e.old_values, e.new_values, to_jsonb(e.changed_fields), e.actor_id, e.reason,"
+    " e.site_id, e.subject_id, e.database_user)::text, 'UTF8')"
+)
+GENESIS = bytes(32)
+
+AUDIT_CHAIN_SQL = (
+    r"""
+CREATE OR REPLACE FUNCTION trial_audit_chain_extend(wait_seconds double precision DEFAULT 30)
+RETURNS bigint LANGUAGE plpgsql VOLATILE """
+    + DEFINER
+    + r""" AS $$
+DECLARE
+    horizon bigint := pg_sequence_last_value(pg_get_serial_sequence('trialsite_auditevent', 'id')::regclass);
+    writers text[];
+    deadline timestamptz := clock_timestamp() + make_interval(secs => wait_seconds);
+    head bytea;
+    last_position bigint;
+    last_event bigint;
+    event record;
+    row_hash bytea;
+    added bigint := 0;
+BEGIN
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION 'the audit chain is extended in a READ COMMITTED transaction only';
+    END IF;
+    IF horizon IS NULL THEN
+        RETURN 0;
+    END IF;
+    SELECT array_agg(l.virtualtransaction) INTO writers
+    FROM pg_locks AS l
+    WHERE l.locktype = 'relation' AND l.relation = 'trialsite_auditevent'::regclass
+      AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+      AND l.mode = 'RowExclusiveLock' AND l.pid IS DISTINCT FROM pg_backend_pid();
+    WHILE writers IS NOT NULL AND EXISTS (
+        SELECT 1 FROM pg_locks AS l
+        WHERE l.locktype = 'relation' AND l.relation = 'trialsite_auditevent'::regclass
+          AND l.virtualtransaction = ANY (writers)
+    ) LOOP
+        IF clock_timestamp() > deadline THEN
+            RAISE EXCEPTION 'audit chain not extended: a transaction writing the audit trail has run for over % s',
+                wait_seconds USING ERRCODE = 'TR004';
+        END IF;
+        PERFORM pg_sleep(0.002);
+    END LOOP;
+
+    -- One extension at a time; writers are not affected by this lock.
+    PERFORM pg_advisory_xact_lock(hashtext('trial_audit_chain'));
+    SELECT c.position, c.event_id, c.chain_hash INTO last_position, last_event, head
+    FROM trialsite_auditchain AS c ORDER BY c.position DESC LIMIT 1;
+    IF NOT FOUND THEN
+        last_position := 0;
+        last_event := 0;
+        head := '\x0000000000000000000000000000000000000000000000000000000000000000'::bytea;
+    END IF;
+    FOR event IN
+        SELECT e.id, """
+    + CHAIN_CONTENT_SQL
+    + r""" AS content
+        FROM trialsite_auditevent AS e
+        WHERE e.id > last_event AND e.id <= horizon
+        ORDER BY e.id
+    LOOP
+        row_hash := sha256(event.content);
+        head := sha256(head || row_hash);
+        last_position := last_position + 1;
+        INSERT INTO trialsite_auditchain (position, event_id, row_hash, chain_hash, chained_at)
+        VALUES (last_position, event.id, row_hash, head, clock_timestamp());
+        added := added + 1;
+    END LOOP;
+    RETURN added;
+END;
+$$;
+"""
+)
+
 TRIGGER_NAME = "trial_audit"
 INSERT_TRIGGER_NAME = "trial_audit_insert"
 
@@ -219,6 +465,94 @@ def install_triggers(using: str = "default", **kwargs) -> None:
                 f"REFERENCING NEW TABLE AS inserted_rows "
                 f"FOR EACH STATEMENT EXECUTE FUNCTION trial_audit_inserted({arguments})"
             )
+
+
+def grant_privileges(using: str = "default", **kwargs) -> None:
+    """After migrate, as the owner: the application's role gets rows, not the trail (dbroles)."""
+    from django.conf import settings
+    from django.db import connections
+
+    from trialsite import dbroles
+
+    app = getattr(settings, "DATABASE_APP_ROLE", "")
+    with connections[using].cursor() as cursor:
+        cursor.execute("SELECT current_user")
+        if not app or cursor.fetchone()[0] == app:
+            return  # one role for everything: a development database, flagged by check --deploy
+        dbroles.grant_application_privileges(cursor, app=app)
+
+
+def chain_extend(*, wait_seconds: float = 30) -> int:
+    """Append the audit rows committed since the last run to the chain; returns how many."""
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SELECT trial_audit_chain_extend(%s)", [wait_seconds])
+        return cursor.fetchone()[0]
+
+
+def chain_head() -> dict:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT position, event_id, encode(chain_hash, 'hex'), chained_at FROM trialsite_auditchain "
+            "ORDER BY position DESC LIMIT 1"
+        )
+        row = cursor.fetchone()
+        cursor.execute("SELECT current_database()")
+        database = cursor.fetchone()[0]
+    position, event_id, head, _chained_at = row or (0, 0, GENESIS.hex(), None)
+    return {"database": database, "rows": position, "last_event_id": event_id, "head": head}
+
+
+def seal(*, occasion: str) -> dict:
+    """Extend the chain and publish its head outside the database: appended to AUDIT_SEAL_FILE
+    (opened for append only, flushed to disk) and e-mailed to the sponsor's contact, who keeps
+    it. A later rewrite of any sealed row, even with every hash after it recomputed, no longer
+    reproduces this head."""
+    import json
+    import os
+
+    from django.conf import settings
+    from django.core.mail import send_mail
+    from django.utils import timezone
+
+    from trialsite.models import Trial
+
+    chain_extend()
+    record = {"sealed_at": timezone.now().isoformat(timespec="seconds"), "occasion": occasion, **chain_head()}
+    path = settings.AUDIT_SEAL_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as seals:
+        seals.write(json.dumps(record, sort_keys=True) + "\n")
+        seals.flush()
+        os.fsync(seals.fileno())
+    for trial in Trial.objects.all():
+        send_mail(
+            subject=f"{trial.nct_id}: audit trail seal {record['sealed_at']}",
+            message=(
+                f"The audit trail of {trial.nct_id} ({record['database']}) at {record['sealed_at']} ({occasion}):\n"
+                f"rows chained: {record['rows']}\nlast audit row id: {record['last_event_id']}\n"
+                f"chain head (SHA-256): {record['head']}\n\n"
+                "Please keep this message. `manage.py audit_verify` checks the trail against it; a "
+                "trail rewritten after this time no longer reproduces this head.\n"
+                f"{json.dumps(record, sort_keys=True)}\n"
+            ),
+            from_email=None,
+            recipient_list=[trial.sponsor_contact_email],
+        )
+    return record
+
+
+def seal_after_commit(occasion: str) -> None:
+    """Seal once the current transaction has committed (an export, a database lock); a seal
+    that cannot be made is logged, never a reason to fail the export."""
+    import logging
+
+    def publish():
+        try:
+            seal(occasion=occasion)
+        except Exception:
+            logging.getLogger(__name__).exception("the audit chain could not be sealed (%s)", occasion)
+
+    transaction.on_commit(publish)
 
 
 @contextlib.contextmanager

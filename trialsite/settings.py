@@ -144,6 +144,13 @@ TEMPLATES = [
 ]
 
 DATABASES = {"default": database_from_url(os.getenv("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/trialsite"))}
+# Two roles (README, "Database roles and the audit chain"): DATABASE_URL is the application's
+# role, which only reads and writes rows; `manage.py migrate` (and flush) connect as the owner
+# of the tables and trigger functions, given here. Unset, migrations run as DATABASE_URL's role
+# (a one-role development database; `check --deploy` says so when that role could rewrite the trail).
+DATABASE_OWNER = database_from_url(os.environ["DATABASE_OWNER_URL"]) if os.getenv("DATABASE_OWNER_URL") else None
+# The role migrations grant row privileges to.
+DATABASE_APP_ROLE = DATABASES["default"]["USER"]
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = os.getenv("REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -227,6 +234,11 @@ EMAIL_HOST_PASSWORD = os.getenv("EMAIL_HOST_PASSWORD", "")
 EMAIL_USE_TLS = envbool("EMAIL_USE_TLS", "false")
 DEFAULT_FROM_EMAIL = os.getenv("DEFAULT_FROM_EMAIL", "trial-system@localhost")
 
+# Where the audit chain's seals are appended (one JSON line each; never rewritten), and where
+# `manage.py backup` writes.
+AUDIT_SEAL_FILE = Path(os.getenv("AUDIT_SEAL_FILE", str(BASE_DIR / "var" / "audit-seals.jsonl")))
+BACKUP_DIR = Path(os.getenv("BACKUP_DIR", str(BASE_DIR / "var" / "backups")))
+
 # The protocol file `make run` loads; another trial is another file, not another code change.
 PROTOCOL_FILE = Path(os.getenv("PROTOCOL_FILE", str(BASE_DIR / "protocols" / "NCT06442709.toml")))
 
@@ -277,6 +289,10 @@ CELERY_BEAT_SCHEDULE: dict = {
     "dosing-expire-kits": {"task": "dosing.tasks.expire_kits", "schedule": 3600.0},
     # Every minute: hand due reminders to the workers (a reminder is late by a minute at most).
     "reminders-dispatch": {"task": "dosing.reminders.tasks.dispatch_due_reminders", "schedule": 60.0},
+    # Audit rows are hashed into the chain shortly after they commit, and the chain's head is
+    # published (file and e-mail to the sponsor) daily; see trialsite/audit.py.
+    "audit-chain-extend": {"task": "trialsite.tasks.extend_audit_chain", "schedule": 60.0},
+    "audit-seal": {"task": "trialsite.tasks.seal_audit_chain", "schedule": 24 * 3600.0},
 }
 # A reminder claimed by a worker that then died is taken over after this long; one handed to
 # the broker and never claimed (the broker was down, the message lost) is handed over again.
