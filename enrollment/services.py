@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime
 import re
 
-from django.db import IntegrityError, connection
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
@@ -24,6 +24,7 @@ from trialsite.audit import audit_context
 from trialsite.exceptions import Conflict, ReasonRequired, TrialRuleError
 from trialsite.models import Signature, Site
 from trialsite.reauth import confirm_password
+from trialsite.text import identifier
 
 
 class InvalidScreening(TrialRuleError):
@@ -136,7 +137,10 @@ def screening_create(
 ) -> Screening:
     """Record a screening, its consent and answers; an eligible person becomes a participant."""
     stratification = stratification or {}
-    hospital_record_number = (hospital_record_number or "").strip()
+    # Compared and stored normalised: "BAD0001", the same with a zero-width space and the same
+    # typed in full-width characters are one patient.
+    hospital_record_number = identifier(hospital_record_number)
+    initials = identifier(initials)
     _validate(
         site=site,
         initials=initials,
@@ -156,7 +160,7 @@ def screening_create(
         with audit_context(actor=screened_by, reason="Screening recorded"):
             screening = Screening(
                 site=site,
-                initials=initials.upper(),
+                initials=initials,
                 date_of_birth=date_of_birth,
                 sex=sex,
                 hospital_record_number=hospital_record_number,
@@ -202,13 +206,44 @@ def screening_update(
     unknown = set(changes) - set(EDITABLE)
     if unknown:
         raise InvalidScreening(_("These values cannot be changed here."), field=sorted(unknown)[0])
-    if "initials" in changes:
-        changes["initials"] = (changes["initials"] or "").upper()
-    if "hospital_record_number" in changes:
-        changes["hospital_record_number"] = (changes["hospital_record_number"] or "").strip()
-    screening = Screening.objects.select_related("site__trial").get(pk=screening.pk)
-    if hasattr(screening, "participant") and screening.participant.randomization_number:
-        raise Conflict(_("A randomized participant's screening cannot be changed."))
+    for name in ("initials", "hospital_record_number"):
+        if name in changes:
+            changes[name] = identifier(changes[name])
+    # One transaction with the screening and its participant locked, in the order randomization
+    # locks them: a randomization cannot happen between the check below and the save, nor read
+    # the verdict while it is being changed.
+    with transaction.atomic():
+        screening, participant = lock_screening_and_participant(screening.pk)
+        if participant is not None and participant.randomization_number:
+            raise Conflict(_("A randomized participant's screening cannot be changed."))
+        return _screening_correct(
+            screening=screening,
+            changed_by=changed_by,
+            reason=reason,
+            answers=answers,
+            consent_date=consent_date,
+            consent_version=consent_version,
+            changes=changes,
+        )
+
+
+def lock_screening_and_participant(pk: int) -> tuple[Screening, Participant | None]:
+    """Lock a screening and, once enrolled, its participant (same key), always in this order,
+    wherever either is changed on the strength of the other (correction, randomization,
+    eligibility sign-off), so two of them cannot deadlock."""
+    screening = Screening.objects.select_for_update(of=("self",)).select_related("site__trial").get(pk=pk)
+    participant = (
+        Participant.objects.select_for_update(of=("self",)).select_related("site__trial").filter(pk=pk).first()
+    )
+    if participant is not None:
+        # The locked row, so code reading screening.participant sees what was locked.
+        screening.participant = participant
+    return screening, participant
+
+
+def _screening_correct(
+    *, screening: Screening, changed_by, reason, answers, consent_date, consent_version, changes
+) -> Screening:
     current_answers = dict(screening.answers.values_list("criterion_code", "answer"))
     consent = screening.consents.first()
     changed = {name: value for name, value in changes.items() if getattr(screening, name) != value}
@@ -269,9 +304,9 @@ def screening_update(
 def eligibility_sign(*, participant: Participant, signer, password: str, request=None) -> Signature:
     confirm_password(user=signer, password=password, request=request)
     with audit_context(actor=signer, reason="Eligibility signed off"):
-        participant = (
-            Participant.objects.select_for_update().select_related("screening", "site__trial").get(pk=participant.pk)
-        )
+        # The verdict signed is the one on the locked screening: a correction waits, then sees the
+        # signature.
+        _screening, participant = lock_screening_and_participant(participant.pk)
         if participant.eligibility_signature_id:
             raise AlreadySigned()
         if participant.screening.outcome != Outcome.ELIGIBLE:

@@ -9,9 +9,11 @@ from django.core.mail import send_mail
 from django.db import connection, transaction
 from django.utils import timezone
 from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
 
 from dosing.services import visit_schedule_create
 from enrollment.models import Outcome, Participant, ParticipantStatus
+from enrollment.services import lock_screening_and_participant
 from randomization import generator
 from randomization.models import RandomizationList, Slot, Unblinding
 from trialsite import access, two_factor
@@ -20,37 +22,39 @@ from trialsite.audit import audit_context
 from trialsite.exceptions import Conflict, ReasonRequired, TrialRuleError
 from trialsite.models import Arm, Site, Trial
 from trialsite.reauth import confirm_password
+from trialsite.text import looks_like_formula, whole_number
 
 
+# Lazy: a class attribute is evaluated at import, before any request's language is active.
 class NotEligible(TrialRuleError):
-    default_message = _("Only an eligible participant can be randomized.")
+    default_message = gettext_lazy("Only an eligible participant can be randomized.")
 
 
 class NotConsented(TrialRuleError):
-    default_message = _("The participant has no consent signed on or before the screening date.")
+    default_message = gettext_lazy("The participant has no consent signed on or before the screening date.")
 
 
 class ParticipantWithdrawn(TrialRuleError):
-    default_message = _("The participant has withdrawn and cannot be randomized.")
+    default_message = gettext_lazy("The participant has withdrawn and cannot be randomized.")
 
 
 class AlreadyRandomized(Conflict):
-    default_message = _("The participant is already randomized.")
+    default_message = gettext_lazy("The participant is already randomized.")
 
 
 class NoActiveList(TrialRuleError):
-    default_message = _("There is no locked randomization list to randomize from yet.")
+    default_message = gettext_lazy("There is no locked randomization list to randomize from yet.")
 
 
 class StratumExhausted(Conflict):
-    default_message = _(
+    default_message = gettext_lazy(
         "The randomization list has no free slot left for this participant's stratum; "
         "the statistician has been alerted."
     )
 
 
 class ListLocked(Conflict):
-    default_message = _("This list is locked and cannot change.")
+    default_message = gettext_lazy("This list is locked and cannot change.")
 
 
 class InvalidList(TrialRuleError):
@@ -159,7 +163,7 @@ def _list_import_rows(*, trial, reader, arms, strata, created_by, reason) -> Ran
         problem = None
         if len(row) != 5:
             problem = _("expected 5 columns")
-        elif any(cell.strip()[:1] in ("=", "+", "-", "@") for cell in row):
+        elif any(looks_like_formula(cell.strip()) for cell in row):
             problem = _("a cell starts with a formula character")
         else:
             stratum, sequence, block, block_size, arm = (cell.strip() for cell in row)
@@ -167,7 +171,7 @@ def _list_import_rows(*, trial, reader, arms, strata, created_by, reason) -> Ran
                 problem = _("unknown stratum %(stratum)s") % {"stratum": stratum}
             elif arm not in arms:
                 problem = _("unknown arm %(arm)s") % {"arm": arm}
-            elif not (sequence.isdigit() and block.isdigit() and block_size.isdigit()):
+            elif None in (whole_number(sequence), whole_number(block), whole_number(block_size)):
                 problem = _("sequence, block and block size must be whole numbers")
             elif (stratum, int(sequence)) in seen:
                 problem = _("duplicate sequence %(sequence)s in %(stratum)s") % {
@@ -249,7 +253,8 @@ def _alert_exhausted(site: Site, stratum: str) -> None:
 def participant_randomize(*, participant: Participant, randomized_by, request=None) -> Participant:
     """Allocate the next free slot of the participant's stratum, exactly once.
 
-    The participant row is locked first (no double randomization), then a transaction-scoped
+    The screening and participant rows are locked first (no double randomization, and no
+    correction of the eligibility it rests on meanwhile), then a transaction-scoped
     advisory lock per stratum serializes allocations within one stratum, so slots are taken
     strictly in sequence order even when a transaction rolls back; different strata proceed in
     parallel. The slot row is locked too, and unique constraints back it all up."""
@@ -263,11 +268,11 @@ def participant_randomize(*, participant: Participant, randomized_by, request=No
 
 def _allocate(*, participant: Participant, randomized_by) -> Participant:
     with audit_context(actor=randomized_by, reason="Randomized"):
-        participant = (
-            Participant.objects.select_for_update(of=("self",))
-            .select_related("screening", "site__trial")
-            .get(pk=participant.pk)
-        )
+        # The screening is locked too (first, as a correction locks them): the verdict read
+        # here stays the verdict until the allocation is committed.
+        _screening, participant = lock_screening_and_participant(participant.pk)
+        if participant is None:
+            raise NotEligible()
         _check_randomizable(participant)
         active = RandomizationList.objects.filter(trial=participant.site.trial, is_active=True).first()
         if active is None:
