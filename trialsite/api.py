@@ -3,6 +3,7 @@ trail. Every capability's endpoints use the same access functions as its web vie
 
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404
+from django.utils.translation import gettext as _
 from drf_spectacular.utils import extend_schema
 from rest_framework import generics, serializers
 from rest_framework.exceptions import ValidationError as DRFValidationError
@@ -14,6 +15,7 @@ from trialsite import access, selectors
 from trialsite.access import Capability
 from trialsite.exceptions import TrialRuleError
 from trialsite.models import AuditEvent, Site, StaffRole
+from trialsite.text import whole_number
 
 
 def exception_handler(exc, context):
@@ -108,12 +110,15 @@ class AuditEventList(generics.ListAPIView):
     def get_queryset(self):
         access.require(self.request.user, Capability.READ_AUDIT)
         params = self.request.query_params
-        subject = params.get("subject")
+        subject = params.get("subject") or None
+        subject_id = whole_number(subject)
+        if subject is not None and subject_id is None:
+            raise DRFValidationError({"subject": [_("The participant or screening id is a whole number, such as 12.")]})
         return selectors.audit_events_for(
             self.request.user,
             table_name=params.get("table") or None,
             record_pk=params.get("pk") or None,
-            subject_id=int(subject) if subject and subject.isdigit() else None,
+            subject_id=subject_id,
         )
 
     def paginate_queryset(self, queryset):

@@ -117,11 +117,26 @@ class RequestBodyGuardMiddleware:
         self.get_response = get_response
 
     def __call__(self, request):
-        if request.method in ("POST", "PUT", "PATCH", "DELETE"):
+        refusal = self._query_refusal(request)
+        if refusal is None and request.method in ("POST", "PUT", "PATCH", "DELETE"):
             refusal = self._refusal(request)
-            if refusal is not None:
-                return refusal
+        if refusal is not None:
+            return refusal
         return self.get_response(request)
+
+    def _query_refusal(self, request):
+        # PostgreSQL text cannot hold NUL: a search or filter with one failed with 500.
+        for name, values in request.GET.lists():
+            if "\x00" in name or any("\x00" in value for value in values):
+                field = name.replace("\x00", "")
+                return self._answer(
+                    request,
+                    400,
+                    _("“%(field)s” in the address holds a NUL character, which no search or filter accepts.")
+                    % {"field": field},
+                    field=field,
+                )
+        return None
 
     def _refusal(self, request):
         try:
@@ -144,11 +159,52 @@ class RequestBodyGuardMiddleware:
             return self._check_form(request, body)
         if content_type == "application/json" and request.path.startswith("/api/"):
             try:
-                json.loads(body.decode("utf-8"))
+                data = json.loads(body.decode("utf-8"))
             except (UnicodeDecodeError, ValueError) as error:
                 return self._answer(
                     request, 400, _("The body is not valid JSON in UTF-8: %(error)s") % {"error": error}
                 )
+            except RecursionError:
+                return self._answer(request, 400, self._too_deep())
+            return self._check_json(request, data)
+        return None
+
+    def _too_deep(self):
+        return _("The body is nested more than %(depth)s levels deep; no endpoint reads that.") % {
+            "depth": self.MAX_JSON_DEPTH
+        }
+
+    def _not_unicode(self):
+        return _("The body holds text that is not valid Unicode (a lone surrogate); nothing was saved.")
+
+    # No endpoint reads more than three levels; well below where parsing or the serializers
+    # would hit Python's recursion limit (a RecursionError was a 500).
+    MAX_JSON_DEPTH = 32
+
+    def _check_json(self, request, data):
+        """Walk the parsed body without recursion: refuse nesting deeper than any endpoint reads,
+        and text that is not Unicode (a lone surrogate such as "\\ud800", valid JSON but not
+        encodable, failed as a 500 when a key echoed in an error answer)."""
+        if isinstance(data, str) and not _encodable(data):
+            return self._answer(request, 400, self._not_unicode())
+        stack = [(data, 1, None)]
+        while stack:
+            value, depth, field = stack.pop()
+            if depth > self.MAX_JSON_DEPTH:
+                return self._answer(request, 400, self._too_deep(), field=field)
+            if isinstance(value, dict):
+                pairs = value.items()
+            elif isinstance(value, list):
+                pairs = ((None, item) for item in value)
+            else:
+                continue
+            for key, item in pairs:
+                # Named by the top-level field, as the API's other answers name fields.
+                here = key if field is None else field
+                if any(isinstance(text, str) and not _encodable(text) for text in (key, item)):
+                    return self._answer(request, 400, self._not_unicode(), field=_encodable_or(here))
+                if isinstance(item, (dict, list)):
+                    stack.append((item, depth + 1, here))
         return None
 
     def _check_form(self, request, body: bytes):
@@ -180,3 +236,16 @@ class RequestBodyGuardMiddleware:
             status=status,
             content_type="text/html; charset=utf-8",
         )
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _encodable_or(field):
+    """The field to name in an answer, if it can be written at all."""
+    return field if field is None or _encodable(field) else None

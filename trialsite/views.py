@@ -2,11 +2,13 @@ from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
+from django.utils.translation import gettext as _
 from django.views.decorators.debug import sensitive_post_parameters
 
 from trialsite import access, selectors
 from trialsite.access import Capability
 from trialsite.models import StaffRole
+from trialsite.text import whole_number
 
 
 @login_required
@@ -25,12 +27,13 @@ def audit_trail(request: HttpRequest) -> HttpResponse:
     table_name = request.GET.get("table") or None
     record_pk = request.GET.get("pk") or None
     subject = request.GET.get("subject") or None
-    events = selectors.audit_events_for(
-        request.user,
-        table_name=table_name,
-        record_pk=record_pk,
-        subject_id=int(subject) if subject and subject.isdigit() else None,
-    )
+    subject_id = whole_number(subject)
+    subject_error = None
+    events = selectors.audit_events_for(request.user, table_name=table_name, record_pk=record_pk, subject_id=subject_id)
+    if subject is not None and subject_id is None:
+        # Not the whole trail for a filter that could not be read.
+        subject_error = _("The participant or screening id is a whole number, such as 12.")
+        events = events.none()
     page = Paginator(events, 50).get_page(request.GET.get("page"))
     return render(
         request,
@@ -41,7 +44,9 @@ def audit_trail(request: HttpRequest) -> HttpResponse:
             "table_name": table_name,
             "record_pk": record_pk,
             "subject": subject,
+            "subject_error": subject_error,
         },
+        status=400 if subject_error else 200,
     )
 
 
