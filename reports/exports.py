@@ -21,18 +21,16 @@ from django.utils.translation import gettext
 from enrollment.models import Consent, EligibilityAnswer, Screening
 from reports import selectors
 from reports.selectors import ENROLLMENT_COLUMNS, ReportScope
+from trialsite.text import defuse_formula, defuse_formula_sql
 
 CHUNK = 2000
-FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
 
 ProgressCallback = Callable[[int], None]
 
 
 def safe_cell(value):
     """Text that a spreadsheet would run as a formula is prefixed with a quote (CSV injection)."""
-    if isinstance(value, str) and value.startswith(FORMULA_TRIGGERS):
-        return "'" + value
-    return value
+    return defuse_formula(value)
 
 
 @dataclass(frozen=True)
@@ -215,15 +213,11 @@ def consort_table(scope: ReportScope, flow: selectors.ConsortFlow | None = None)
 # text is written as NULL (an empty cell, as Python's csv writes ""), and text cells get
 # `safe_cell`'s quote prefix. A test holds the two paths byte-for-byte equal.
 
-_FORMULA_TRIGGERS_SQL = "('=', '+', '-', '@', E'\\t', E'\\r')"
-
 
 def _sql_text(expression: str) -> str:
-    """A text cell: empty as an empty cell, and neutralized like `safe_cell`."""
-    neutralized = (
-        f"CASE WHEN left({expression}, 1) IN {_FORMULA_TRIGGERS_SQL} THEN '''' || {expression} ELSE {expression} END"
-    )
-    return f"nullif({neutralized}, '')"
+    """A text cell: empty as an empty cell, and neutralized like `safe_cell`, from the same
+    trigger characters."""
+    return f"nullif({defuse_formula_sql(expression)}, '')"
 
 
 def _sql_date(expression: str) -> str:
