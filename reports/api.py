@@ -113,13 +113,27 @@ class EnrollmentReportView(APIView):
         return Response(EnrollmentReportSerializer(payload).data)
 
 
+class ConsortCountSerializer(serializers.Serializer):
+    key = serializers.CharField()
+    label = serializers.CharField()
+    n = serializers.IntegerField()
+
+
 class ConsortGroupSerializer(serializers.Serializer):
     label = serializers.CharField()
     arm = serializers.CharField(required=False)
     allocated = serializers.IntegerField()
+    received = serializers.IntegerField(help_text="Received the allocated intervention: at least one dose given.")
+    not_received = serializers.IntegerField()
+    not_received_reasons = ConsortCountSerializer(many=True)
     lost_to_follow_up = serializers.IntegerField()
+    lost_reasons = ConsortCountSerializer(many=True)
     discontinued = serializers.IntegerField()
+    discontinued_reasons = ConsortCountSerializer(many=True)
+    on_treatment = serializers.IntegerField()
+    completed = serializers.IntegerField()
     analysed = serializers.IntegerField()
+    excluded_from_analysis = serializers.IntegerField()
 
 
 class ConsortReasonSerializer(serializers.Serializer):
@@ -138,6 +152,7 @@ class ConsortSerializer(serializers.Serializer):
     failure_reasons = ConsortReasonSerializer(many=True)
     randomized = serializers.IntegerField()
     groups = ConsortGroupSerializer(many=True)
+    analysis_note = serializers.CharField()
 
 
 class ConsortView(APIView):
@@ -147,13 +162,25 @@ class ConsortView(APIView):
         scope = selectors.report_scope(request.user, site_id=site_parameter(request.query_params.get("site")))
         flow = selectors.consort_flow(scope)
         groups = []
+
+        def counts(reasons):
+            return [{"key": key, "label": label, "n": n} for key, label, n in reasons]
+
         for group in flow.groups:
             entry = {
                 "label": group.label,
                 "allocated": group.allocated,
+                "received": group.received,
+                "not_received": group.not_received,
+                "not_received_reasons": counts(group.not_received_reasons),
                 "lost_to_follow_up": group.lost_to_follow_up,
+                "lost_reasons": counts(group.lost_reasons),
                 "discontinued": group.discontinued,
+                "discontinued_reasons": counts(group.discontinued_reasons),
+                "on_treatment": group.on_treatment,
+                "completed": group.completed,
                 "analysed": group.analysed,
+                "excluded_from_analysis": group.excluded_from_analysis,
             }
             if group.code:
                 entry["arm"] = group.code
@@ -168,6 +195,7 @@ class ConsortView(APIView):
             "failure_reasons": flow.failure_reasons,
             "randomized": flow.randomized,
             "groups": groups,
+            "analysis_note": flow.analysis_note,
         }
         return Response(ConsortSerializer(payload).data)
 

@@ -67,7 +67,8 @@ def _wrap(text: str, width: float) -> list[str]:
 
 def consort_layout(flow: ConsortFlow) -> ConsortLayout:
     groups = len(flow.groups)
-    left, group_width, gap = 100, 200, 16
+    # One blinded box has the room of the whole row; arms share it.
+    left, group_width, gap = 100, (200 if groups > 1 else 360), 16
     width = max(left + groups * group_width + (groups - 1) * gap + 20, 820)
     centre = left + (width - left - 20) / 2
     main_width = 240
@@ -115,23 +116,41 @@ def consort_layout(flow: ConsortFlow) -> ConsortLayout:
 
     y = randomized.y + randomized.height + 40
     layout.stages.append((y + 14, gettext("Allocation")))
+
+    def reasons(pairs) -> list[str]:
+        return [f"   - {label} (n={n})" for _key, label, n in pairs]
+
     rows = [
         (
             gettext("Allocation"),
             lambda g: [
                 gettext("Allocated to %(arm)s (n=%(n)s)") % {"arm": g.label, "n": g.allocated}
                 if g.code
-                else gettext("Allocated (n=%(n)s)") % {"n": g.allocated}
+                else gettext("Allocated (n=%(n)s)") % {"n": g.allocated},
+                "• " + gettext("Received allocated intervention (n=%(n)s)") % {"n": g.received},
+                "• " + gettext("Did not receive allocated intervention (n=%(n)s)") % {"n": g.not_received},
+                *reasons(g.not_received_reasons),
             ],
         ),
         (
             gettext("Follow-up"),
             lambda g: [
                 gettext("Lost to follow-up (n=%(n)s)") % {"n": g.lost_to_follow_up},
+                *reasons(g.lost_reasons),
                 gettext("Discontinued intervention (n=%(n)s)") % {"n": g.discontinued},
+                *reasons(g.discontinued_reasons),
+                gettext("On treatment (n=%(n)s)") % {"n": g.on_treatment},
+                gettext("Completed (n=%(n)s)") % {"n": g.completed},
             ],
         ),
-        (gettext("Analysis"), lambda g: [gettext("Analysed (n=%(n)s)") % {"n": g.analysed}]),
+        (
+            gettext("Analysis"),
+            lambda g: [
+                gettext("Analysed (n=%(n)s)") % {"n": g.analysed},
+                gettext("Excluded from analysis (n=%(n)s)") % {"n": g.excluded_from_analysis},
+                flow.analysis_note,
+            ],
+        ),
     ]
     group_x = [left + index * (group_width + gap) for index in range(groups)]
     if groups == 1:
@@ -175,7 +194,17 @@ def consort_svg(flow: ConsortFlow, *, stamp=None) -> str:
 
 # --- PNG with Pillow ---------------------------------------------------------------------------
 
+
+def cjk_font_path() -> Path:
+    """A TrueType font with Chinese and Latin glyphs, shipped by a pip package (a dependency), so
+    that the PNG and the PDF render Chinese on any machine, with no system font installed."""
+    import paperang_p2_fonts_cjk
+
+    return Path(paperang_p2_fonts_cjk.__file__).parent / "fonts" / "wqy-microhei.ttc"
+
+
 FONT_CANDIDATES = [
+    str(cjk_font_path()),
     "/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc",
     "/usr/share/fonts/truetype/wqy/wqy-microhei.ttc",
     "/usr/share/fonts/truetype/arphic/uming.ttc",
@@ -234,8 +263,8 @@ def consort_png(flow: ConsortFlow, path: Path, *, stamp=None, scale: int = 2) ->
 def enrollment_chart(months: list[dict], target: int) -> dict:
     """Coordinates for the enrollment chart template: a bar per month (new randomizations), the
     cumulative line, and the target as a dashed line."""
-    width, height = 720, 300
-    left, right, top, bottom = 50, 20, 20, 50
+    width, height = 720, 320
+    left, right, top, bottom = 60, 20, 20, 70
     plot_width, plot_height = width - left - right, height - top - bottom
     peak = max([target, *[month["cumulative"] for month in months]] or [1]) or 1
     count = max(len(months), 1)
@@ -277,4 +306,21 @@ def enrollment_chart(months: list[dict], target: int) -> dict:
         "target_y": y_of(target),
         "ticks": [{"value": tick, "y": y_of(tick)} for tick in ticks],
         "last": months[-1]["cumulative"] if months else 0,
+        # Axis titles and the legend, shared by the SVG and the PDF.
+        "x_title": gettext("Month of randomization"),
+        "y_title": gettext("Participants randomized"),
+        "x_title_y": top + plot_height + 34,
+        "y_title_x": 14,
+        "y_title_y": top + plot_height / 2,
+        "legend_y": height - 8,
+        "legend": [
+            {"kind": kind, "text": text, "x": left + index * 200}
+            for index, (kind, text) in enumerate(
+                [
+                    ("bar", gettext("Randomized in the month")),
+                    ("line", gettext("Cumulative")),
+                    ("target", gettext("Target %(n)s") % {"n": target}),
+                ]
+            )
+        ],
     }

@@ -191,9 +191,24 @@ def consort_table(scope: ReportScope, flow: selectors.ConsortFlow | None = None)
         arm = group.code or ""
         rows += [
             ["allocated", gettext("Allocated"), arm, group.allocated],
-            ["lost_to_follow_up", gettext("Lost to follow-up"), arm, group.lost_to_follow_up],
-            ["discontinued", gettext("Discontinued intervention"), arm, group.discontinued],
+            ["received_intervention", gettext("Received allocated intervention"), arm, group.received],
+            ["not_received", gettext("Did not receive allocated intervention"), arm, group.not_received],
+        ]
+        rows += [[f"not_received_{key}", label, arm, n] for key, label, n in group.not_received_reasons]
+        rows += [["lost_to_follow_up", gettext("Lost to follow-up"), arm, group.lost_to_follow_up]]
+        rows += [[f"lost_{key}", label, arm, n] for key, label, n in group.lost_reasons]
+        rows += [["discontinued", gettext("Discontinued intervention"), arm, group.discontinued]]
+        rows += [[f"discontinued_{key}", label, arm, n] for key, label, n in group.discontinued_reasons]
+        rows += [
+            ["on_treatment", gettext("On treatment"), arm, group.on_treatment],
+            ["completed", gettext("Completed"), arm, group.completed],
             ["analysed", gettext("Analysed"), arm, group.analysed],
+            [
+                "excluded_from_analysis",
+                gettext("Excluded from analysis") + " (" + flow.analysis_note + ")",
+                arm,
+                group.excluded_from_analysis,
+            ],
         ]
     headings = [
         gettext("Box"),
@@ -236,11 +251,24 @@ _SQL_AGE = (
     " - CASE WHEN (extract(month FROM s.screening_date), extract(day FROM s.screening_date))"
     " < (extract(month FROM s.date_of_birth), extract(day FROM s.date_of_birth)) THEN 1 ELSE 0 END)::int"
 )
-_SQL_FAILED_CRITERIA = (
-    "(SELECT string_agg(coalesce(reason ->> 'code', ''), ';' ORDER BY position)"
-    " FROM jsonb_array_elements(CASE WHEN jsonb_typeof(s.reasons) = 'array' THEN s.reasons ELSE '[]' END)"
-    " WITH ORDINALITY AS listed(reason, position) WHERE jsonb_typeof(reason) = 'object')"
+# A reason is "unanswered" when the screening's answer to that criterion is blank: an incomplete
+# screening lists its unanswered items among its reasons, and they are not failures.
+_SQL_REASON_UNANSWERED = (
+    "EXISTS (SELECT 1 FROM enrollment_eligibilityanswer ua WHERE ua.screening_id = s.id"
+    " AND ua.criterion_code = reason ->> 'code' AND coalesce(ua.answer, '') NOT IN ('yes', 'no'))"
 )
+
+
+def _sql_reason_codes(condition: str) -> str:
+    return (
+        "(SELECT string_agg(coalesce(reason ->> 'code', ''), ';' ORDER BY position)"
+        " FROM jsonb_array_elements(CASE WHEN jsonb_typeof(s.reasons) = 'array' THEN s.reasons ELSE '[]' END)"
+        f" WITH ORDINALITY AS listed(reason, position) WHERE jsonb_typeof(reason) = 'object' AND {condition})"
+    )
+
+
+_SQL_FAILED_CRITERIA = _sql_reason_codes(f"NOT {_SQL_REASON_UNANSWERED}")
+_SQL_UNANSWERED_CRITERIA = _sql_reason_codes(_SQL_REASON_UNANSWERED)
 _SQL_CONSENT_DATE = "(SELECT c.signed_on FROM enrollment_consent c WHERE c.screening_id = s.id ORDER BY c.signed_on DESC, c.id DESC LIMIT 1)"
 _SQL_SUBJECT_KEY = "coalesce(nullif(p.randomization_number, ''), nullif(p.screening_number, ''), 'SCR-' || s.id)"
 
@@ -257,6 +285,7 @@ def subjects_copy_query(scope: ReportScope) -> CopyQuery:
         age,
         _sql_text("s.outcome"),
         _sql_text(reasons),
+        _sql_text(_SQL_UNANSWERED_CRITERIA),
         _sql_date(consent),
         _sql_text("p.screening_number"),
         _sql_text("p.randomization_number"),
@@ -317,9 +346,22 @@ def age_on(birth: datetime.date, day: datetime.date) -> int:
     return day.year - birth.year - ((day.month, day.day) < (birth.month, birth.day))
 
 
+def reason_codes(row: dict) -> tuple[str, str]:
+    """The screening's failed and unanswered reason codes, each ";"-joined in the verdict's order."""
+    unanswered = set(row.get("unanswered_codes") or [])
+    reasons = [reason for reason in row["reasons"] if isinstance(reason, dict)]
+    return (
+        ";".join(reason.get("code", "") for reason in reasons if reason.get("code") not in unanswered),
+        ";".join(reason.get("code", "") for reason in reasons if reason.get("code") in unanswered),
+    )
+
+
 def subject_values(scope: ReportScope) -> Iterator[dict]:
     """One dict per screening in scope, in id order, streamed from a server-side cursor."""
+    from django.contrib.postgres.expressions import ArraySubquery
+
     latest_consent = Consent.objects.filter(screening=OuterRef("pk")).order_by("-signed_on", "-pk")
+    blank_answers = EligibilityAnswer.objects.filter(screening=OuterRef("pk")).exclude(answer__in=["yes", "no"])
     fields = [
         "id",
         "site__code",
@@ -328,6 +370,7 @@ def subject_values(scope: ReportScope) -> Iterator[dict]:
         "sex",
         "outcome",
         "reasons",
+        "unanswered_codes",
         "consent_date",
         "screening_number",
         "randomization_number",
@@ -337,6 +380,7 @@ def subject_values(scope: ReportScope) -> Iterator[dict]:
     ]
     rows = Screening.objects.filter(site_id__in=scope.site_ids).annotate(
         consent_date=Subquery(latest_consent.values("signed_on")[:1]),
+        unanswered_codes=ArraySubquery(blank_answers.values("criterion_code")),
     )
     rows = rows.alias().order_by("pk")
     from django.db.models import F
@@ -367,6 +411,7 @@ def subjects_table(scope: ReportScope) -> Table:
         gettext("Age at screening"),
         gettext("Screening outcome"),
         gettext("Failed criteria"),
+        gettext("Unanswered criteria"),
         gettext("Consent date"),
         gettext("Screening number"),
         gettext("Randomization number"),
@@ -379,6 +424,7 @@ def subjects_table(scope: ReportScope) -> Table:
 
     def rows():
         for row in subject_values(scope):
+            failed, unanswered = reason_codes(row)
             line = [
                 subject_key(row),
                 row["site__code"],
@@ -386,7 +432,8 @@ def subjects_table(scope: ReportScope) -> Table:
                 row["sex"],
                 age_on(row["date_of_birth"], row["screening_date"]),
                 row["outcome"],
-                ";".join(reason.get("code", "") for reason in row["reasons"] if isinstance(reason, dict)),
+                failed,
+                unanswered,
                 row["consent_date"].isoformat() if row["consent_date"] else "",
                 row["screening_number"] or "",
                 row["randomization_number"] or "",
@@ -715,6 +762,7 @@ def odm_subjects_query(scope: ReportScope, criteria_codes: list[str]) -> tuple[s
             ("IT.CONSENT_DATE", _sql_date(_SQL_CONSENT_DATE)),
             ("IT.OUTCOME", "s.outcome"),
             ("IT.FAILED_CRITERIA", _SQL_FAILED_CRITERIA),
+            ("IT.UNANSWERED_CRITERIA", _SQL_UNANSWERED_CRITERIA),
         ],
     )
     eligibility_item = _sql_item(f"'IT.ELIG.' || {_sql_oid_part('a.criterion_code')}", "a.answer")
@@ -881,6 +929,7 @@ class OdmWriter:
                 ("IT.CONSENT_DATE", "Consent date", "date", None, None),
                 ("IT.OUTCOME", "Screening outcome", "text", 12, "CL.OUTCOME"),
                 ("IT.FAILED_CRITERIA", "Failed criteria", "text", 200, None),
+                ("IT.UNANSWERED_CRITERIA", "Unanswered criteria", "text", 200, None),
             ],
             "IG.ELIGIBILITY": [
                 (f"IT.ELIG.{oid_part(c['code'])}", c["text"][:100], "text", 3, "CL.ANSWER") for c in self.criteria
@@ -898,7 +947,7 @@ class OdmWriter:
                 ("IT.VISIT_TARGET_DATE", "Target date", "date", None, None),
                 ("IT.VISIT_WINDOW_START", "Window opens", "date", None, None),
                 ("IT.VISIT_WINDOW_END", "Window closes", "date", None, None),
-                ("IT.VISIT_STATUS", "Visit status", "text", 12, "CL.VISIT_STATUS"),
+                ("IT.VISIT_STATUS", "Visit status", "text", 20, "CL.VISIT_STATUS"),
                 ("IT.VISIT_DATE", "Visit date", "date", None, None),
             ],
         }
@@ -994,7 +1043,7 @@ class OdmWriter:
         w = self.stream.write
         w("<SubjectData" + _attrs(SubjectKey=subject_key(subject)) + ">")
         w("<SiteRef" + _attrs(LocationOID=f"LOC.{oid_part(subject['site__code'])}") + "/>")
-        failed = ";".join(reason.get("code", "") for reason in subject["reasons"] if isinstance(reason, dict))
+        failed, unanswered = reason_codes(subject)
         screening_items = [
             ("IT.SITE", subject["site__code"]),
             ("IT.SCREENING_DATE", subject["screening_date"].isoformat()),
@@ -1003,6 +1052,7 @@ class OdmWriter:
             ("IT.CONSENT_DATE", _iso(subject["consent_date"])),
             ("IT.OUTCOME", subject["outcome"]),
             ("IT.FAILED_CRITERIA", failed),
+            ("IT.UNANSWERED_CRITERIA", unanswered),
         ]
         eligibility_items = [
             (f"IT.ELIG.{oid_part(answer['criterion_code'])}", answer["answer"])

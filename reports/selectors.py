@@ -17,18 +17,26 @@ Definitions (people are counted, never reasons, unless a count says "by reason")
 - consented: screenings with at least one recorded consent.
 - enrolled: participants (eligible, consented people given a screening number).
 - randomized: participants with a randomization number.
-- on treatment: randomized, not withdrawn and not completed.
+- on treatment: randomized, not withdrawn, not completed, treatment not stopped by the lab
+  safety gates and not lost to follow-up.
 - completed: participant status "completed".
 - withdrawn: participants with a Withdrawal record (before or after randomization).
 - CONSORT: assessed for eligibility = screened; excluded = screened - randomized, broken down by
   screening outcome of the people not randomized (not eligible [with reasons], incomplete,
   eligible but not randomized), so assessed = excluded + randomized by construction of the
   groups, and the tests check it on the data. Allocated = randomized (per arm only unblinded).
-  Discontinued = withdrawn after randomization. Lost to follow-up: the Withdrawal record has
-  only a free-text reason, which we do not parse; instead a randomized participant who is not
-  withdrawn and not completed is lost to follow-up when their latest resolved visit (completed
-  or missed) was missed, i.e. they stopped coming and nobody has recorded why. Lost to
-  follow-up and discontinued are therefore disjoint. Analysed = allocated (intention to treat).
+  Received allocated intervention (CONSORT item 13a): at least one dose given (a dose record
+  whose lab gates said "give"); the others did not receive it, by reason: withdrew before a
+  dose, first dose held by the lab gates, no dose recorded yet.
+  Lost to follow-up: the Withdrawal record has only a free-text reason, which we do not parse;
+  instead a randomized participant who is not withdrawn and not completed is lost to follow-up
+  when their latest resolved visit (completed or missed) was missed, i.e. they stopped coming
+  and nobody has recorded why.
+  Discontinued intervention (item 13b), by reason: withdrew after randomization, or treatment
+  stopped by the lab safety gates (and not lost to follow-up since). Each randomized person is
+  in exactly one of on treatment, completed, discontinued and lost to follow-up, so those four
+  add up to allocated. Analysed = allocated (intention to treat); excluded from analysis is 0
+  because the protocol defines no exclusion from the analysis.
 - Enrollment by month: randomizations per calendar month in the time zone of the first site in
   scope, cumulative, against the trial's target enrollment.
 - Data version: the id of the newest audit event about trial data (export bookkeeping itself
@@ -42,10 +50,11 @@ from dataclasses import dataclass, field
 from zoneinfo import ZoneInfo
 
 from django.db import connection
-from django.db.models import Count, Exists, Max, OuterRef, Q, Subquery
-from django.db.models.functions import TruncMonth
+from django.db.models import Count, Exists, Max, OuterRef, Q, Subquery, Value
+from django.db.models.functions import Coalesce, TruncMonth
 from django.http import Http404
-from django.utils import timezone, translation
+from django.utils import timezone
+from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
 from enrollment.models import Consent, Outcome, Participant, ParticipantStatus, Screening
@@ -122,30 +131,61 @@ def _visit_model():
     return Visit
 
 
+def _dose_model():
+    from dosing.models import DoseRecord
+
+    return DoseRecord
+
+
 def _participants(scope: ReportScope):
-    """Participants in scope, each with the status of their latest resolved visit."""
-    Visit = _visit_model()
+    """Participants in scope, each with the status of their latest resolved visit ("" when none)
+    and whether a dose was ever given, held or treatment stopped by the lab gates."""
+    Visit, DoseRecord = _visit_model(), _dose_model()
     resolved = Visit.objects.filter(participant=OuterRef("pk"), status__in=["completed", "missed"]).order_by(
         "-target_date", "-pk"
     )
+    doses = DoseRecord.objects.filter(participant=OuterRef("pk"))
     return (
         Participant.objects.filter(site_id__in=scope.site_ids)
-        .annotate(latest_resolved_visit=Subquery(resolved.values("status")[:1]))
+        .annotate(
+            # Never NULL, so that a negated condition on it keeps people without a resolved visit.
+            latest_resolved_visit=Coalesce(Subquery(resolved.values("status")[:1]), Value("")),
+            dose_given=Exists(doses.filter(decision="give")),
+            dose_held=Exists(doses.filter(decision="hold")),
+            treatment_stopped=Exists(doses.filter(decision="stop")),
+        )
         .order_by()
     )
 
 
 RANDOMIZED = Q(randomization_number__isnull=False)
+COMPLETED = Q(status=ParticipantStatus.COMPLETED)
+WITHDRAWN = Q(withdrawal__isnull=False)
+LOST = RANDOMIZED & ~WITHDRAWN & ~COMPLETED & Q(latest_resolved_visit="missed")
+STOPPED_NOT_LOST = RANDOMIZED & ~WITHDRAWN & ~COMPLETED & Q(treatment_stopped=True) & ~Q(latest_resolved_visit="missed")
+NOT_GIVEN = RANDOMIZED & Q(dose_given=False)
 PARTICIPANT_COUNTS: dict[str, Q] = {
     "enrolled": Q(),
     "randomized": RANDOMIZED,
-    "on_treatment": RANDOMIZED & Q(withdrawal__isnull=True) & ~Q(status=ParticipantStatus.COMPLETED),
-    "completed": Q(status=ParticipantStatus.COMPLETED),
-    "withdrawn": Q(withdrawal__isnull=False),
-    "discontinued": RANDOMIZED & Q(withdrawal__isnull=False),
-    "lost_to_follow_up": RANDOMIZED
-    & Q(withdrawal__isnull=True, latest_resolved_visit="missed")
-    & ~Q(status=ParticipantStatus.COMPLETED),
+    "on_treatment": RANDOMIZED
+    & ~WITHDRAWN
+    & ~COMPLETED
+    & Q(treatment_stopped=False)
+    & ~Q(latest_resolved_visit="missed"),
+    "completed": COMPLETED,
+    "withdrawn": WITHDRAWN,
+    # CONSORT 13a: received the allocated intervention, or not and why (one reason per person).
+    "received_intervention": RANDOMIZED & Q(dose_given=True),
+    "not_received": NOT_GIVEN,
+    "not_received_withdrew": NOT_GIVEN & WITHDRAWN,
+    "not_received_held": NOT_GIVEN & ~WITHDRAWN & Q(dose_held=True),
+    "not_received_not_yet": NOT_GIVEN & ~WITHDRAWN & Q(dose_held=False),
+    # CONSORT 13b: discontinued intervention and lost to follow-up, with reasons; disjoint.
+    "discontinued": (RANDOMIZED & WITHDRAWN) | STOPPED_NOT_LOST,
+    "discontinued_withdrew": RANDOMIZED & WITHDRAWN,
+    "discontinued_stopped_by_lab_gates": STOPPED_NOT_LOST,
+    "lost_to_follow_up": LOST,
+    "lost_missed_last_visit": LOST,
 }
 SCREENING_COUNTS: dict[str, Q] = {
     "screened": Q(),
@@ -214,37 +254,46 @@ def _sum(dicts) -> dict[str, int]:
     return total
 
 
-def _criteria_texts(trial: Trial) -> dict[str, str]:
-    chinese = (translation.get_language() or "").startswith("zh")
-    return {
-        criterion["code"]: (criterion.get("text_zh") if chinese else None) or criterion["text"]
-        for criterion in trial.eligibility.get("criteria", [])
+def reason_labels(trial: Trial) -> dict[str, str]:
+    """Each reason code's label in the reader's language, from the protocol: a criterion by its
+    text (English or Chinese), age and consent by the rule. Never one screening's own wording,
+    which names that person's age."""
+    from enrollment.eligibility import criterion_text
+
+    rules = trial.eligibility
+    labels = {
+        "AGE": gettext("Age outside %(low)s to %(high)s years")
+        % {"low": rules.get("minimum_age_years", "?"), "high": rules.get("maximum_age_years", "?")},
+        "CONSENT": gettext("Written consent not dated on or before the screening date"),
     }
+    for criterion in rules.get("criteria", []):
+        labels[criterion["code"]] = criterion_text(criterion)
+    return labels
 
 
 def _failure_reasons_by_site(scope: ReportScope) -> list[dict]:
-    """Per failed reason code: the ineligible screenings that failed it, per site and in total."""
+    """Per failed reason code: the ineligible screenings that failed it, per site and in total.
+    Labelled by the code, in protocol order (age, consent, then the criteria)."""
     with connection.cursor() as cursor:
         cursor.execute(
             """
-            SELECT s.site_id, r.value ->> 'code', min(r.value ->> 'text'), count(DISTINCT s.id)
+            SELECT s.site_id, r.value ->> 'code', count(DISTINCT s.id)
             FROM enrollment_screening s
             CROSS JOIN LATERAL jsonb_array_elements(
                 CASE WHEN jsonb_typeof(s.reasons) = 'array' THEN s.reasons ELSE '[]'::jsonb END) AS r(value)
-            WHERE s.outcome = %s AND s.site_id = ANY(%s)
+            WHERE s.outcome = %s AND s.site_id = ANY(%s) AND jsonb_typeof(r.value) = 'object'
             GROUP BY 1, 2
             """,
             [Outcome.INELIGIBLE, scope.site_ids],
         )
         rows = cursor.fetchall()
-    known = _criteria_texts(scope.trial)
+    known = reason_labels(scope.trial)
     order = {code: index for index, code in enumerate(known)}
     reasons: dict[str, dict] = {}
-    for site_id, code, text, number in rows:
+    for site_id, code, number in rows:
         code = code or "?"
         reason = reasons.setdefault(
-            code,
-            {"code": code, "text": known.get(code) or text or code, "by_site": dict.fromkeys(scope.site_ids, 0)},
+            code, {"code": code, "text": known.get(code, code), "by_site": dict.fromkeys(scope.site_ids, 0)}
         )
         reason["by_site"][site_id] = number
     for reason in reasons.values():
@@ -322,10 +371,25 @@ class ConsortGroup:
 
     label: str
     allocated: int
-    discontinued: int
+    received: int
+    not_received: int
+    # (key, label, n) per reason, disjoint, adding up to the box's count.
+    not_received_reasons: list[tuple[str, str, int]]
     lost_to_follow_up: int
+    lost_reasons: list[tuple[str, str, int]]
+    discontinued: int
+    discontinued_reasons: list[tuple[str, str, int]]
+    on_treatment: int
+    completed: int
     analysed: int
+    excluded_from_analysis: int = 0
     code: str | None = None
+
+
+# Why excluded from analysis is 0: said wherever the count appears.
+ANALYSIS_NOTE = _(
+    "Intention to treat: everyone randomized is analysed in the arm allocated; the protocol defines no exclusion from the analysis."
+)
 
 
 @dataclass
@@ -339,33 +403,51 @@ class ConsortFlow:
     randomized: int
     groups: list[ConsortGroup]
     blinded: bool
+    analysis_note: str = ""
+
+
+def _group(label: str, counts: dict[str, int], code: str | None = None) -> ConsortGroup:
+    def n(key: str) -> int:
+        return counts.get(key, 0)
+
+    return ConsortGroup(
+        label=label,
+        code=code,
+        allocated=n("randomized"),
+        received=n("received_intervention"),
+        not_received=n("not_received"),
+        not_received_reasons=[
+            ("withdrew", gettext("Withdrew before a dose"), n("not_received_withdrew")),
+            ("first_dose_held", gettext("First dose held by the lab safety gates"), n("not_received_held")),
+            ("no_dose_yet", gettext("No dose recorded yet"), n("not_received_not_yet")),
+        ],
+        lost_to_follow_up=n("lost_to_follow_up"),
+        lost_reasons=[
+            ("missed_last_visit", gettext("Missed their latest visit, no reason recorded"), n("lost_missed_last_visit"))
+        ],
+        discontinued=n("discontinued"),
+        discontinued_reasons=[
+            ("withdrew", gettext("Withdrew from the trial"), n("discontinued_withdrew")),
+            (
+                "stopped_by_lab_gates",
+                gettext("Treatment stopped by the lab safety gates"),
+                n("discontinued_stopped_by_lab_gates"),
+            ),
+        ],
+        on_treatment=n("on_treatment"),
+        completed=n("completed"),
+        analysed=n("randomized"),
+        excluded_from_analysis=0,
+    )
 
 
 def consort_flow(scope: ReportScope, report: EnrollmentReport | None = None) -> ConsortFlow:
     report = report or enrollment_report(scope)
     total = report.total
     if scope.unblinded:
-        groups = [
-            ConsortGroup(
-                label=arm.name,
-                code=arm.code,
-                allocated=report.total_by_arm[arm.code]["randomized"],
-                discontinued=report.total_by_arm[arm.code]["discontinued"],
-                lost_to_follow_up=report.total_by_arm[arm.code]["lost_to_follow_up"],
-                analysed=report.total_by_arm[arm.code]["randomized"],
-            )
-            for arm in report.arms
-        ]
+        groups = [_group(arm.name, report.total_by_arm[arm.code], code=arm.code) for arm in report.arms]
     else:
-        groups = [
-            ConsortGroup(
-                label=str(_("All arms (blinded)")),
-                allocated=total["randomized"],
-                discontinued=total["discontinued"],
-                lost_to_follow_up=total["lost_to_follow_up"],
-                analysed=total["randomized"],
-            )
-        ]
+        groups = [_group(gettext("All arms (blinded)"), total)]
     return ConsortFlow(
         assessed=total["screened"],
         excluded=total["excluded"],
@@ -376,4 +458,5 @@ def consort_flow(scope: ReportScope, report: EnrollmentReport | None = None) -> 
         randomized=total["randomized"],
         groups=groups,
         blinded=not scope.unblinded,
+        analysis_note=str(ANALYSIS_NOTE),
     )

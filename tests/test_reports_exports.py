@@ -375,15 +375,16 @@ def test_spreadsheet_formulas_in_the_data_are_defused(data, cast, site):
     assert safe_cell("-2") == "'-2"
     assert safe_cell(-2) == -2
     assert safe_cell("NT-0001") == "NT-0001"
-    # A reason text typed by a person is data, never a formula, in CSV and in XLSX.
+    # A stored reason is data, never a formula, in CSV and in XLSX. A code the protocol does not
+    # know is labelled by itself (a screening's own text is never a label: it names the person).
     criteria_text = "=cmd|' /C calc'!A0"
     with audit_context(reason="test"):
         from enrollment.models import Screening
 
         screening = reports_data.fail_screening(site, by=cast.coordinator, reasons=["EX1"])
-        Screening.objects.filter(pk=screening.pk).update(reasons=[{"code": "ZZ9", "text": criteria_text}])
+        Screening.objects.filter(pk=screening.pk).update(reasons=[{"code": criteria_text, "text": "age 17"}])
     rows = csv_rows(content_of(run_now(cast.investigator, "screen_failures", "csv")))
-    assert ["ZZ9", "'" + criteria_text] == rows[-2][:2]
+    assert ["'" + criteria_text, "'" + criteria_text] == rows[-2][:2]
     workbook = openpyxl.load_workbook(io.BytesIO(content_of(run_now(cast.investigator, "screen_failures", "xlsx"))))
     values = [cell.value for row in workbook.worksheets[1].iter_rows() for cell in row]
     assert "'" + criteria_text in values and criteria_text not in values
