@@ -19,7 +19,7 @@ from django.utils.translation import gettext_lazy as _
 from reports import exports, selectors
 from reports.models import Export, ExportFormat, ExportKind, ExportStatus
 from reports.selectors import ReportScope
-from trialsite.audit import audit_context
+from trialsite.audit import audit_context, seal_after_commit
 from trialsite.exceptions import TrialRuleError
 
 
@@ -136,6 +136,8 @@ def export_run(*, export_id: int) -> bool:
         file_path=str(final.relative_to(Path(settings.MEDIA_ROOT))),
         finished_at=timezone.now(),
     )
+    # Data that left the system: the audit trail as it stood is sealed outside the database.
+    seal_after_commit(f"export {export.pk}")
     return True
 
 

