@@ -6,7 +6,7 @@ JavaScript library, no CDN; SVG uses presentation attributes only (the CSP forbi
 
 from __future__ import annotations
 
-import textwrap
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,8 +61,44 @@ class ConsortLayout:
     title: str = ""
 
 
+NO_LINE_START = set("，。；：、！？）》」』,.;:!?)")  # noqa: RUF001 - Chinese punctuation, on purpose
+
+
+def _wide(character: str) -> bool:
+    return unicodedata.east_asian_width(character) in ("W", "F")
+
+
+def _units(text: str) -> int:
+    """Width in average Latin characters: a Chinese character (or full-width sign) is two."""
+    return sum(2 if _wide(character) else 1 for character in text)
+
+
 def _wrap(text: str, width: float) -> list[str]:
-    return textwrap.wrap(text, max(int((width - 2 * PAD) / CHAR_WIDTH), 10)) or [""]
+    """Lines that fit the box: broken at spaces, or between any two Chinese characters (Chinese
+    has no spaces, and each character is about twice as wide as a Latin one)."""
+    limit = max(int((width - 2 * PAD) / CHAR_WIDTH), 10)
+    tokens, word = [], ""
+    for character in text:
+        if character.isspace() or _wide(character):
+            if word:
+                tokens.append(word)
+                word = ""
+            tokens.append(character)
+        else:
+            word += character
+    if word:
+        tokens.append(word)
+    lines, line = [], ""
+    for token in tokens:
+        # Closing punctuation never starts a line (it stays with the character before it).
+        if line.strip() and _units(line + token) > limit and token not in NO_LINE_START:
+            lines.append(line.rstrip())
+            line = "" if token.isspace() else token
+        else:
+            line += token
+    if line.strip():
+        lines.append(line.rstrip())
+    return lines or [""]
 
 
 def consort_layout(flow: ConsortFlow) -> ConsortLayout:
