@@ -56,8 +56,6 @@ def main() -> None:
 
 
 def build_cast():
-    from rest_framework.authtoken.models import Token
-
     from tests import factories
     from trialsite.models import Role, Site, Trial
 
@@ -67,7 +65,7 @@ def build_cast():
     for site in sites:
         for role in (Role.COORDINATOR, Role.PHARMACIST, Role.STATISTICIAN, Role.SUPPLY_MANAGER):
             user = factories.make_user(role, site, username=f"{role}-{site.code}")
-            cast["tokens"][(role, site.code)] = Token.objects.create(user=user).key
+            cast["tokens"][(role, site.code)] = factories.api_key(user)
             cast[(role, site.code)] = user
     return cast
 

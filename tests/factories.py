@@ -80,3 +80,11 @@ def make_participant(site: Site, *, by, **screening_fields) -> Participant:
         return Participant.objects.create(
             screening=screening, site=site, screening_number=f"S-{site.code}-{site.last_screening_number:04d}"
         )
+
+
+def api_key(user) -> str:
+    """A key for an API token of `user`, as made from a session verified by the second factor
+    (so it also works for unblinded roles); trialsite/tokens.py decides who may make one."""
+    from trialsite import tokens
+
+    return tokens.token_issue(user=user, name="test", second_factor=True)[1]

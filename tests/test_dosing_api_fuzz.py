@@ -11,7 +11,6 @@ from django.core.signals import request_finished, request_started
 from django.core.wsgi import get_wsgi_application
 from django.db import close_old_connections
 from hypothesis import HealthCheck, settings
-from rest_framework.authtoken.models import Token
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
@@ -20,6 +19,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from tests import dosing_factories as df
+from tests import factories
 
 ROLES = ["coordinator", "pharmacist", "investigator", "monitor", "statistician", "supply_manager"]
 BLINDED = {"coordinator", "pharmacist", "investigator", "monitor"}
@@ -41,12 +41,19 @@ def dosing_data(cast, site):
 def dosing_schema(dosing_data):
     request_started.disconnect(close_old_connections)
     request_finished.disconnect(close_old_connections)
-    token, _ = Token.objects.get_or_create(user=dosing_data.coordinator)
+    key = key_for(dosing_data, "coordinator")
     yield schemathesis.openapi.from_wsgi(
-        "/api/v1/schema/", get_wsgi_application(), headers={"Authorization": f"Token {token.key}"}
+        "/api/v1/schema/", get_wsgi_application(), headers={"Authorization": f"Token {key}"}
     )
     request_started.connect(close_old_connections)
     request_finished.connect(close_old_connections)
+
+
+def key_for(cast, role: str) -> str:
+    """One API token per role for the whole test (each example reuses it)."""
+    if f"key:{role}" not in cast:
+        cast[f"key:{role}"] = factories.api_key(cast[role])
+    return cast[f"key:{role}"]
 
 
 schema = schemathesis.pytest.from_fixture("dosing_schema").include(path_regex=DOSING_PATHS)
@@ -56,9 +63,9 @@ schema = schemathesis.pytest.from_fixture("dosing_schema").include(path_regex=DO
 @settings(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 def test_dosing_operations_never_fail_break_their_schema_or_unblind(case, dosing_data):
     for role in ROLES:
-        token, _ = Token.objects.get_or_create(user=dosing_data[role])
+        key = key_for(dosing_data, role)
         response = case.call_and_validate(
-            headers={"Authorization": f"Token {token.key}"},
+            headers={"Authorization": f"Token {key}"},
             checks=[not_a_server_error, response_schema_conformance, content_type_conformance, status_code_conformance],
         )
         if role in BLINDED:

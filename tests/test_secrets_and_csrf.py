@@ -9,8 +9,8 @@ import re
 
 from django.test import Client
 from django.views.debug import SafeExceptionReporterFilter
-from rest_framework.authtoken.models import Token
 
+from tests import factories
 from tests.sweep import fill, record_id, row_counts, web_routes
 
 SECRET_PASSWORD = "Wr0ng-but-secret-passphrase"
@@ -78,7 +78,7 @@ def test_no_password_code_or_token_reaches_the_logs(world, cast, caplog, capfd):
         url, page = page_of(client, route, world)
         if page is not None and re.search(r'name="(password|token)"', page):
             client.post(url, {"password": SECRET_PASSWORD, "token": SECRET_CODE, "reason": "check"})
-    token = Token.objects.create(user=cast.investigator).key
+    token = factories.api_key(cast.investigator)
     api = Client(HTTP_AUTHORIZATION=f"Token {token}")
     api.get("/api/v1/me/")
     api.post(

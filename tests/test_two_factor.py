@@ -12,7 +12,6 @@ import time_machine
 from django.test import Client
 from django_otp.oath import TOTP
 from django_otp.plugins.otp_totp.models import TOTPDevice
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from randomization import services as randomization_services
@@ -137,9 +136,10 @@ def test_unblinding_and_locking_need_a_verified_session_when_the_user_has_a_devi
     )
     statistician_device = enrol(log_in(statistician), statistician, frozen)
 
-    # Over a token (never verified) the list cannot be locked, whatever the password.
+    # Over a token (never verified, even one made from a verified session) the list cannot be
+    # locked, whatever the password.
     api = APIClient()
-    api.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=statistician).key}")
+    api.credentials(HTTP_AUTHORIZATION=f"Token {factories.api_key(statistician)}")
     refused = api.post(f"/api/v1/randomization/lists/{randomization_list.pk}/lock/", {"password": factories.PASSWORD})
     assert refused.status_code == 403 and "verified with your two-factor code" in str(refused.json())
     randomization_list.refresh_from_db()

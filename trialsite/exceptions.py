@@ -50,3 +50,26 @@ class TwoFactorRequired(TrialRuleError):
         "This needs a session verified with your two-factor code: log in on the web and enter the code first."
     )
     status_code = 403
+
+
+class TokenNeedsSecondFactor(TrialRuleError):
+    """An API token for someone who can see an arm is made only from a session verified with
+    the two-factor code (a token is never asked for the code again)."""
+
+    default_message = _(
+        "Your role can reveal allocations, so an API token needs a session verified with your "
+        "two-factor code: enter your code first."
+    )
+    status_code = 403
+
+
+class TokenNeedsSecondFactorSetUp(TokenNeedsSecondFactor):
+    default_message = _(
+        "Your role can reveal allocations, so an API token needs two-factor authentication: "
+        "set up an authenticator app at /accounts/two-factor/ first."
+    )
+
+
+class TokenNeedsSession(TrialRuleError):
+    default_message = _("API tokens are made and revoked from a logged-in session, not with a token.")
+    status_code = 403

@@ -14,3 +14,12 @@ class TwoFactorTokenForm(forms.Form):
 
 class TwoFactorRemoveForm(forms.Form):
     password = forms.CharField(label=_("Your password"), widget=forms.PasswordInput, max_length=200)
+
+
+class ApiTokenForm(forms.Form):
+    name = forms.CharField(
+        label=_("What it is for"),
+        max_length=100,
+        required=False,
+        help_text=_("For example the script or machine that will use it."),
+    )

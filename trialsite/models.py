@@ -195,3 +195,43 @@ class Signature(Audited, models.Model):
 
     def __str__(self) -> str:
         return f"{self.signer} signed {self.record_table}#{self.record_pk}"
+
+
+class ApiToken(Audited, models.Model):
+    """A key for the REST API (`Authorization: Token <key>`), made by its user from a logged-in
+    session and shown to them once (trialsite/tokens.py). It expires after API_TOKEN_HOURS and
+    can be revoked sooner. Creation and revocation are in the audit trail; the key is never
+    stored, and its hash lives in ApiTokenKey, which is not audited, so the trail never holds it."""
+
+    audit_clinical_fields = ()
+    audit_site_column = None
+    audit_blinded_visible = ("user", "name", "created_at", "expires_at", "second_factor", "revoked_at", "revoked_by")
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="api_tokens")
+    name = models.CharField(_("name"), max_length=100, blank=True, help_text=_("What the token is for, e.g. a script"))
+    created_at = models.DateTimeField()
+    expires_at = models.DateTimeField()
+    # Made from a session verified by the two-factor code: the only kind an unblinded user may use.
+    second_factor = models.BooleanField(default=False)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    revoked_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"API token {self.pk} of {self.user}"
+
+
+class ApiTokenKey(models.Model):
+    """The SHA-256 of a token's key, which each API request looks up, and when it was last used.
+    Not audited: the hash has no place in the audit trail, and a use changes no trial data."""
+
+    token = models.OneToOneField(ApiToken, on_delete=models.CASCADE, primary_key=True, related_name="stored_key")
+    key_hash = models.CharField(max_length=64, unique=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"key of {self.token_id}"

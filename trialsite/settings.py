@@ -83,7 +83,6 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django.contrib.humanize",
     "rest_framework",
-    "rest_framework.authtoken",
     "drf_spectacular",
     "axes",
     "django_otp",
@@ -182,6 +181,9 @@ REAUTHENTICATION_MAX_AGE = timedelta(minutes=envint("REAUTHENTICATION_MINUTES", 
 
 AXES_FAILURE_LIMIT = envint("AXES_FAILURE_LIMIT", "5")
 
+# API tokens (trialsite/tokens.py) stop working this many hours after they are made.
+API_TOKEN_HOURS = envint("API_TOKEN_HOURS", "8")
+
 # Two-factor (TOTP, django-otp): anyone may enrol an authenticator app; with this on, users who
 # can reveal an arm (statistician, supply manager, PI for emergencies) must. Off by default so
 # a first `make run` needs no phone; a production deployment should set it.
@@ -243,9 +245,10 @@ BACKUP_DIR = Path(os.getenv("BACKUP_DIR", str(BASE_DIR / "var" / "backups")))
 PROTOCOL_FILE = Path(os.getenv("PROTOCOL_FILE", str(BASE_DIR / "protocols" / "NCT06442709.toml")))
 
 REST_FRAMEWORK = {
+    # Tokens first, so that a refused or missing credential is answered 401 with the reason.
     "DEFAULT_AUTHENTICATION_CLASSES": [
+        "trialsite.tokens.ApiTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
-        "rest_framework.authentication.TokenAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",

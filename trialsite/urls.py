@@ -3,13 +3,15 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from trialsite import api, views
+from trialsite import api, token_views, views
 
 api_patterns = [
     path("me/", api.MeView.as_view(), name="api-me"),
     path("sites/", api.SiteList.as_view(), name="api-sites"),
     path("sites/<int:pk>/", api.SiteDetail.as_view(), name="api-site"),
     path("audit-events/", api.AuditEventList.as_view(), name="api-audit-events"),
+    path("tokens/", token_views.ApiTokenList.as_view(), name="api-token-list"),
+    path("tokens/<int:pk>/", token_views.ApiTokenRevoke.as_view(), name="api-token-revoke"),
     path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("", include("enrollment.api_urls")),
@@ -24,6 +26,7 @@ urlpatterns = [
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("accounts/two-factor/", views.two_factor_setup, name="two-factor"),
     path("accounts/two-factor/verify/", views.two_factor_verify, name="two-factor-verify"),
+    path("accounts/tokens/", token_views.api_tokens, name="api-tokens"),
     path("audit/", views.audit_trail, name="audit-trail"),
     path("i18n/", include("django.conf.urls.i18n")),
     path("admin/", admin.site.urls),
