@@ -231,8 +231,11 @@ def write_pdf(scope: ReportScope, path: Path, stamp: exports.Stamp) -> int:
     styles = getSampleStyleSheet()
     for name in ("Title", "Heading2", "Normal"):
         styles[name].fontName = bold if name != "Normal" else font
-    # A heading never ends a page: it moves with the table or figure it introduces.
-    styles["Heading2"].keepWithNext = 1
+    # A heading never ends a page: before a table, a conditional page break leaves room for the
+    # heading and the table's first rows (keepWithNext would group the heading with the whole
+    # table, and a table longer than a page then breaks the page twice, leaving one empty);
+    # a figure is kept together with its heading.
+    room_for_heading = 40 * mm
     cell = styles["Normal"].clone("Cell", fontSize=8, leading=10)
     cell_bold = cell.clone("CellBold", fontName=bold)
     mark = gettext("Blinded — confidential") if stamp.blinded else gettext("Unblinded — confidential")
@@ -283,7 +286,12 @@ def write_pdf(scope: ReportScope, path: Path, stamp: exports.Stamp) -> int:
                 ]
             )
         )
-        story += [Spacer(1, 6 * mm), Paragraph(_escape(table.title), styles["Heading2"]), flowable]
+        story += [
+            CondPageBreak(room_for_heading),
+            Spacer(1, 6 * mm),
+            Paragraph(_escape(table.title), styles["Heading2"]),
+            flowable,
+        ]
         if table.key == "screen_failures":
             story.append(
                 Paragraph(

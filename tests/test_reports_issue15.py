@@ -124,6 +124,14 @@ def test_the_pdf_builds_with_many_exclusion_reasons_marks_and_numbers_every_page
         flat = re.sub(r"\s+", " ", text)
         assert mark in flat, f"page {number} has no blinding mark"
         assert page_words.format(page=number, pages=pages) in flat, f"page {number} has no page number"
+    # No page is empty, and none ends with a heading (it goes with what it introduces).
+    headings = {"Enrollment by site", "Screen failures by reason", "Enrollment by month", "CONSORT flow"}
+    headings |= {"各中心入组情况", "按原因统计的筛选失败", "按月入组", "CONSORT 流程"}
+    for number, text in enumerate(texts, start=1):
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        content = [line for line in lines if line != mark and line != page_words.format(page=number, pages=pages)]
+        assert content, f"page {number} is empty"
+        assert content[-1] not in headings, f"page {number} ends with the heading {content[-1]}"
     assert font_problems(reader) == []
     assert b"STSong" not in content and b"Helvetica" not in content
     everything = " ".join(texts)
