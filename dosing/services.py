@@ -187,7 +187,10 @@ def visit_record(
     kits. The visit and dose stay recorded when no kit is available (`outcome.no_kit`)."""
     reason = (out_of_window_reason or "").strip()
     with audit_context(actor=recorded_by, reason=reason or "visit recorded"):
-        visit = Visit.objects.select_for_update().select_related("participant", "site__trial").get(pk=visit.pk)
+        # Only the visit row: the site row is the one randomization updates (its number counter).
+        visit = (
+            Visit.objects.select_for_update(of=("self",)).select_related("participant", "site__trial").get(pk=visit.pk)
+        )
         participant = visit.participant
         if visit.status not in (VisitStatus.SCHEDULED, VisitStatus.MISSED):
             raise VisitNotOpen()
@@ -921,7 +924,7 @@ def resupply_site(*, site) -> Shipment | None:
     workers never ship twice for the same shortage. When the depot cannot fill it, the supply
     managers are e-mailed and nothing is shipped."""
     with transaction.atomic():
-        site = Site.objects.select_for_update().select_related("trial").get(pk=site.pk)
+        site = Site.objects.select_for_update(of=("self",)).select_related("trial").get(pk=site.pk)
         plan = resupply_plan(site)
         if not plan:
             return None

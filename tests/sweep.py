@@ -40,8 +40,10 @@ def make_world(trial, site, cast) -> dict:
     everyone = factories.make_user_with_every_role(site, username="everyone")
     today = timezone.localdate(timezone=site.zone)
     participant = dosing_factories.randomized_participant(site, arm_code="TOC", by=cast.coordinator, day0=today)
-    for kit_type, content in (("INF", "active"), ("TAB", "placebo")):
-        dosing_factories.make_kit(kit_type=kit_type, content=content, site=site)
+    # Every content of each type: a site that cannot serve every content assigns nothing.
+    for kit_type in ("INF", "TAB"):
+        for content in ("active", "placebo"):
+            dosing_factories.make_kit(kit_type=kit_type, content=content, site=site)
     visit = participant.visits.get(code="C1")
     dosing_services.visit_record(
         visit=visit,
