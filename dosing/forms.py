@@ -2,10 +2,11 @@ from django import forms
 from django.utils.translation import gettext_lazy as _
 
 from dosing.models import KitContent, KitType
+from trialsite.forms import DateField
 
 
 class VisitRecordForm(forms.Form):
-    actual_date = forms.DateField(label=_("Visit date"), widget=forms.DateInput(attrs={"type": "date"}))
+    actual_date = DateField(label=_("Visit date"))
     weight_kg = forms.DecimalField(label=_("Body weight (kg)"), max_digits=5, decimal_places=1, required=False)
     neutrophils = forms.IntegerField(label=_("Neutrophils (/mm³)"), min_value=0, max_value=10**6, required=False)
     platelets = forms.IntegerField(label=_("Platelets (/mm³)"), min_value=0, max_value=10**7, required=False)
@@ -33,7 +34,7 @@ class DispenseForm(forms.Form):
 
 
 class ReturnForm(forms.Form):
-    returned_on = forms.DateField(label=_("Return date"), widget=forms.DateInput(attrs={"type": "date"}))
+    returned_on = DateField(label=_("Return date"))
     tablets_returned = forms.IntegerField(label=_("Tablets returned"), min_value=0, max_value=1000, required=False)
 
 
@@ -91,9 +92,8 @@ class KitListGenerateForm(forms.Form):
                 self.fields[f"lot_{kit_type}_{content}"] = forms.CharField(
                     label=_("%(type)s, %(content)s: manufacturing lot") % label, max_length=40
                 )
-                self.fields[f"expiry_{kit_type}_{content}"] = forms.DateField(
-                    label=_("%(type)s, %(content)s: expiry") % label,
-                    widget=forms.DateInput(attrs={"type": "date"}, format="%Y-%m-%d"),
+                self.fields[f"expiry_{kit_type}_{content}"] = DateField(
+                    label=_("%(type)s, %(content)s: expiry") % label
                 )
 
     def lots(self) -> dict[tuple[str, str], tuple]:

@@ -3,16 +3,17 @@ from django.utils.translation import get_language
 from django.utils.translation import gettext_lazy as _
 
 from enrollment.models import Answer, Sex
+from trialsite.forms import DateField
 
 
 class ScreeningForm(forms.Form):
     initials = forms.CharField(label=_("Initials"), max_length=4)
-    date_of_birth = forms.DateField(label=_("Date of birth"), widget=forms.DateInput(attrs={"type": "date"}))
+    date_of_birth = DateField(label=_("Date of birth"))
     sex = forms.ChoiceField(label=_("Sex"), choices=Sex.choices)
     hospital_record_number = forms.CharField(label=_("Hospital record number"), max_length=40)
-    screening_date = forms.DateField(label=_("Screening date"), widget=forms.DateInput(attrs={"type": "date"}))
+    screening_date = DateField(label=_("Screening date"))
     consent_version = forms.CharField(label=_("Consent version"), max_length=40)
-    consent_date = forms.DateField(label=_("Consent date"), widget=forms.DateInput(attrs={"type": "date"}))
+    consent_date = DateField(label=_("Consent date"))
 
     def __init__(self, *args, trial, **kwargs):
         super().__init__(*args, **kwargs)
@@ -60,7 +61,7 @@ class SignForm(forms.Form):
 
 
 class WithdrawForm(forms.Form):
-    withdrawn_on = forms.DateField(label=_("Withdrawal date"), widget=forms.DateInput(attrs={"type": "date"}))
+    withdrawn_on = DateField(label=_("Withdrawal date"))
     reason = forms.CharField(
         label=_("Reason for withdrawal"), max_length=2000, widget=forms.Textarea(attrs={"rows": 2})
     )
