@@ -15,6 +15,7 @@ from django.test import Client
 from django_otp.plugins.otp_totp.models import TOTPDevice
 from rest_framework.test import APIClient
 
+from randomization import services as randomization_services
 from tests import factories
 from tests.test_two_factor import code_for, log_in
 from trialsite import tokens
@@ -202,3 +203,16 @@ def test_a_factory_user_token_still_reaches_the_api(site, db):
     user = factories.make_user(Role.COORDINATOR, site)
     _token, key = tokens.token_issue(user=user)
     assert api_with(key).get("/api/v1/sites/").status_code == 200
+
+
+def test_even_a_token_made_with_the_code_cannot_lock_a_list_or_unblind(trial, cast, frozen):
+    statistician = cast.statistician
+    TOTPDevice.objects.create(user=statistician, name="Authenticator app", confirmed=True)
+    randomization_list = randomization_services.list_generate(
+        trial=trial, seed="token", slots_per_stratum=4, created_by=statistician
+    )
+    _token, key = tokens.token_issue(user=statistician, second_factor=True)
+    api = api_with(key)
+    assert api.get("/api/v1/randomization/lists/").status_code == 200
+    refused = api.post(f"/api/v1/randomization/lists/{randomization_list.pk}/lock/", {"password": factories.PASSWORD})
+    assert refused.status_code == 403 and "verified with your two-factor code" in str(refused.json())
