@@ -20,3 +20,10 @@ class TrialsiteConfig(AppConfig):
 
         # Whether the user has an authenticator is looked up once per login, not per request.
         user_logged_in.connect(two_factor.on_login, dispatch_uid="two_factor_on_login")
+
+        from trialsite import reauth
+
+        # Logging in with the password is a right password: wrong re-entries start again from none.
+        user_logged_in.connect(
+            lambda sender, user, **kwargs: reauth.throttle_clear(user), dispatch_uid="reauth_clear_on_login", weak=False
+        )
