@@ -191,6 +191,7 @@ def test_the_page_lists_tokens_without_their_keys(cast, frozen):
     key = make_token_on_the_page(client, name="nightly")
     page = client.get("/accounts/tokens/").content.decode()
     assert "nightly" in page and key not in page
+    assert "It works for 8 hours" in page
     assert client.get("/accounts/tokens/")["Cache-Control"].startswith("max-age=0")
 
 

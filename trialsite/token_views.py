@@ -3,6 +3,7 @@ same over the API (/api/v1/tokens/). The rules are in trialsite/tokens.py."""
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
@@ -48,7 +49,7 @@ def api_tokens(request: HttpRequest) -> HttpResponse:
             "form": form,
             "new_key": new_key,
             "tokens": [(token, tokens.is_live(token, now)) for token in tokens.tokens_of(request.user)[:50]],
-            "hours": tokens.lifetime().total_seconds() // 3600,
+            "hours": settings.API_TOKEN_HOURS,
         },
         status=400 if request.method == "POST" and not new_key else 200,
     )
