@@ -38,3 +38,13 @@ class PasswordForm(forms.Form):
 
 class UnblindForm(PasswordForm):
     reason = forms.CharField(label=_("Medical reason"), widget=forms.Textarea(attrs={"rows": 3}), max_length=2000)
+
+
+class SealedSheetOpenedForm(forms.Form):
+    sheet_number = forms.IntegerField(label=_("Number of the sheet opened"), min_value=1, max_value=10**6)
+    opened_at = forms.DateTimeField(
+        label=_("When it was opened (site time)"),
+        widget=forms.DateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M"),
+        input_formats=["%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M:%S"],
+    )
+    reason = forms.CharField(label=_("Medical reason"), widget=forms.Textarea(attrs={"rows": 3}), max_length=2000)

@@ -120,10 +120,27 @@ class Slot(Audited, models.Model):
 
 
 class Unblinding(Audited, models.Model):
-    """An emergency break of the blind for one participant, for one user: who, when, why."""
+    """An emergency break of the blind for one participant, for one user: who, when, why.
+
+    Either in the system (the arm shown on screen) or, when the system could not be reached, by
+    opening the participant's sealed code-break sheet, recorded afterwards by the PI."""
+
+    class Method(models.TextChoices):
+        SYSTEM = "system", _("In the system")
+        SEALED_SHEET = "sealed_sheet", _("Sealed code-break sheet opened")
 
     audit_subject_column = "participant_id"
-    audit_blinded_visible = ("participant", "site", "unblinded_by", "reason", "unblinded_at", "sponsor_notified_at")
+    audit_blinded_visible = (
+        "participant",
+        "site",
+        "unblinded_by",
+        "reason",
+        "unblinded_at",
+        "sponsor_notified_at",
+        "method",
+        "sheet_number",
+        "opened_at",
+    )
 
     participant = models.ForeignKey(Participant, on_delete=models.PROTECT, related_name="unblindings")
     site = models.ForeignKey(Site, on_delete=models.PROTECT, related_name="+")
@@ -131,9 +148,41 @@ class Unblinding(Audited, models.Model):
     reason = models.TextField()
     unblinded_at = models.DateTimeField(auto_now_add=True)
     sponsor_notified_at = models.DateTimeField(null=True, blank=True)
+    method = models.CharField(max_length=12, choices=Method.choices, default=Method.SYSTEM)
+    # For a sealed sheet: its number, and when it was opened (the record is made afterwards).
+    sheet_number = models.PositiveIntegerField(null=True, blank=True)
+    opened_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-unblinded_at"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(method="system", sheet_number__isnull=True, opened_at__isnull=True)
+                | Q(method="sealed_sheet", sheet_number__isnull=False, opened_at__isnull=False),
+                name="unblinding_sheet_details_with_sealed_sheet",
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"Unblinding of {self.participant_id} by {self.unblinded_by}"
+
+
+class CodeBreakSheetSet(Audited, models.Model):
+    """One printing of a site's sealed code-break sheets by an unblinded statistician: the
+    offline backup for emergency unblinding. The sheets themselves are never stored; this row
+    (and its audit event) says who made them, when, from which list and for which site."""
+
+    # Nothing here depends on an arm.
+    audit_blinded_visible = ("randomization_list", "site", "generated_by", "generated_at", "sheet_count")
+
+    randomization_list = models.ForeignKey(RandomizationList, on_delete=models.PROTECT, related_name="+")
+    site = models.ForeignKey(Site, on_delete=models.PROTECT, related_name="+")
+    generated_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    generated_at = models.DateTimeField(auto_now_add=True)
+    sheet_count = models.PositiveIntegerField()
+
+    class Meta:
+        ordering = ["-generated_at"]
+
+    def __str__(self) -> str:
+        return f"Code-break sheets for {self.site} ({self.sheet_count})"

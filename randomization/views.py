@@ -3,11 +3,10 @@ from django.contrib.auth.decorators import login_required
 from django.shortcuts import redirect, render
 from django.utils.translation import gettext as _
 from django.views.decorators.debug import sensitive_post_parameters
-from django.views.decorators.http import require_POST
 
 from enrollment.models import Participant
-from randomization import selectors, services
-from randomization.forms import GenerateForm, ImportForm, PasswordForm, UnblindForm
+from randomization import codebreak, selectors, services
+from randomization.forms import GenerateForm, ImportForm, PasswordForm, SealedSheetOpenedForm, UnblindForm
 from trialsite import access
 from trialsite.access import Capability
 from trialsite.exceptions import TrialRuleError
@@ -20,21 +19,36 @@ def _form_error(form, error: TrialRuleError) -> None:
 
 
 @login_required
-@require_POST
 def participant_randomize(request, pk: int):
-    participant = access.get_for_user(Participant.objects.all(), request.user, Capability.RANDOMIZE, pk=pk)
-    try:
-        participant = services.participant_randomize(
-            participant=participant, randomized_by=request.user, request=request
-        )
-    except TrialRuleError as error:
-        messages.error(request, str(error.message))
-    else:
-        messages.success(
-            request,
-            _("Randomized: %(number)s. The visit plan is ready.") % {"number": participant.randomization_number},
-        )
-    return redirect("participant-detail", pk=pk)
+    """GET shows what the allocation will rest on (never anything arm-related); POST confirms."""
+    participant = access.get_for_user(
+        Participant.objects.select_related("screening", "site__trial", "eligibility_signature__signer"),
+        request.user,
+        Capability.RANDOMIZE,
+        pk=pk,
+    )
+    errors: dict[str, str] = {}
+    if request.method == "POST":
+        try:
+            participant = services.participant_randomize(
+                participant=participant, randomized_by=request.user, request=request
+            )
+        except TrialRuleError as error:
+            errors[error.field or "non_field_errors"] = str(error.message)
+        else:
+            messages.success(
+                request,
+                _("Randomized: %(number)s. The visit plan is ready.") % {"number": participant.randomization_number},
+            )
+            return redirect("participant-detail", pk=pk)
+    elif participant.randomization_number:
+        return redirect("participant-detail", pk=pk)
+    return render(
+        request,
+        "randomization/confirm.html",
+        {"participant": participant, "basis": selectors.randomization_basis(participant), "errors": errors},
+        status=400 if errors else 200,
+    )
 
 
 @sensitive_post_parameters("password", "token")
@@ -90,6 +104,7 @@ def list_index(request):
             "lists": selectors.lists_for(request.user),
             "generate_form": generate_form,
             "import_form": import_form,
+            "may_print_sheets": codebreak.sites_to_print_for(request.user).exists(),
         },
     )
 
@@ -122,3 +137,64 @@ def list_detail(request, pk: int):
             "form": form,
         },
     )
+
+
+@login_required
+def code_break_sheets(request):
+    """The unblinded statistician prints each site's sealed code-break sheets (a POST: each
+    printing is recorded). Anyone else finds nothing here."""
+    from django.http import Http404, HttpResponse
+
+    from randomization.models import CodeBreakSheetSet
+
+    sites = codebreak.sites_to_print_for(request.user)
+    if not sites:
+        raise Http404("Not found")
+    error = None
+    if request.method == "POST":
+        site = access.get_object_or_404(sites, pk=request.POST.get("site") or 0)
+        try:
+            content = codebreak.sheets_generate(site=site, generated_by=request.user)
+        except TrialRuleError as refusal:
+            error = str(refusal.message)
+        else:
+            response = HttpResponse(content, content_type="application/pdf")
+            response["Content-Disposition"] = f'attachment; filename="code-break-sheets-{site.code}.pdf"'
+            response["Cache-Control"] = "no-store"
+            return response
+    printings = CodeBreakSheetSet.objects.filter(site__in=sites).select_related(
+        "site", "generated_by", "randomization_list"
+    )
+    return render(
+        request,
+        "randomization/code_break_sheets.html",
+        {"sites": sites, "printings": printings[:50], "error": error},
+        status=400 if error else 200,
+    )
+
+
+@login_required
+def sealed_sheet_opened(request, pk: int):
+    """The PI records afterwards that a participant's sealed code-break sheet was opened."""
+    from django.utils import timezone
+
+    participant = access.get_for_user(
+        Participant.objects.select_related("site__trial"), request.user, Capability.EMERGENCY_UNBLIND, pk=pk
+    )
+    # The time typed is the site's clock, as written on the ward.
+    with timezone.override(participant.site.zone):
+        form = SealedSheetOpenedForm(
+            request.POST or None, initial={"sheet_number": codebreak.sheet_number_of(participant)}
+        )
+        valid = request.method == "POST" and form.is_valid()
+    if valid:
+        try:
+            codebreak.sealed_sheet_opening_record(
+                participant=participant, recorded_by=request.user, **form.cleaned_data
+            )
+        except TrialRuleError as error:
+            _form_error(form, error)
+        else:
+            messages.success(request, _("The opening of the sealed sheet is recorded and the sponsor notified."))
+            return redirect("participant-detail", pk=pk)
+    return render(request, "randomization/sealed_sheet_opened.html", {"participant": participant, "form": form})
