@@ -15,11 +15,13 @@ from rest_framework.views import APIView
 
 from dosing import selectors, services
 from dosing.exceptions import KitListInvalid, NoKitAvailable
+from dosing.labs import CountUnit, count_per_mm3
 from dosing.models import DoseRecord, Kit, KitContent, KitType, Shipment, Visit
 from dosing.views import MAX_KIT_LIST_BYTES
 from enrollment.models import Participant
 from trialsite import access
 from trialsite.access import Capability
+from trialsite.exceptions import TrialRuleError
 
 # --- serializers -------------------------------------------------------------------------------
 
@@ -52,6 +54,7 @@ class SupplyKitSerializer(serializers.ModelSerializer):
             "site",
             "shipment",
             "status_note",
+            "supply_note",
         ]
 
 
@@ -113,14 +116,58 @@ class VisitSerializer(serializers.ModelSerializer):
         return DoseSerializer(visit.dose).data if hasattr(visit, "dose") else None
 
 
-class VisitRecordSerializer(serializers.Serializer):
+def _count_field(**kwargs):
+    return serializers.DecimalField(
+        max_digits=12,
+        decimal_places=3,
+        min_value=0,
+        help_text="In the unit given by the matching _unit field (/mm3 when absent); stored as whole cells per mm3",
+        **kwargs,
+    )
+
+
+def _unit_field():
+    return serializers.ChoiceField(
+        choices=CountUnit.choices, required=False, help_text="per_mm3 (default) or 1e9_per_l (x10^9/L = 1,000 /mm3)"
+    )
+
+
+class LabCountsSerializer(serializers.Serializer):
+    """Counts in the lab report's unit, validated into whole cells per mm3 by the function the
+    web form uses (`labs.count_per_mm3`); the unit fields leave the validated data."""
+
+    def validate(self, attrs):
+        for name in ("neutrophils", "platelets"):
+            unit = attrs.pop(f"{name}_unit", None)
+            if attrs.get(name) is None:
+                continue
+            try:
+                attrs[name] = count_per_mm3(attrs[name], unit, field=name)
+            except TrialRuleError as error:
+                raise serializers.ValidationError(error.as_dict()) from None
+        return attrs
+
+
+class VisitRecordSerializer(LabCountsSerializer):
     actual_date = serializers.DateField()
     weight_kg = serializers.DecimalField(max_digits=5, decimal_places=1, required=False, allow_null=True)
-    neutrophils = serializers.IntegerField(min_value=0, max_value=10**6, required=False, allow_null=True)
-    platelets = serializers.IntegerField(min_value=0, max_value=10**7, required=False, allow_null=True)
+    neutrophils = _count_field(required=False, allow_null=True)
+    neutrophils_unit = _unit_field()
+    platelets = _count_field(required=False, allow_null=True)
+    platelets_unit = _unit_field()
     alt_uln = serializers.DecimalField(max_digits=5, decimal_places=2, min_value=0, required=False, allow_null=True)
     ast_uln = serializers.DecimalField(max_digits=5, decimal_places=2, min_value=0, required=False, allow_null=True)
     out_of_window_reason = serializers.CharField(required=False, allow_blank=True, max_length=2000)
+
+
+class RepeatLabsSerializer(LabCountsSerializer):
+    measured_on = serializers.DateField()
+    neutrophils = _count_field()
+    neutrophils_unit = _unit_field()
+    platelets = _count_field()
+    platelets_unit = _unit_field()
+    alt_uln = serializers.DecimalField(max_digits=5, decimal_places=2, min_value=0)
+    ast_uln = serializers.DecimalField(max_digits=5, decimal_places=2, min_value=0)
 
 
 class VisitRecordResultSerializer(serializers.Serializer):

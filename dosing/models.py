@@ -246,8 +246,9 @@ class KitList(Audited, models.Model):
 
     audit_site_column = None
     audit_blinded_fields = ("seed",)
-    # Not the seed (it regenerates the contents).
-    audit_blinded_visible = ("trial", "source", "kit_count", "sha256", "created_by", "created_at")
+    # Not the seed (it regenerates the contents), nor the sha256 (it would let a user check a
+    # guessed seed offline).
+    audit_blinded_visible = ("trial", "source", "kit_count", "created_by", "created_at")
 
     trial = models.ForeignKey("trialsite.Trial", on_delete=models.PROTECT, related_name="kit_lists")
     source = models.CharField(max_length=10, choices=Source.choices)
@@ -326,8 +327,10 @@ class Kit(Audited, models.Model):
     returned_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
     )
-    # Why the kit is quarantined or was destroyed (temperature excursion, breakage).
+    # The pharmacist's account of a temperature excursion (blinded staff wrote it and may read it).
     status_note = models.TextField(blank=True)
+    # The unblinded supply manager's reason to release or destroy: may name a lot or a content.
+    supply_note = models.TextField(blank=True)
     imported_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, related_name="+")
     imported_at = models.DateTimeField(auto_now_add=True)
 

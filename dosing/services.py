@@ -555,15 +555,17 @@ def kit_report_excursion(*, kit: Kit, reported_by, description: str) -> Kit:
 
 def kit_release(*, kit: Kit, released_by, reason: str) -> Kit:
     """The supply manager judged the excursion harmless: the kit goes back into stock."""
-    with audit_context(actor=released_by, reason=f"quarantine released: {reason}"):
+    # The supply manager's words may name a lot or a content: they go to `supply_note`, which
+    # blinded readers never see, and the audit reason (which they do see) stays generic.
+    with audit_context(actor=released_by, reason="quarantine released by the supply manager"):
         kit = _locked(kit)
-        return kit_transition(kit=kit, to=S.AT_SITE if kit.site_id else S.IN_DEPOT, status_note=reason)
+        return kit_transition(kit=kit, to=S.AT_SITE if kit.site_id else S.IN_DEPOT, supply_note=reason)
 
 
 def kit_destroy(*, kit: Kit, destroyed_by, reason: str) -> Kit:
-    with audit_context(actor=destroyed_by, reason=f"kit destroyed: {reason}"):
+    with audit_context(actor=destroyed_by, reason="kit destroyed by the supply manager"):
         kit = _locked(kit)
-        return kit_transition(kit=kit, to=S.DAMAGED, status_note=reason)
+        return kit_transition(kit=kit, to=S.DAMAGED, supply_note=reason)
 
 
 def kits_expire(*, today: datetime.date | None = None) -> int:

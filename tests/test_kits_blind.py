@@ -304,3 +304,21 @@ def test_the_blinded_kit_api_shows_the_label_not_the_manufacturing_lot_or_true_e
     body = api_for(cast.pharmacist).get("/api/v1/kits/").content.decode()
     assert not [lot for lot in lots if lot in body]
     assert "2028-03-31" not in body and "2028-06-30" not in body
+
+
+def test_the_supply_managers_reason_to_release_or_destroy_a_kit_is_not_shown_to_blinded_readers(site, cast, api_for):
+    # A release decision may rest on the content's stability data ("active: stable 3 h at 12 °C").
+    kept, lost = df.make_kit(site=site), df.make_kit(site=site, content="placebo")
+    for kit in (kept, lost):
+        services.kit_report_excursion(kit=kit, reported_by=cast.pharmacist, description="fridge at 12 °C for 3 h")
+    services.kit_release(kit=kept, released_by=cast.supply_manager, reason="active lot TCZ-24A stable 3 h at 12 °C")
+    services.kit_destroy(kit=lost, destroyed_by=cast.supply_manager, reason="placebo lot PBI-24A out of range")
+
+    for reader in (cast.pharmacist, cast.monitor, cast.investigator):
+        pages = [api_for(reader).get(f"/api/v1/audit-events/?table=dosing_kit&pk={kit.pk}") for kit in (kept, lost)]
+        bodies = " ".join(page.content.decode() for page in pages)
+        assert "TCZ-24A" not in bodies and "PBI-24A" not in bodies and "placebo" not in bodies
+    queue = api_for(cast.pharmacist).get("/api/v1/kits/").content.decode()
+    assert "TCZ-24A" not in queue and "stable" not in queue
+    supply = api_for(cast.supply_manager).get("/api/v1/supply/kits/").json()["results"]
+    assert {kit["supply_note"] for kit in supply} >= {"active lot TCZ-24A stable 3 h at 12 °C"}
