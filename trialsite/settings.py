@@ -84,6 +84,7 @@ INSTALLED_APPS = [
     "django.contrib.humanize",
     "rest_framework",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
     "axes",
     "django_otp",
     "django_otp.plugins.otp_totp",
@@ -267,6 +268,10 @@ SPECTACULAR_SETTINGS = {
     "SERVE_INCLUDE_SCHEMA": False,
     "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAuthenticated"],
     "COMPONENT_SPLIT_REQUEST": True,
+    # Swagger UI served from our own static files (the CSP allows no CDN and no inline script).
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
     "ENUM_NAME_OVERRIDES": {
         "VisitStatusEnum": "dosing.models.VisitStatus",
         "KitStatusEnum": "dosing.models.KitStatus",
@@ -290,6 +295,8 @@ CELERY_BEAT_SCHEDULE: dict = {
     # Hourly, so every site's midnight is caught within the hour; both tasks are idempotent.
     "dosing-mark-missed-visits": {"task": "dosing.tasks.mark_missed_visits", "schedule": 3600.0},
     "dosing-expire-kits": {"task": "dosing.tasks.expire_kits", "schedule": 3600.0},
+    # Resupply on a schedule, never right after one participant's dosing (its timing would point at a content).
+    "dosing-resupply-all-sites": {"task": "dosing.tasks.resupply_all_sites", "schedule": 6 * 3600.0},
     # Every minute: hand due reminders to the workers (a reminder is late by a minute at most).
     "reminders-dispatch": {"task": "dosing.reminders.tasks.dispatch_due_reminders", "schedule": 60.0},
     # Audit rows are hashed into the chain shortly after they commit, and the chain's head is
