@@ -134,7 +134,8 @@ def run() -> int:
     manage("migrate", "--no-input", env=env)
     manage("load_protocol", env=env)
     say("demo logins (development only):")
-    manage("load_demo", env=env)
+    # A demo ready for the coordinator's day, loaded once; `make run DEMO=empty` for users only.
+    manage("load_demo", *(["--empty"] if env.get("DEMO") == "empty" else []), env=env)
     children = [
         subprocess.Popen([PYTHON, "manage.py", "runserver", "127.0.0.1:8000", "--noreload"], cwd=ROOT, env=env),
         subprocess.Popen(

@@ -8,7 +8,6 @@ from django.views.decorators.debug import sensitive_post_parameters
 from trialsite import access, selectors
 from trialsite.access import Capability
 from trialsite.models import StaffRole
-from trialsite.text import whole_number
 
 
 @login_required
@@ -16,23 +15,37 @@ def home(request: HttpRequest) -> HttpResponse:
     staff_roles = (
         StaffRole.objects.filter(user=request.user).select_related("site__trial").order_by("site__code", "role")
     )
-    return render(request, "trialsite/home.html", {"staff_roles": staff_roles})
+    from trialsite import readiness
+
+    return render(
+        request,
+        "trialsite/home.html",
+        {"staff_roles": staff_roles, "checklists": readiness.checklists_for(request.user)},
+    )
 
 
 @login_required
 def audit_trail(request: HttpRequest) -> HttpResponse:
     """The monitor's reading of the trail: all events at their sites, or one record's history
-    (`?table=...&pk=...`) or one participant's (`?subject=...`)."""
+    (`?table=...&pk=...`) or one participant's (`?subject=` an id, or a randomization or
+    screening number such as NT-0001)."""
     access.require(request.user, Capability.READ_AUDIT)
+    tables = selectors.audit_tables_for(request.user)
     table_name = request.GET.get("table") or None
     record_pk = request.GET.get("pk") or None
     subject = request.GET.get("subject") or None
-    subject_id = whole_number(subject)
-    subject_error = None
-    events = selectors.audit_events_for(request.user, table_name=table_name, record_pk=record_pk, subject_id=subject_id)
+    subject_id = selectors.audit_subject_for(request.user, subject)
+    subject_error = table_error = None
     if subject is not None and subject_id is None:
         # Not the whole trail for a filter that could not be read.
-        subject_error = _("The participant or screening id is a whole number, such as 12.")
+        subject_error = _(
+            "No participant at your sites has this number. Give a randomization or screening number, "
+            "such as NT-0001, or an id, a whole number such as 12."
+        )
+    if table_name is not None and table_name not in dict(tables):
+        table_error = _("Choose a table from the list.")
+    events = selectors.audit_events_for(request.user, table_name=table_name, record_pk=record_pk, subject_id=subject_id)
+    if subject_error or table_error:
         events = events.none()
     page = Paginator(events, 50).get_page(request.GET.get("page"))
     return render(
@@ -40,13 +53,19 @@ def audit_trail(request: HttpRequest) -> HttpResponse:
         "trialsite/audit_trail.html",
         {
             "page": page,
-            "events": selectors.redact_for(request.user, page.object_list),
+            "events": selectors.audit_rows_for(request.user, page.object_list),
+            "tables": tables,
             "table_name": table_name,
+            "table_error": table_error,
             "record_pk": record_pk,
             "subject": subject,
             "subject_error": subject_error,
+            # The database role behind a change is for the people who audit the system: the
+            # monitor and the unblinded staff; the others read who did it.
+            "show_database_user": access.can(request.user, Capability.RAISE_QUERIES)
+            or access.can(request.user, Capability.VIEW_ALLOCATION),
         },
-        status=400 if subject_error else 200,
+        status=400 if subject_error or table_error else 200,
     )
 
 
