@@ -13,7 +13,7 @@ from urllib.parse import quote
 from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
 from django.utils.translation import gettext as _
-from django.utils.translation import ngettext
+from django.utils.translation import ngettext, pgettext
 
 from trialsite import access
 from trialsite.access import Capability
@@ -113,7 +113,12 @@ def _kits_step(site: Site, viewer) -> Step:
     }
     # One answer for the whole site: a content short reads exactly like every kit short.
     done = bool(wanted) and wanted <= in_stock
-    step = Step(KITS, _("Kits at the site"), done, detail=_("yes") if done else _("no"))
+    step = Step(
+        KITS,
+        _("Kits at the site"),
+        done,
+        detail=pgettext("kits at the site", "yes") if done else pgettext("kits at the site", "no"),
+    )
     if done:
         return step
     if Shipment.objects.filter(site=site, received_at__isnull=True).exists():
