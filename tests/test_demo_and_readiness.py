@@ -11,6 +11,7 @@ import pytest
 import time_machine
 from django.core.management import call_command
 from django.test import Client
+from django.urls import reverse
 
 from dosing.models import Kit, KitStatus, Shipment
 from enrollment.models import Participant, ParticipantStatus, Screening
@@ -90,7 +91,12 @@ def test_the_demo_is_ready_for_the_coordinators_day_and_loads_once(debug, site, 
     # The coordinator randomizes the signed participant right away.
     signed = participants.get(eligibility_signature__isnull=False, status=ParticipantStatus.ENROLLED)
     coordinator = log_in("coordinator")
-    coordinator.post(f"/participants/{signed.pk}/randomize/", {"confirm": "yes"})
+    ready = checklist(coordinator)
+    for step in ("list", "kits", "signature"):
+        assert f'<li class="done" data-step="{step}">' in ready
+    # What is left is the PI's: one participant waits for the signature.
+    assert '<li class="missing" data-step="waiting">' in ready and "Principal investigator" in ready
+    coordinator.post(reverse("participant-randomize", args=[signed.pk]))
     signed.refresh_from_db()
     assert signed.status == ParticipantStatus.RANDOMIZED and signed.randomization_number
     assert Slot.objects.filter(participant=signed, randomization_list=active).exists()
