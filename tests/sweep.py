@@ -30,6 +30,7 @@ RECORD_FOR_PREFIX = [
     ("exports/", "export"),
     ("reports/exports/", "export"),
     ("sites/", "site"),
+    ("tokens/", "api_token"),
 ]
 # Writes that are not trial data: logging in and out, the language, the second factor.
 NOT_TRIAL_WRITES = ("accounts/", "i18n/", "admin/", "api/v1/schema/", "api/v1/docs/")
@@ -66,7 +67,11 @@ def make_world(trial, site, cast) -> dict:
     )
     with audit_context(actor=everyone, reason="sweep export"):
         export = Export.objects.create(requested_by=everyone, kind="enrollment", format="csv", site=site)
+    from trialsite import tokens
+
+    api_token, _key = tokens.token_issue(user=everyone, name="sweep", second_factor=True)
     return {
+        "api_token": api_token.pk,
         "user": everyone,
         "participant": participant.pk,
         "screening": participant.pk,
