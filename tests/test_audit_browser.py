@@ -30,7 +30,7 @@ def test_the_monitor_logs_in_and_reads_who_changed_a_date_of_birth_and_why(site,
         page.wait_for_url(f"{live_server.url}/")
         page.locator("nav.main a", has_text="Audit trail").click()
         page.fill("#id_subject", str(screening.pk))
-        page.fill("#id_table", "enrollment_screening")
+        page.select_option("#id_table", "enrollment_screening")
         page.locator("button", has_text="Show history").click()
 
         table = page.locator("table").inner_text()

@@ -6,10 +6,12 @@ import functools
 import operator
 
 from django.db.models import Q, QuerySet
+from django.utils.functional import Promise
+from django.utils.translation import gettext_lazy as _
 
 from trialsite import access
 from trialsite.access import Capability
-from trialsite.audit import audited_models, blinded_visible_columns
+from trialsite.audit import audited_models, blinded_visible_columns, trigger_arguments
 from trialsite.models import AuditEvent
 
 BLINDED_VALUE = "■ blinded"
@@ -76,3 +78,150 @@ def redact_for(user, events) -> list[AuditEvent]:
         event.changes = [(column, old.get(column), new.get(column)) for column in event.changed_fields]
         redacted.append(event)
     return redacted
+
+
+# --- The audit page in words -----------------------------------------------------------------
+
+# Tables and columns by name in the reader's language. Most fields carry a translated verbose
+# name; these are the ones that do not (ids, timestamps, status columns), and the tables, whose
+# default names Django does not mark for translation.
+AUDIT_TABLE_LABELS = {
+    "trialsite_site": _("Site"),
+    "trialsite_staffrole": _("Staff role"),
+    "trialsite_signature": _("Signature"),
+    "enrollment_screening": _("Screening"),
+    "enrollment_consent": _("Consent"),
+    "enrollment_eligibilityanswer": _("Eligibility answer"),
+    "enrollment_participant": _("Participant"),
+    "enrollment_withdrawal": _("Withdrawal"),
+    "enrollment_protocoldeviation": _("Protocol deviation"),
+    "randomization_slot": _("Randomization slot"),
+    "randomization_unblinding": _("Unblinding"),
+    "randomization_codebreaksheetset": _("Code-break sheets"),
+    "dosing_visit": _("Visit"),
+    "dosing_doserecord": _("Dose record"),
+    "dosing_repeatlabs": _("Repeat labs"),
+    "dosing_shipment": _("Shipment"),
+    "dosing_kit": _("Kit"),
+    "reminders_reminder": _("Reminder"),
+}
+AUDIT_COLUMN_LABELS = {
+    "id": _("id"),
+    "site_id": _("site"),
+    "trial_id": _("trial"),
+    "participant_id": _("participant"),
+    "screening_id": _("screening"),
+    "visit_id": _("visit"),
+    "user_id": _("user"),
+    "role": _("role"),
+    "status": _("status"),
+    "outcome": _("verdict"),
+    "reason": _("reason"),
+    "reasons": _("reasons"),
+    "answer": _("answer"),
+    "criterion_code": _("criterion"),
+    "decision": _("dose decision"),
+    "kind": _("kind"),
+    "content": _("content"),
+    "stratification": _("stratification"),
+    "stratum": _("stratum"),
+    "due_at": _("due"),
+    "audience": _("to"),
+    "status_reason": _("status note"),
+    "meaning": _("meaning"),
+    "signer_id": _("signed by"),
+    "signed_at": _("signed at"),
+    "randomized_at": _("randomized at"),
+    "created_at": _("created at"),
+    "updated_at": _("updated at"),
+    "recorded_at": _("recorded at"),
+    "recorded_by_id": _("recorded by"),
+    "screened_by_id": _("screened by"),
+    "obtained_by_id": _("obtained by"),
+}
+
+
+def _audited_by_table() -> dict:
+    return {model._meta.db_table: model for model in audited_models()}
+
+
+def _table_label(table: str, model) -> str:
+    if table in AUDIT_TABLE_LABELS:
+        return str(AUDIT_TABLE_LABELS[table])
+    return str(model._meta.verbose_name).capitalize() if model else table
+
+
+def audit_tables_for(user) -> list[tuple[str, str]]:
+    """The audited tables a reader picks from, as (table, name in the reader's language): those
+    whose rows carry a site, since the trail is read site by site (a table without one shows
+    nobody anything). The same list for every reader: which tables exist is no secret."""
+    tables = [
+        (table, _table_label(table, model))
+        for table, model in _audited_by_table().items()
+        if trigger_arguments(model)[1]
+    ]
+    return sorted(tables, key=lambda pair: pair[1])
+
+
+def audit_subject_for(user, text: str | None) -> int | None:
+    """The participant or screening id a `?subject=` names: an id (a whole number), or a
+    randomization or screening number of a participant at a site whose trail the user reads.
+    None when it names nobody the user may see (a number elsewhere reads like no number)."""
+    from enrollment.models import Participant
+    from trialsite.text import identifier, whole_number
+
+    number = whole_number(text)
+    if number is not None:
+        return number
+    wanted = identifier(text)
+    if not wanted:
+        return None
+    participants = access.scope(Participant.objects.all(), user, Capability.READ_AUDIT)
+    found = participants.filter(Q(randomization_number=wanted) | Q(screening_number=wanted))
+    return found.values_list("pk", flat=True).first()
+
+
+def _column_labels(model) -> dict[str, str]:
+    labels = {}
+    for field in model._meta.concrete_fields if model else ():
+        if isinstance(field.verbose_name, Promise):
+            labels[field.column] = str(field.verbose_name)
+        else:
+            labels[field.column] = str(AUDIT_COLUMN_LABELS.get(field.column, field.verbose_name))
+    return labels
+
+
+def audit_rows_for(user, events) -> list[AuditEvent]:
+    """The page's rows: redacted for the reader (redact_for, unchanged), then put in words: the
+    table and each column by name in the reader's language, and hospital record numbers masked
+    as on every other page (a monitor reads the trail, not the patient's file)."""
+    from enrollment.models import Screening
+
+    def masked(value):
+        if not isinstance(value, str) or value == BLINDED_VALUE:
+            return value
+        return Screening(hospital_record_number=value).masked_record_number
+
+    models_by_table = _audited_by_table()
+    record_numbers = {
+        (model._meta.db_table, field.column)
+        for model in models_by_table.values()
+        for field in model._meta.concrete_fields
+        if field.name == "hospital_record_number"
+    }
+    labels_by_table = {}
+    rows = redact_for(user, events)
+    for event in rows:
+        model = models_by_table.get(event.table_name)
+        if event.table_name not in labels_by_table:
+            labels_by_table[event.table_name] = _column_labels(model)
+        labels = labels_by_table[event.table_name]
+        event.table_label = _table_label(event.table_name, model)
+        changes = []
+        for column, old, new in event.changes:
+            if (event.table_name, column) in record_numbers:
+                old, new = masked(old), masked(new)
+            label = labels.get(column, column)
+            changes.append((column, label[:1].upper() + label[1:], old, new))
+        event.changes = changes
+    return rows
