@@ -5,6 +5,7 @@ over, so no visit of a withdrawn participant stays "scheduled" with its window l
 from __future__ import annotations
 
 from django.db.models import F, Q
+from django.utils.translation import gettext_noop
 
 from dosing.models import Visit, VisitStatus
 from dosing.reminders.models import Reminder
@@ -29,5 +30,5 @@ def visits_end_for_withdrawal(*, participant_ids=None) -> int:
     reminders = Reminder.objects.filter(status=Reminder.Status.SCHEDULED, participant__withdrawal__isnull=False)
     if participant_ids is not None:
         reminders = reminders.filter(participant_id__in=list(participant_ids))
-    reminders.update(status=Reminder.Status.CANCELLED, status_reason="participant withdrew")
+    reminders.update(status=Reminder.Status.CANCELLED, status_reason=gettext_noop("participant withdrew"))
     return missed + not_done

@@ -23,6 +23,7 @@ from django.db import connection, transaction
 from django.db.models import Exists, OuterRef, Q
 from django.utils import formats, timezone, translation
 from django.utils.translation import gettext as _
+from django.utils.translation import gettext_noop
 
 from dosing.reminders.channels import OutgoingMessage, PermanentSendError, channel_for
 from dosing.reminders.models import Reminder
@@ -142,19 +143,19 @@ def reminders_cancel_stale() -> int:
     scheduled = Reminder.objects.filter(status=Reminder.Status.SCHEDULED)
     withdrawn = Exists(Withdrawal.objects.filter(participant=OuterRef("participant")))
     cancelled = scheduled.filter(withdrawn).update(
-        status=Reminder.Status.CANCELLED, status_reason="participant withdrew"
+        status=Reminder.Status.CANCELLED, status_reason=gettext_noop("participant withdrew")
     )
     cancelled += scheduled.filter(visit__actual_date__isnull=False).update(
-        status=Reminder.Status.CANCELLED, status_reason="the visit happened"
+        status=Reminder.Status.CANCELLED, status_reason=gettext_noop("the visit happened")
     )
     cancelled += scheduled.filter(visit__status="cancelled").update(
-        status=Reminder.Status.CANCELLED, status_reason="the visit was cancelled (treatment stopped)"
+        status=Reminder.Status.CANCELLED, status_reason=gettext_noop("the visit was cancelled (treatment stopped)")
     )
     cancelled += scheduled.filter(visit__status="not_done_withdrawn").update(
-        status=Reminder.Status.CANCELLED, status_reason="the visit will not happen (participant withdrew)"
+        status=Reminder.Status.CANCELLED, status_reason=gettext_noop("the visit will not happen (participant withdrew)")
     )
     cancelled += scheduled.filter(audience=Reminder.Audience.PARTICIPANT, participant__contact_consent=False).update(
-        status=Reminder.Status.CANCELLED, status_reason="participant opted out of contact"
+        status=Reminder.Status.CANCELLED, status_reason=gettext_noop("participant opted out of contact")
     )
     return cancelled
 
@@ -298,15 +299,15 @@ def compose(reminder: Reminder) -> OutgoingMessage:
 def _still_wanted(reminder: Reminder) -> str | None:
     """Why the reminder should not go out any more, or None."""
     if reminder.participant.status == ParticipantStatus.WITHDRAWN or hasattr(reminder.participant, "withdrawal"):
-        return "participant withdrew"
+        return gettext_noop("participant withdrew")
     if reminder.visit.actual_date is not None:
-        return "the visit happened"
+        return gettext_noop("the visit happened")
     if reminder.visit.status == "cancelled":
-        return "the visit was cancelled (treatment stopped)"
+        return gettext_noop("the visit was cancelled (treatment stopped)")
     if reminder.visit.status == "not_done_withdrawn":
-        return "the visit will not happen (participant withdrew)"
+        return gettext_noop("the visit will not happen (participant withdrew)")
     if reminder.audience == Reminder.Audience.PARTICIPANT and not reminder.participant.contact_consent:
-        return "participant opted out of contact"
+        return gettext_noop("participant opted out of contact")
     return None
 
 
@@ -326,7 +327,7 @@ def reminder_send(*, reminder_id: int) -> SendResult:
     message = compose(reminder)
     if not message.recipients:
         Reminder.objects.filter(pk=reminder_id).update(
-            status=Reminder.Status.FAILED, status_reason="no recipient with an e-mail address"
+            status=Reminder.Status.FAILED, status_reason=gettext_noop("no recipient with an e-mail address")
         )
         return SendResult(reminder_id, "failed")
     try:
@@ -360,4 +361,4 @@ def participant_contact_opt_out(*, participant: Participant, changed_by, reason:
         Participant.objects.filter(pk=participant.pk).update(contact_consent=False)
         return Reminder.objects.filter(
             participant=participant, audience=Reminder.Audience.PARTICIPANT, status=Reminder.Status.SCHEDULED
-        ).update(status=Reminder.Status.CANCELLED, status_reason="participant opted out of contact")
+        ).update(status=Reminder.Status.CANCELLED, status_reason=gettext_noop("participant opted out of contact"))
