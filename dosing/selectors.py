@@ -14,7 +14,7 @@ from django.http import Http404
 from django.utils import timezone
 
 from dosing.dose import adherence
-from dosing.models import DoseRecord, Kit, KitStatus, KitType, Shipment, Visit, VisitKind, VisitStatus
+from dosing.models import DoseRecord, Kit, KitContent, KitStatus, KitType, Shipment, Visit, VisitKind, VisitStatus
 from enrollment.models import Participant
 from trialsite import access
 from trialsite.access import Capability
@@ -138,6 +138,21 @@ class StockLine:
     quarantined: int
     expiring_soon: int
     low: bool
+    # Shipped and not yet received: on the way to the site, counted there once the pharmacist
+    # marks the shipment received.
+    in_transit: int = 0
+
+    @property
+    def kit_type_label(self) -> str:
+        return _label(KitType, self.kit_type)
+
+    @property
+    def content_label(self) -> str:
+        return _label(KitContent, self.content)
+
+
+def _label(choices, value: str) -> str:
+    return str(choices(value).label) if value in choices.values else value
 
 
 def require_supply(user) -> None:
@@ -173,6 +188,7 @@ def stock_by_site(user, *, today: datetime.date | None = None) -> list[StockLine
             assigned=Count("id", filter=Q(status=KitStatus.ASSIGNED)),
             quarantined=Count("id", filter=Q(status=KitStatus.QUARANTINED)),
             expiring_soon=Count("id", filter=Q(status=KitStatus.AT_SITE, expiry__lte=soon)),
+            in_transit=Count("id", filter=Q(status=KitStatus.SHIPPED)),
         )
     )
     by_key = {(row["site_id"], row["kit_type"], row["content"]): row for row in counts}
@@ -194,18 +210,25 @@ def stock_by_site(user, *, today: datetime.date | None = None) -> list[StockLine
                         quarantined=row.get("quarantined", 0),
                         expiring_soon=row.get("expiring_soon", 0),
                         low=available < threshold,
+                        in_transit=row.get("in_transit", 0),
                     )
                 )
     return lines
 
 
 def depot_stock() -> list[dict]:
-    return list(
+    rows = list(
         Kit.objects.filter(site__isnull=True, status=KitStatus.IN_DEPOT)
         .values("kit_type", "content")
         .annotate(count=Count("id"))
         .order_by("kit_type", "content")
     )
+    for row in rows:
+        row["kit_type_label"], row["content_label"] = (
+            _label(KitType, row["kit_type"]),
+            _label(KitContent, row["content"]),
+        )
+    return rows
 
 
 def quarantined_kits(user) -> QuerySet[Kit]:
