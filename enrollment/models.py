@@ -200,3 +200,37 @@ class Withdrawal(Audited, models.Model):
 
     def __str__(self) -> str:
         return f"Withdrawal of {self.participant_id} on {self.withdrawn_on}"
+
+
+class DeviationKind(models.TextChoices):
+    ELIGIBILITY_CHANGED = "eligibility_changed", _("Eligibility verdict changed after randomization")
+    STRATIFICATION_CHANGED = "stratification_changed", _("Stratification factor corrected after randomization")
+
+
+class ProtocolDeviation(Audited, models.Model):
+    """A departure from the protocol found after the fact, e.g. a screening correction that
+    changes the eligibility verdict of a randomized participant. The participant stays
+    randomized (intention to treat); the deviation is what the monitor and the report read."""
+
+    audit_subject_column = "participant_id"
+    audit_clinical_fields = ("description",)
+    audit_blinded_visible = ("participant", "site", "kind", "description", "detected_at", "recorded_by")
+
+    participant = models.ForeignKey(Participant, on_delete=models.PROTECT, related_name="deviations")
+    # The row's site, copied from the participant, so site scoping and the audit trail need no join.
+    site = models.ForeignKey(Site, on_delete=models.PROTECT, related_name="+")
+    kind = models.CharField(_("kind"), max_length=30, choices=DeviationKind.choices)
+    description = models.TextField(_("description"))
+    detected_at = models.DateTimeField(_("detected at"))
+    recorded_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+
+    class Meta:
+        ordering = ["-detected_at", "-id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(kind__in=["eligibility_changed", "stratification_changed"]), name="deviation_kind_valid"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"Deviation ({self.kind}) of {self.participant_id}"

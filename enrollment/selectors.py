@@ -18,6 +18,17 @@ def participants_for(user, *, search: str | None = None, status: str | None = No
     return participants.select_related("screening", "site").order_by("screening_number")
 
 
+def awaiting_signature(user) -> QuerySet[Participant]:
+    """Eligible, enrolled participants at the user's sign-off sites whose eligibility nobody has
+    signed yet: the PI's "waiting for my signature" list, oldest screening first."""
+    return (
+        access.scope(Participant.objects.all(), user, Capability.SIGN_ELIGIBILITY)
+        .filter(status="enrolled", screening__outcome="eligible", eligibility_signature__isnull=True)
+        .select_related("screening", "site")
+        .order_by("screening__screening_date", "screening_number")
+    )
+
+
 def screenings_for(user, *, outcome: str | None = None) -> QuerySet[Screening]:
     screenings = access.scope(Screening.objects.all(), user, Capability.VIEW_PARTICIPANTS)
     if outcome:

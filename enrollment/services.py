@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import re
 
+from django.core.mail import send_mail
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 from django.utils.translation import gettext as _
@@ -13,13 +14,17 @@ from django.utils.translation import gettext_lazy
 from enrollment.eligibility import evaluate
 from enrollment.models import (
     Consent,
+    DeviationKind,
     EligibilityAnswer,
     Outcome,
     Participant,
     ParticipantStatus,
+    ProtocolDeviation,
     Screening,
     Withdrawal,
 )
+from trialsite import access
+from trialsite.access import Capability
 from trialsite.audit import audit_context
 from trialsite.exceptions import Conflict, ReasonRequired, TrialRuleError
 from trialsite.models import Signature, Site
@@ -201,8 +206,10 @@ def screening_update(
     **changes,
 ) -> Screening:
     """Correct or re-screen. A change to a saved value needs a reason; the verdict is decided
-    again, and a person who becomes eligible becomes a participant. Nothing changes for a
-    randomized participant: their eligibility was the basis of the allocation."""
+    again, and a person who becomes eligible becomes a participant. A randomized participant's
+    screening is corrected too (GCP wants corrections, not refusals) and they stay randomized;
+    when the correction changes the eligibility verdict or a stratification factor the
+    allocation rested on, a protocol deviation is recorded and the site's PI is e-mailed."""
     unknown = set(changes) - set(EDITABLE)
     if unknown:
         raise InvalidScreening(_("These values cannot be changed here."), field=sorted(unknown)[0])
@@ -214,9 +221,8 @@ def screening_update(
     # the verdict while it is being changed.
     with transaction.atomic():
         screening, participant = lock_screening_and_participant(screening.pk)
-        if participant is not None and participant.randomization_number:
-            raise Conflict(_("A randomized participant's screening cannot be changed."))
-        return _screening_correct(
+        outcome_before, stratification_before = screening.outcome, dict(screening.stratification or {})
+        screening = _screening_correct(
             screening=screening,
             changed_by=changed_by,
             reason=reason,
@@ -225,6 +231,75 @@ def screening_update(
             consent_version=consent_version,
             changes=changes,
         )
+        if participant is not None and participant.randomization_number:
+            _deviations_after_randomization(
+                screening=screening,
+                participant=participant,
+                changed_by=changed_by,
+                reason=reason,
+                outcome_before=outcome_before,
+                stratification_before=stratification_before,
+            )
+        return screening
+
+
+def _deviations_after_randomization(
+    *, screening, participant, changed_by, reason, outcome_before, stratification_before
+) -> list[ProtocolDeviation]:
+    found = []
+    if screening.outcome != outcome_before:
+        reasons = "; ".join(item.get("text", item.get("code", "")) for item in screening.reasons) or "none"
+        found.append(
+            (
+                DeviationKind.ELIGIBILITY_CHANGED,
+                f"A correction after randomization changed the eligibility verdict from "
+                f"{Outcome(outcome_before).label} to {Outcome(screening.outcome).label} "
+                f"(reasons: {reasons}). Reason for the correction: {reason}",
+            )
+        )
+    if dict(screening.stratification or {}) != stratification_before:
+        found.append(
+            (
+                DeviationKind.STRATIFICATION_CHANGED,
+                f"A correction after randomization changed the stratification from {stratification_before} to "
+                f"{screening.stratification}; the allocation keeps the stratum it was made in. "
+                f"Reason for the correction: {reason}",
+            )
+        )
+    if not found:
+        return []
+    now = timezone.now()
+    with audit_context(actor=changed_by, reason=reason):
+        deviations = [
+            ProtocolDeviation.objects.create(
+                participant=participant,
+                site_id=participant.site_id,
+                kind=kind,
+                description=description,
+                detected_at=now,
+                recorded_by=changed_by,
+            )
+            for kind, description in found
+        ]
+    transaction.on_commit(lambda: _notify_investigators_of_deviations(participant, deviations))
+    return deviations
+
+
+def _notify_investigators_of_deviations(participant: Participant, deviations: list[ProtocolDeviation]) -> None:
+    recipients = [user.email for user in access.users_with(Capability.SIGN_ELIGIBILITY, participant.site) if user.email]
+    if not recipients:
+        return
+    trial = participant.site.trial
+    send_mail(
+        subject=f"{trial.nct_id}: protocol deviation for participant {participant.randomization_number}",
+        message=(
+            f"A screening correction for participant {participant.randomization_number} at {participant.site.code} "
+            "was recorded as a protocol deviation. The participant stays randomized.\n\n"
+            + "\n".join(f"- {deviation.get_kind_display()}: {deviation.description}" for deviation in deviations)
+        ),
+        from_email=None,
+        recipient_list=recipients,
+    )
 
 
 def lock_screening_and_participant(pk: int) -> tuple[Screening, Participant | None]:
@@ -303,6 +378,12 @@ def _screening_correct(
 
 def eligibility_sign(*, participant: Participant, signer, password: str, request=None) -> Signature:
     confirm_password(user=signer, password=password, request=request)
+    return _eligibility_signature_record(participant=participant, signer=signer)
+
+
+def _eligibility_signature_record(*, participant: Participant, signer) -> Signature:
+    """The signature itself, once the signer's password was checked (tests/factories.py signs
+    through here without a password, as the site's investigator)."""
     with audit_context(actor=signer, reason="Eligibility signed off"):
         # The verdict signed is the one on the locked screening: a correction waits, then sees the
         # signature.

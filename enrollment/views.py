@@ -2,6 +2,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
 from django.shortcuts import redirect, render
+from django.urls import reverse
 from django.utils.translation import gettext as _
 from django.views.decorators.debug import sensitive_post_parameters
 
@@ -43,6 +44,34 @@ def screening_new(request):
     return render(request, "enrollment/screening_form.html", {"form": form, "site": site})
 
 
+def _next_step(user, participant) -> dict | None:
+    """The one thing to do next for an eligible, enrolled participant, as a primary button."""
+    if participant is None or participant.status != ParticipantStatus.ENROLLED:
+        return None
+    if participant.screening.outcome != Outcome.ELIGIBLE:
+        return None
+    from randomization.services import signature_required
+
+    detail = reverse("participant-detail", args=[participant.pk])
+    if not participant.eligibility_signature_id and signature_required(participant.site.trial):
+        if access.can(user, Capability.SIGN_ELIGIBILITY, participant.site_id):
+            return {"label": _("Next: sign off eligibility"), "url": detail + "#sign"}
+        return {
+            "label": _("Next: eligibility sign-off by the principal investigator"),
+            "url": detail,
+            "note": _(
+                "The protocol requires the PI's signature before randomization. The participant is on the PI's "
+                '"Waiting for my signature" list.'
+            ),
+        }
+    if access.can(user, Capability.RANDOMIZE, participant.site_id):
+        return {
+            "label": _("Next: randomize %(number)s") % {"number": participant.label},
+            "url": reverse("participant-randomize", args=[participant.pk]),
+        }
+    return None
+
+
 @login_required
 def screening_log(request):
     access.require(request.user, Capability.VIEW_PARTICIPANTS)
@@ -74,6 +103,7 @@ def screening_detail(request, pk: int):
         **{f"answer_{code}": answer for code, answer in answers.items()},
     }
     form = RescreenForm(request.POST or None, trial=screening.site.trial, initial=initial)
+    participant = getattr(screening, "participant", None)
     if request.method == "POST":
         if not may_edit:
             access.require(request.user, Capability.SCREEN, screening.site_id)
@@ -102,7 +132,8 @@ def screening_detail(request, pk: int):
             "form": form,
             "may_edit": may_edit,
             "show_record_number": may_edit,
-            "participant": getattr(screening, "participant", None),
+            "participant": participant,
+            "next_step": _next_step(request.user, participant),
         },
     )
 
@@ -124,6 +155,14 @@ def participant_list(request):
             "status": status,
             "statuses": ParticipantStatus.choices,
         },
+    )
+
+
+@login_required
+def signature_queue(request):
+    access.require(request.user, Capability.SIGN_ELIGIBILITY)
+    return render(
+        request, "enrollment/signature_queue.html", {"participants": selectors.awaiting_signature(request.user)}
     )
 
 
@@ -170,5 +209,6 @@ def participant_detail(request, pk: int):
             "meaning": services.signature_meaning(participant),
             "may_sign": access.can(request.user, Capability.SIGN_ELIGIBILITY, participant.site_id),
             "may_withdraw": access.can(request.user, Capability.SCREEN, participant.site_id),
+            "deviations": participant.deviations.all(),
         },
     )

@@ -63,3 +63,26 @@ def balance(randomization_list) -> list[dict]:
     for stratum in strata.values():
         stratum["free"] = stratum["slots"] - stratum["used"]
     return list(strata.values())
+
+
+def randomization_basis(participant: Participant) -> dict:
+    """What an allocation of this participant would rest on, for the confirmation step: the
+    site, the stratification factors, the eligibility verdict and the PI's signature. Nothing
+    here depends on the list or on an arm."""
+    from randomization.services import signature_required
+
+    trial = participant.site.trial
+    levels = participant.screening.stratification or {}
+    signature = participant.eligibility_signature
+    return {
+        "site": participant.site,
+        "factors": [
+            (factor.get("label", factor["code"]), levels.get(factor["code"], ""))
+            for factor in trial.randomization.get("factors", [])
+        ],
+        "verdict": participant.screening.get_outcome_display(),
+        "eligible": participant.screening.outcome == "eligible",
+        "signature": signature,
+        "signer": (signature.signer.get_full_name() or signature.signer.get_username()) if signature else "",
+        "signature_required": signature_required(trial),
+    }

@@ -38,6 +38,19 @@ class ParticipantWithdrawn(TrialRuleError):
     default_message = gettext_lazy("The participant has withdrawn and cannot be randomized.")
 
 
+class EligibilityNotSigned(TrialRuleError):
+    """The protocol asks for the principal investigator's eligibility signature first
+    (`[randomization] require_eligibility_signature`)."""
+
+    default_message = gettext_lazy(
+        "The principal investigator has not signed this participant's eligibility yet; the protocol requires "
+        "the signature before randomization."
+    )
+
+    def __init__(self, message=None, *, field: str | None = "eligibility_signature"):
+        super().__init__(message, field=field)
+
+
 class AlreadyRandomized(Conflict):
     default_message = gettext_lazy("The participant is already randomized.")
 
@@ -224,6 +237,11 @@ def list_lock(*, randomization_list: RandomizationList, locked_by, password: str
         return randomization_list
 
 
+def signature_required(trial: Trial) -> bool:
+    """Whether this trial's protocol wants the PI's eligibility signature before randomization."""
+    return bool(trial.randomization.get("require_eligibility_signature", False))
+
+
 def _check_randomizable(participant: Participant) -> None:
     if participant.status == ParticipantStatus.WITHDRAWN or hasattr(participant, "withdrawal"):
         raise ParticipantWithdrawn()
@@ -234,6 +252,8 @@ def _check_randomizable(participant: Participant) -> None:
         raise NotEligible()
     if not screening.consents.filter(signed_on__lte=screening.screening_date).exists():
         raise NotConsented()
+    if signature_required(participant.site.trial) and not participant.eligibility_signature_id:
+        raise EligibilityNotSigned()
 
 
 def _alert_exhausted(site: Site, stratum: str) -> None:

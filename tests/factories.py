@@ -72,14 +72,37 @@ def make_screening(
     return screening
 
 
-def make_participant(site: Site, *, by, **screening_fields) -> Participant:
+def make_participant(site: Site, *, by, signed: bool = True, **screening_fields) -> Participant:
+    """An enrolled participant; `signed` (the default for an eligible one) has the eligibility
+    signed by the site's investigator through the enrollment service, as this trial's protocol
+    requires before randomization."""
     screening = make_screening(site, by=by, **screening_fields)
     with audit_context(actor=by, reason="test enrollment"):
         site.last_screening_number += 1
         site.save(update_fields=["last_screening_number"])
-        return Participant.objects.create(
+        participant = Participant.objects.create(
             screening=screening, site=site, screening_number=f"S-{site.code}-{site.last_screening_number:04d}"
         )
+    if signed and screening.outcome == Outcome.ELIGIBLE:
+        sign_eligibility(participant)
+    return participant
+
+
+def site_investigator(site: Site):
+    """The site's principal investigator: the first user with that role there, or a new one."""
+    staff_role = StaffRole.objects.filter(site=site, role=Role.INVESTIGATOR).select_related("user").order_by("pk")
+    found = staff_role.first()
+    return found.user if found else make_user(Role.INVESTIGATOR, site, username=f"pi-{site.code.lower()}-factory")
+
+
+def sign_eligibility(participant: Participant, *, signer=None) -> Participant:
+    from enrollment.services import _eligibility_signature_record
+
+    signature = _eligibility_signature_record(
+        participant=participant, signer=signer or site_investigator(participant.site)
+    )
+    participant.eligibility_signature = signature
+    return participant
 
 
 def api_key(user) -> str:

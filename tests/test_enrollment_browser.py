@@ -59,14 +59,32 @@ def test_a_coordinator_screens_two_patients_and_randomizes_the_eligible_one_then
         assert "Exclusion applies: Long-term use of anticoagulants" in page.locator("#reasons").inner_text()
         assert screen(page, live_server, record="NT-4002", anticoagulants="no") == "Eligible"
 
+        # The way on is one primary button; this protocol wants the PI's signature first.
+        assert "Next: eligibility sign-off by the principal investigator" in page.locator("#next-step").inner_text()
         page.locator("a", has_text="S-NT-0001").click()
-        page.locator("button", has_text="Randomize").click()
+        participant_url = page.url
+        page.locator("button", has_text="Log out").click()
+
+        log_in(page, live_server, "investigator")
+        page.locator("nav a", has_text="Waiting for my signature").click()
+        page.locator("#awaiting-signature a", has_text="Review and sign").click()
+        page.fill("#id_password", factories.PASSWORD)
+        page.locator("#sign button", has_text="Sign").click()
+        assert "Eligibility signed off." in page.locator(".messages").inner_text()
+        page.locator("button", has_text="Log out").click()
+
+        log_in(page, live_server, "coordinator")
+        page.goto(participant_url)
+        page.locator("a", has_text="Randomize…").click()
+        basis = page.locator("#randomization-basis").inner_text()
+        assert "Eligible" in basis and "NT · Affiliated Hospital" in basis and not ARMS.search(basis)
+        page.screenshot(path=str(SCREENSHOTS / "coordinator_confirms_randomization.png"), full_page=True)
+        page.locator("button", has_text="Confirm and randomize").click()
         main = page.locator("main").inner_text()
         assert "Randomized: NT-0001" in main
         assert "C12" in main  # the visit plan appeared
         assert not ARMS.search(main)
         page.screenshot(path=str(SCREENSHOTS / "coordinator_randomizes.png"), full_page=True)
-        participant_url = page.url
         page.locator("button", has_text="Log out").click()
 
         log_in(page, live_server, "investigator")

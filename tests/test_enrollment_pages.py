@@ -110,7 +110,7 @@ def test_a_re_screen_without_a_reason_is_refused_at_the_reason_and_saves_nothing
 
 
 def test_the_pi_signs_off_eligibility_on_the_page_seeing_the_meaning(cast, site, client_for):
-    participant = factories.make_participant(site, by=cast.coordinator)
+    participant = factories.make_participant(site, by=cast.coordinator, signed=False)
     pi = client_for(cast.investigator)
     page = pi.get(f"/participants/{participant.pk}/").content.decode()
     assert 'id="meaning"' in page and "meet all criteria of protocol NCT06442709" in page

@@ -12,7 +12,7 @@ from django.utils import translation
 
 from enrollment import services
 from enrollment.eligibility import evaluate
-from enrollment.models import Consent, EligibilityAnswer, Participant, Screening, Withdrawal
+from enrollment.models import Consent, EligibilityAnswer, Participant, ProtocolDeviation, Screening, Withdrawal
 from tests import factories
 from trialsite.exceptions import Conflict, PasswordIncorrect, ReasonRequired
 from trialsite.models import AuditEvent, Signature
@@ -225,16 +225,23 @@ def test_an_unchanged_re_screen_needs_no_reason_and_writes_nothing(cast, site):
     assert AuditEvent.objects.count() == before
 
 
-def test_a_randomized_participants_screening_cannot_be_changed(cast, site):
+def test_a_randomized_participants_screening_is_corrected_with_a_reason_and_stays_randomized(cast, site):
     participant = screen(site, cast.coordinator).participant
     Participant.objects.filter(pk=participant.pk).update(
         randomization_number="R-0001", randomized_at=NOW, status="randomized"
     )
-    with pytest.raises(Conflict), time_machine.travel(NOW, tick=False):
+    with pytest.raises(ReasonRequired), time_machine.travel(NOW, tick=False):
         services.screening_update(
-            screening=participant.screening, changed_by=cast.coordinator, reason="late", initials="AB"
+            screening=participant.screening, changed_by=cast.coordinator, reason="", initials="AB"
         )
-    assert Screening.objects.get(pk=participant.pk).initials == "LW"
+    with time_machine.travel(NOW, tick=False):
+        services.screening_update(
+            screening=participant.screening, changed_by=cast.coordinator, reason="typo in initials", initials="AB"
+        )
+    assert Screening.objects.get(pk=participant.pk).initials == "AB"
+    # The verdict did not change: a correction, not a deviation.
+    assert not ProtocolDeviation.objects.exists()
+    assert Participant.objects.get(pk=participant.pk).status == "randomized"
 
 
 def test_only_an_eligible_participant_is_signed_off_once_with_the_right_password(cast, site):

@@ -9,6 +9,7 @@ NAVIGATION = [
     (_("Screen a patient"), "screening-new", Capability.SCREEN),
     (_("Screening log"), "screening-log", Capability.VIEW_PARTICIPANTS),
     (_("Participants"), "participant-list", Capability.VIEW_PARTICIPANTS),
+    (_("Waiting for my signature"), "signature-queue", Capability.SIGN_ELIGIBILITY),
     (_("Audit trail"), "audit-trail", Capability.READ_AUDIT),
     (_("Reports"), "reports", Capability.EXPORT_REPORTS),
     (_("Pharmacy"), "pharmacy", Capability.DISPENSE),

@@ -71,6 +71,8 @@ def validate_definition(definition: dict) -> None:
         _require(criterion, "text", where)
     for key in ("minimum_age_years", "maximum_age_years"):
         _require(definition["eligibility"], key, "[eligibility]")
+    if not isinstance(definition["randomization"].get("require_eligibility_signature", False), bool):
+        raise ValidationError("[randomization]: require_eligibility_signature is true or false")
     for index, factor in enumerate(definition["randomization"].get("factors", [])):
         where = f"[[randomization.factors]] #{index + 1}"
         _require(factor, "code", where)
