@@ -16,7 +16,7 @@ from rest_framework.views import APIView
 from dosing import selectors, services
 from dosing.exceptions import KitListInvalid, NoKitAvailable
 from dosing.labs import CountUnit, count_per_mm3
-from dosing.models import DoseRecord, Kit, KitContent, KitType, Shipment, Visit
+from dosing.models import DoseRecord, Kit, KitContent, KitType, RepeatLabs, Shipment, Visit
 from dosing.views import MAX_KIT_LIST_BYTES
 from enrollment.models import Participant
 from trialsite import access
@@ -85,9 +85,18 @@ class DoseSerializer(serializers.ModelSerializer):
         ]
 
 
+class RepeatLabsOutSerializer(serializers.ModelSerializer):
+    reasons = serializers.ListField(child=serializers.CharField())
+
+    class Meta:
+        model = RepeatLabs
+        fields = ["measured_on", "neutrophils", "platelets", "alt_uln", "ast_uln", "decision", "reasons"]
+
+
 class VisitSerializer(serializers.ModelSerializer):
     participant = serializers.IntegerField(source="participant_id", read_only=True)
     dose = serializers.SerializerMethodField()
+    repeat_labs = RepeatLabsOutSerializer(many=True, read_only=True, help_text="Labs repeated after a held infusion")
     kits = BlindedKitSerializer(many=True, read_only=True)
 
     class Meta:
@@ -107,6 +116,7 @@ class VisitSerializer(serializers.ModelSerializer):
             "out_of_window_reason",
             "weight_kg",
             "dose",
+            "repeat_labs",
             "kits",
         ]
 
@@ -372,14 +382,18 @@ class VisitList(generics.ListAPIView):
                 Participant.objects.all(), user, Capability.VIEW_PARTICIPANTS, pk=participant
             )
             visits = visits.filter(participant=participant)
-        return visits.select_related("dose").prefetch_related(_blinded_kits()).order_by("participant_id", "sequence")
+        return (
+            visits.select_related("dose")
+            .prefetch_related(_blinded_kits(), "repeat_labs")
+            .order_by("participant_id", "sequence")
+        )
 
 
 class VisitDetail(generics.RetrieveAPIView):
     serializer_class = VisitSerializer
 
     def get_object(self):
-        visits = Visit.objects.select_related("dose").prefetch_related(_blinded_kits())
+        visits = Visit.objects.select_related("dose").prefetch_related(_blinded_kits(), "repeat_labs")
         return access.get_for_user(visits, self.request.user, Capability.VIEW_PARTICIPANTS, pk=self.kwargs["pk"])
 
 
@@ -390,7 +404,23 @@ class VisitRecord(APIView):
         data = VisitRecordSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         outcome = services.visit_record(visit=visit, recorded_by=request.user, **data.validated_data)
-        fresh = Visit.objects.select_related("dose").prefetch_related(_blinded_kits()).get(pk=visit.pk)
+        fresh = Visit.objects.select_related("dose").prefetch_related(_blinded_kits(), "repeat_labs").get(pk=visit.pk)
+        payload = {
+            "visit": fresh,
+            "no_kit": outcome.no_kit,
+            "message": str(NoKitAvailable().message) if outcome.no_kit else "",
+        }
+        return Response(VisitRecordResultSerializer(payload).data)
+
+
+class VisitRepeatLabs(APIView):
+    @extend_schema(request=RepeatLabsSerializer, responses={200: VisitRecordResultSerializer})
+    def post(self, request, pk):
+        visit = selectors.visit_for(request.user, pk, Capability.RECORD_VISITS)
+        data = RepeatLabsSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        outcome = services.visit_repeat_labs(visit=visit, recorded_by=request.user, **data.validated_data)
+        fresh = Visit.objects.select_related("dose").prefetch_related(_blinded_kits(), "repeat_labs").get(pk=visit.pk)
         payload = {
             "visit": fresh,
             "no_kit": outcome.no_kit,

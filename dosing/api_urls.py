@@ -6,6 +6,7 @@ urlpatterns = [
     path("visits/", api.VisitList.as_view(), name="api-visits"),
     path("visits/<int:pk>/", api.VisitDetail.as_view(), name="api-visit"),
     path("visits/<int:pk>/record/", api.VisitRecord.as_view(), name="api-visit-record"),
+    path("visits/<int:pk>/repeat-labs/", api.VisitRepeatLabs.as_view(), name="api-visit-repeat-labs"),
     path("visits/<int:pk>/assign-kits/", api.VisitAssignKits.as_view(), name="api-visit-assign-kits"),
     path("pharmacy/queue/", api.PharmacyQueueView.as_view(), name="api-pharmacy-queue"),
     path("kits/", api.KitList.as_view(), name="api-kits"),

@@ -104,10 +104,18 @@ def weight_change_flagged(*, weight_kg: Decimal, baseline_kg: Decimal, rules: di
 GIVE, HOLD, STOP = "give", "hold", "stop"
 
 LAB_LABELS = {
-    "neutrophils": _("neutrophils"),
-    "platelets": _("platelets"),
-    "alt_ast_uln": _("ALT/AST (x ULN)"),
+    "neutrophils": _("Neutrophils"),
+    "platelets": _("Platelets"),
+    "alt_ast_uln": _("ALT/AST"),
 }
+LAB_UNITS = {"neutrophils": "/mm³", "platelets": "/mm³", "alt_ast_uln": "× ULN"}  # noqa: RUF001
+
+
+def _amount(lab: str, value) -> str:
+    """90000 -> "90,000 /mm³"; 1.6 -> "1.6 x ULN" (with the multiplication sign): what a lab report would print."""
+    number = _decimal(value)
+    shown = f"{int(number):,}" if number == number.to_integral_value() and lab != "alt_ast_uln" else f"{number}"
+    return f"{shown} {LAB_UNITS.get(lab, '')}".strip()
 
 
 @dataclass(frozen=True)
@@ -127,13 +135,24 @@ def _breaches(values: dict[str, Decimal], conditions: dict) -> list[str]:
             continue
         label = LAB_LABELS.get(lab, lab)
         if test == "below" and value < _decimal(limit):
-            reasons.append(_("%(lab)s %(value)s below %(limit)s") % {"lab": label, "value": value, "limit": limit})
+            reasons.append(
+                _("%(lab)s %(value)s: below the limit of %(limit)s")
+                % {"lab": label, "value": _amount(lab, value), "limit": _amount(lab, limit)}
+            )
         elif test == "above" and value > _decimal(limit):
-            reasons.append(_("%(lab)s %(value)s above %(limit)s") % {"lab": label, "value": value, "limit": limit})
+            reasons.append(
+                _("%(lab)s %(value)s: above the limit of %(limit)s")
+                % {"lab": label, "value": _amount(lab, value), "limit": _amount(lab, limit)}
+            )
         elif test == "between" and _decimal(limit[0]) <= value <= _decimal(limit[1]):
             reasons.append(
-                _("%(lab)s %(value)s between %(low)s and %(high)s")
-                % {"lab": label, "value": value, "low": limit[0], "high": limit[1]}
+                _("%(lab)s %(value)s: in the range %(low)s to %(high)s")
+                % {
+                    "lab": label,
+                    "value": _amount(lab, value),
+                    "low": _amount(lab, limit[0]),
+                    "high": _amount(lab, limit[1]),
+                }
             )
     return [str(reason) for reason in reasons]
 

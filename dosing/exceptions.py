@@ -81,3 +81,9 @@ class NotRandomized(TrialRuleError):
 
 class KitReturnInvalid(TrialRuleError):
     pass
+
+
+class RepeatLabsNotOpen(TrialRuleError):
+    default_message = _(
+        "Repeat labs are recorded only at a dosing visit whose infusion was held, while its window is open."
+    )

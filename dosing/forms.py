@@ -1,15 +1,70 @@
 from django import forms
+from django.utils.translation import get_language
 from django.utils.translation import gettext_lazy as _
 
+from dosing.labs import CountUnit, count_per_mm3
 from dosing.models import KitContent, KitType
+from trialsite.exceptions import TrialRuleError
 from trialsite.forms import DateField
 
 
-class VisitRecordForm(forms.Form):
+def _unit_field():
+    return forms.ChoiceField(
+        label=_("Unit on the lab report"), choices=CountUnit.choices, required=False, widget=forms.RadioSelect
+    )
+
+
+def _count_field(label):
+    # Up to 3 decimals: 3.456 x10^9/L is a whole 3,456 /mm3. labs.count_per_mm3 decides the rest.
+    return forms.DecimalField(label=label, min_value=0, max_digits=12, decimal_places=3, required=False)
+
+
+class LabCountsForm(forms.Form):
+    """Neutrophils and platelets in the unit the lab report uses, cleaned to whole cells per
+    mm³ (the stored unit) by the same function the API uses; the unit choices leave
+    `cleaned_data`, so the cleaned data is what the services take."""
+
+    neutrophils = _count_field(_("Neutrophils"))
+    neutrophils_unit = _unit_field()
+    platelets = _count_field(_("Platelets"))
+    platelets_unit = _unit_field()
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Chinese lab reports count in x10^9/L.
+        default = CountUnit.GIGA_PER_L if (get_language() or "").startswith("zh") else CountUnit.PER_MM3
+        for name in ("neutrophils_unit", "platelets_unit"):
+            if name in self.fields:
+                self.fields[name].initial = default
+
+    def clean(self):
+        cleaned = super().clean()
+        for name in ("neutrophils", "platelets"):
+            unit = cleaned.pop(f"{name}_unit", None)
+            if name not in self.fields or cleaned.get(name) is None:
+                continue
+            try:
+                cleaned[name] = count_per_mm3(cleaned[name], unit, field=name)
+            except TrialRuleError as error:
+                self.add_error(error.field if error.field in self.fields else name, str(error.message))
+                cleaned.pop(name, None)
+        return cleaned
+
+
+class VisitRecordForm(LabCountsForm):
+    field_order = [
+        "actual_date",
+        "weight_kg",
+        "neutrophils",
+        "neutrophils_unit",
+        "platelets",
+        "platelets_unit",
+        "alt_uln",
+        "ast_uln",
+        "out_of_window_reason",
+    ]
     actual_date = DateField(label=_("Visit date"))
     weight_kg = forms.DecimalField(label=_("Body weight (kg)"), max_digits=5, decimal_places=1, required=False)
-    neutrophils = forms.IntegerField(label=_("Neutrophils (/mm³)"), min_value=0, max_value=10**6, required=False)
-    platelets = forms.IntegerField(label=_("Platelets (/mm³)"), min_value=0, max_value=10**7, required=False)
     alt_uln = forms.DecimalField(label=_("ALT (x ULN)"), min_value=0, max_digits=5, decimal_places=2, required=False)
     ast_uln = forms.DecimalField(label=_("AST (x ULN)"), min_value=0, max_digits=5, decimal_places=2, required=False)
     out_of_window_reason = forms.CharField(
@@ -22,11 +77,25 @@ class VisitRecordForm(forms.Form):
     def __init__(self, *args, dosing: bool, **kwargs):
         super().__init__(*args, **kwargs)
         if not dosing:
-            for name in ("neutrophils", "platelets", "alt_uln", "ast_uln"):
+            for name in ("neutrophils", "neutrophils_unit", "platelets", "platelets_unit", "alt_uln", "ast_uln"):
                 del self.fields[name]
         else:
             for name in ("weight_kg", "neutrophils", "platelets", "alt_uln", "ast_uln"):
                 self.fields[name].required = True
+
+
+class RepeatLabsForm(LabCountsForm):
+    """Labs repeated after a held infusion, within the visit's window."""
+
+    field_order = ["measured_on", "neutrophils", "neutrophils_unit", "platelets", "platelets_unit"]
+    measured_on = DateField(label=_("Date of the repeat labs"))
+    alt_uln = forms.DecimalField(label=_("ALT (x ULN)"), min_value=0, max_digits=5, decimal_places=2)
+    ast_uln = forms.DecimalField(label=_("AST (x ULN)"), min_value=0, max_digits=5, decimal_places=2)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["neutrophils"].required = True
+        self.fields["platelets"].required = True
 
 
 class DispenseForm(forms.Form):

@@ -184,6 +184,53 @@ class DoseRecord(Audited, models.Model):
         return f"Dose at {self.visit}"
 
 
+class RepeatLabs(Audited, models.Model):
+    """Labs repeated within a dosing visit's window after its infusion was held. The visit's dose
+    decision is taken again from the latest labs (DoseRecord.decision and reasons follow them;
+    its own lab columns stay the visit day's). The same for every arm, so blinded-visible."""
+
+    audit_subject_column = "participant_id"
+    audit_clinical_fields = ("measured_on", "neutrophils", "platelets", "alt_uln", "ast_uln")
+    audit_blinded_visible = (
+        "visit",
+        "participant",
+        "site",
+        "measured_on",
+        "neutrophils",
+        "platelets",
+        "alt_uln",
+        "ast_uln",
+        "decision",
+        "reasons",
+        "recorded_by",
+        "recorded_at",
+    )
+
+    visit = models.ForeignKey(Visit, on_delete=models.PROTECT, related_name="repeat_labs")
+    participant = models.ForeignKey(Participant, on_delete=models.PROTECT, related_name="+")
+    site = models.ForeignKey(Site, on_delete=models.PROTECT, related_name="+")
+    measured_on = models.DateField(_("date of the repeat labs"))
+    neutrophils = models.PositiveIntegerField(_("neutrophils (/mm³)"))
+    platelets = models.PositiveIntegerField(_("platelets (/mm³)"))
+    alt_uln = models.DecimalField(_("ALT (x ULN)"), max_digits=5, decimal_places=2)
+    ast_uln = models.DecimalField(_("AST (x ULN)"), max_digits=5, decimal_places=2)
+    decision = models.CharField(max_length=4, choices=Decision.choices)
+    reasons = models.JSONField(default=list, blank=True)
+    recorded_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    recorded_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["visit", "recorded_at", "id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(decision__in=["give", "hold", "stop"]), name="repeat_labs_decision_valid"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"Repeat labs at {self.visit} on {self.measured_on}"
+
+
 class Shipment(Audited, models.Model):
     """Kits sent from the depot to a site, received there by the pharmacist. A shipment always
     holds the same number of kits of each content for every kit type it carries, from the same

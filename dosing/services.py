@@ -30,6 +30,7 @@ from dosing.exceptions import (
     NoKitAvailable,
     NotRandomized,
     OutOfWindowReasonRequired,
+    RepeatLabsNotOpen,
     TreatmentStopped,
     VisitDateInvalid,
     VisitNotOpen,
@@ -42,6 +43,7 @@ from dosing.models import (
     KitList,
     KitStatus,
     KitType,
+    RepeatLabs,
     Shipment,
     Visit,
     VisitKind,
@@ -282,6 +284,89 @@ def visit_record(
             if weight_kg is not None:
                 visit.weight_kg = check_weight(weight_kg=weight_kg, rules=rules["infusion"])
             visit.save()
+    return outcome
+
+
+def _stop_treatment(participant: Participant) -> None:
+    # Treatment ends: the remaining dosing visits will not happen; EOT and follow-up stay.
+    Visit.objects.filter(participant=participant, kind=VisitKind.DOSING, status=VisitStatus.SCHEDULED).update(
+        status=VisitStatus.CANCELLED
+    )
+
+
+def visit_repeat_labs(
+    *,
+    visit: Visit,
+    recorded_by,
+    measured_on: datetime.date,
+    neutrophils: int,
+    platelets: int,
+    alt_uln: Decimal,
+    ast_uln: Decimal,
+) -> VisitOutcome:
+    """Labs repeated after a held infusion, on a day from the visit to the end of its window. The
+    decision is taken again from these, the latest labs, with the visit's own gates (first dose
+    or later): labs that recovered turn the hold into a dose and the infusion kit is assigned
+    (kits_assign); labs still in the hold range keep the hold; labs in the stop range stop
+    treatment. Each repeat is kept (RepeatLabs), and the audit trail shows the decision change."""
+    with audit_context(actor=recorded_by, reason="repeat labs after a held infusion"):
+        visit = (
+            Visit.objects.select_for_update(of=("self",)).select_related("participant", "site__trial").get(pk=visit.pk)
+        )
+        participant = visit.participant
+        dose = DoseRecord.objects.select_for_update().filter(visit=visit).first()
+        if (
+            not visit.is_dosing
+            or visit.status != VisitStatus.COMPLETED
+            or dose is None
+            or dose.decision != Decision.HOLD
+        ):
+            raise RepeatLabsNotOpen()
+        if participant.status != ParticipantStatus.RANDOMIZED:
+            raise VisitNotOpen(_("Only a randomized participant still in the trial can have visits recorded."))
+        if measured_on > _site_today(visit.site):
+            raise VisitDateInvalid(_("The date of the repeat labs cannot be in the future."), field="measured_on")
+        if measured_on < visit.actual_date:
+            raise VisitDateInvalid(_("Repeat labs cannot be dated before the visit."), field="measured_on")
+        if measured_on > visit.window_end:
+            raise VisitDateInvalid(
+                _("The visit window closed on %(date)s: repeat labs after it do not change this visit's dose.")
+                % {"date": visit.window_end.isoformat()},
+                field="measured_on",
+            )
+        decision = infusion_decision(
+            first_dose=dose.first_dose,
+            neutrophils=neutrophils,
+            platelets=platelets,
+            alt_uln=alt_uln,
+            ast_uln=ast_uln,
+            rules=visit.site.trial.dosing["safety"],
+        )
+        RepeatLabs.objects.create(
+            visit=visit,
+            participant=participant,
+            site=visit.site,
+            measured_on=measured_on,
+            neutrophils=neutrophils,
+            platelets=platelets,
+            alt_uln=alt_uln,
+            ast_uln=ast_uln,
+            decision=decision.decision,
+            reasons=decision.reasons,
+            recorded_by=recorded_by,
+        )
+        dose.decision = decision.decision
+        dose.reasons = decision.reasons
+        dose.save(update_fields=["decision", "reasons"])
+        outcome = VisitOutcome(visit=visit, dose=dose, kits=list(visit.kits.all()))
+        if decision.decision == Decision.STOP:
+            _stop_treatment(participant)
+        elif decision.decision == Decision.GIVE:
+            try:
+                outcome.kits = kits_assign(visit=visit, assigned_by=recorded_by)
+            except NoKitAvailable:
+                outcome.no_kit = True
+                outcome.kits = list(visit.kits.all())
     return outcome
 
 

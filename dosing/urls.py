@@ -5,6 +5,7 @@ from dosing import views
 urlpatterns = [
     path("visits/<int:pk>/", views.visit_detail, name="visit-detail"),
     path("visits/<int:pk>/record/", views.visit_record, name="visit-record"),
+    path("visits/<int:pk>/repeat-labs/", views.visit_repeat_labs, name="visit-repeat-labs"),
     path("visits/<int:pk>/assign-kits/", views.visit_assign_kits, name="visit-assign-kits"),
     path("pharmacy/", views.pharmacy, name="pharmacy"),
     path("pharmacy/kits/<int:pk>/dispense/", views.kit_dispense, name="kit-dispense"),

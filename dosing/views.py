@@ -7,6 +7,8 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
+from django.utils import timezone
+from django.utils.formats import date_format
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_POST
 
@@ -18,11 +20,12 @@ from dosing.forms import (
     KitImportForm,
     KitListGenerateForm,
     QuarantineDecisionForm,
+    RepeatLabsForm,
     ReturnForm,
     ShipmentForm,
     VisitRecordForm,
 )
-from dosing.models import Kit, Shipment
+from dosing.models import Decision, Kit, Shipment
 from trialsite import access
 from trialsite.access import Capability
 from trialsite.exceptions import TrialRuleError
@@ -37,20 +40,92 @@ def _form_error(form, error: TrialRuleError) -> None:
         form.add_error(field, line)
 
 
+def _reasons(record, trial) -> str:
+    from dosing.templatetags.dosing import reasons_in_words
+
+    return "; ".join(reasons_in_words(record, trial))
+
+
+def _announce(request, visit, outcome) -> None:
+    """Say what the recorded labs mean, in words: a hold is a warning with what happens next,
+    never a green "recorded"."""
+    dose, trial = outcome.dose, visit.site.trial
+    if dose is None:
+        messages.success(request, _("Visit %(code)s recorded.") % {"code": visit.code})
+    elif dose.decision == Decision.HOLD:
+        messages.warning(
+            request,
+            _(
+                "Infusion held at %(code)s: %(reasons)s. The daily tablets continue. Repeat labs may be recorded "
+                "on this page until the window closes on %(date)s; if they recover, the infusion is given."
+            )
+            % {
+                "code": visit.code,
+                "reasons": _reasons(dose, trial),
+                "date": date_format(visit.window_end, "SHORT_DATE_FORMAT"),
+            },
+        )
+    elif dose.decision == Decision.STOP:
+        messages.error(
+            request,
+            _(
+                "Treatment stopped at %(code)s: %(reasons)s. No infusion or tablets are given from now on; the "
+                "remaining dosing visits are cancelled, end-of-treatment and follow-up visits stay planned."
+            )
+            % {"code": visit.code, "reasons": _reasons(dose, trial)},
+        )
+    else:
+        messages.success(request, _("Visit %(code)s recorded: the infusion is given.") % {"code": visit.code})
+    if outcome.no_kit:
+        messages.error(request, str(NoKitAvailable().message))
+
+
 @login_required
 def visit_detail(request: HttpRequest, pk: int) -> HttpResponse:
     visit = selectors.visit_for(request.user, pk)
+    return _visit_page(request, visit)
+
+
+def _visit_page(request, visit, repeat_form=None, status=200) -> HttpResponse:
     kits = selectors.kits_blinded(visit.kits.all()).order_by("kit_type")
+    dose = getattr(visit, "dose", None)
+    may_record = access.can(request.user, Capability.RECORD_VISITS, visit.site_id)
+    repeat_open = (
+        may_record
+        and dose is not None
+        and dose.decision == Decision.HOLD
+        and visit.actual_date is not None
+        and visit.actual_date <= timezone.localdate(timezone=visit.site.zone) <= visit.window_end
+    )
     return render(
         request,
         "dosing/visit_detail.html",
         {
             "visit": visit,
-            "dose": getattr(visit, "dose", None),
+            "dose": dose,
+            "repeats": list(visit.repeat_labs.all()),
             "kits": kits,
-            "may_record": access.can(request.user, Capability.RECORD_VISITS, visit.site_id),
+            "may_record": may_record,
+            "repeat_form": (repeat_form or RepeatLabsForm()) if repeat_open or repeat_form else None,
         },
+        status=status,
     )
+
+
+@login_required
+@require_POST
+def visit_repeat_labs(request: HttpRequest, pk: int) -> HttpResponse:
+    visit = selectors.visit_for(request.user, pk, Capability.RECORD_VISITS)
+    form = RepeatLabsForm(request.POST)
+    if form.is_valid():
+        try:
+            outcome = services.visit_repeat_labs(visit=visit, recorded_by=request.user, **form.cleaned_data)
+        except TrialRuleError as error:
+            _form_error(form, error)
+        else:
+            _announce(request, visit, outcome)
+            return redirect("visit-detail", pk=visit.pk)
+    return _visit_page(request, visit, repeat_form=form, status=400)
 
 
 @login_required
@@ -63,9 +138,7 @@ def visit_record(request: HttpRequest, pk: int) -> HttpResponse:
         except TrialRuleError as error:
             _form_error(form, error)
         else:
-            messages.success(request, _("Visit %(code)s recorded.") % {"code": visit.code})
-            if outcome.no_kit:
-                messages.error(request, str(NoKitAvailable().message))
+            _announce(request, visit, outcome)
             return redirect("visit-detail", pk=visit.pk)
     return render(request, "dosing/visit_record.html", {"visit": visit, "form": form})
 
@@ -73,19 +146,35 @@ def visit_record(request: HttpRequest, pk: int) -> HttpResponse:
 @login_required
 def pharmacy(request: HttpRequest) -> HttpResponse:
     access.require(request.user, Capability.DISPENSE)
+    return _pharmacy_page(request)
+
+
+def _pharmacy_page(request, *, refused_kit=None, typed: str = "", errors=(), status: int = 200) -> HttpResponse:
+    """The pharmacy page; after a refused dispense, the kit's row keeps what was typed and shows
+    the refusal at its field (a banner as well when the row is on another page)."""
+    queue = selectors.pharmacy_queue(
+        request.user,
+        dispense_page=request.GET.get("dispense_page"),
+        return_page=request.GET.get("return_page"),
+    )
+    if refused_kit is not None:
+        shown = False
+        for kit in queue.to_dispense:
+            if kit.pk == refused_kit.pk:
+                kit.typed_label, kit.dispense_errors, shown = typed, list(errors), True
+        if not shown:
+            for error in errors:
+                messages.error(request, f"{refused_kit.kit_number}: {error}")
     return render(
         request,
         "dosing/pharmacy.html",
         {
-            "queue": selectors.pharmacy_queue(
-                request.user,
-                dispense_page=request.GET.get("dispense_page"),
-                return_page=request.GET.get("return_page"),
-            ),
+            "queue": queue,
             "dispense_form": DispenseForm(),
             "return_form": ReturnForm(),
             "excursion_form": ExcursionForm(),
         },
+        status=status,
     )
 
 
@@ -115,12 +204,19 @@ def _pharmacy_post(request, pk, form_class, action, success) -> HttpResponse:
 @login_required
 @require_POST
 def kit_dispense(request: HttpRequest, pk: int) -> HttpResponse:
-    return _pharmacy_post(
-        request,
-        pk,
-        DispenseForm,
-        lambda kit, data: services.kit_dispense(kit=kit, label_number=data["label_number"], dispensed_by=request.user),
-        _("Kit %(number)s dispensed."),
+    kit = _pharmacy_kit(request, pk)
+    form = DispenseForm(request.POST)
+    if form.is_valid():
+        try:
+            services.kit_dispense(kit=kit, label_number=form.cleaned_data["label_number"], dispensed_by=request.user)
+        except TrialRuleError as error:
+            _form_error(form, error)
+        else:
+            messages.success(request, _("Kit %(number)s dispensed.") % {"number": kit.kit_number})
+            return redirect("pharmacy")
+    errors = [str(error) for field_errors in form.errors.values() for error in field_errors]
+    return _pharmacy_page(
+        request, refused_kit=kit, typed=request.POST.get("label_number", "")[:40], errors=errors, status=400
     )
 
 

@@ -61,7 +61,9 @@ def test_the_pharmacist_dispenses_by_the_label_number_and_a_mismatch_is_refused(
 
         page.fill(f"#label-{infusion.pk}", "K9B2-5521")
         page.locator(f"form[action$='/pharmacy/kits/{infusion.pk}/dispense/'] button").click()
-        assert "does not match" in page.locator(".messages").inner_text()
+        # Refused at the field, with what was typed still there to correct.
+        assert "does not match" in page.locator(f"#label-{infusion.pk}-error").inner_text()
+        assert page.input_value(f"#label-{infusion.pk}") == "K9B2-5521"
 
         page.fill(f"#label-{infusion.pk}", "K4F7-3019")
         page.locator(f"form[action$='/pharmacy/kits/{infusion.pk}/dispense/'] button").click()

@@ -11,8 +11,12 @@ register = template.Library()
 def dosing_panel(context, participant) -> dict:
     """The participant's visit plan for the participant page, in a constant number of queries."""
     user = context["request"].user
+    visits = list(selectors.visits_for(user, participant))
+    # The next due visit (the first still scheduled) gets the primary Record button.
+    next_due = next((visit for visit in visits if visit.status == "scheduled"), None)
     return {
-        "visits": list(selectors.visits_for(user, participant)),
+        "visits": visits,
+        "next_due_id": next_due.pk if next_due else None,
         "may_record": access.can(user, Capability.RECORD_VISITS, participant.site_id),
     }
 
@@ -21,3 +25,25 @@ def dosing_panel(context, participant) -> dict:
 def vial_plan_text(vial_plan) -> str:
     """[[400, 1], [200, 1]] -> "1 x 400 mg + 1 x 200 mg"."""
     return " + ".join(f"{count} x {size} mg" for size, count in vial_plan or [])
+
+
+@register.simple_tag
+def reasons_in_words(record, trial) -> list[str]:
+    """The safety-gate reasons of a dose or repeat-labs record in the reader's language: taken
+    again from its labs with the protocol's gates (stored reasons are in the recorder's
+    language); the stored ones when the protocol's gates have changed since."""
+    from dosing.dose import infusion_decision
+
+    first_dose = record.first_dose if hasattr(record, "first_dose") else record.visit.dose.first_dose
+    decision = infusion_decision(
+        first_dose=first_dose,
+        neutrophils=record.neutrophils,
+        platelets=record.platelets,
+        alt_uln=record.alt_uln,
+        ast_uln=record.ast_uln,
+        rules=trial.dosing["safety"],
+    )
+    if hasattr(record, "first_dose") and record.visit.repeat_labs.exists():
+        # The visit-day labs of a dose decided again later: their own verdict, not the record's.
+        return decision.reasons
+    return decision.reasons if decision.decision == record.decision else list(record.reasons)
