@@ -845,6 +845,32 @@ def derived_features(features: Features, reads: list[Read], world: World, user):
                 chains.append(number)
             chains[chain] = number
             features.add(pk, f"derived: {kit_type} {code} rising run", min(chain, 2))
+    # The issue's attack on kit numbers: with the lowest number handed out, a kit given soon
+    # after another with a lower number must be the other content. Join every such pair given
+    # within two days of each other and colour the graph in two (component, colour): with
+    # lowest-first choice the colours are the contents. Safe: with a random choice the pairs
+    # join kits of either content alike.
+    for entries in by_line.values():
+        neighbours = collections.defaultdict(set)
+        for first, second in itertools.combinations(entries, 2):
+            days = abs(datetime.date.fromisoformat(second[1]) - datetime.date.fromisoformat(first[1])).days
+            if days <= 2 and int(second[3]) < int(first[3]):
+                neighbours[first[3]].add(second[3])
+                neighbours[second[3]].add(first[3])
+        colour: dict[str, tuple[str, int]] = {}
+        for start in (entry[3] for entry in entries):
+            if start in colour:
+                continue
+            colour[start] = (start, 0)
+            queue = [start]
+            while queue:
+                number = queue.pop()
+                for other in neighbours[number]:
+                    if other not in colour:
+                        colour[other] = (start, 1 - colour[number][1])
+                        queue.append(other)
+        for kit_type, _day, _visit, number, pk, code, _lot in entries:
+            features.add(pk, f"derived: {kit_type} {code} two-colouring of later, lower numbers", colour[number])
     # "The near-expiry lot goes first": a kit with a later label expiry than one of its type
     # given at the site that day or later came from a content whose near-expiry kits had gone.
     # Safe only while every content at the site can be given the same lots (`choice_pools`).
@@ -943,7 +969,9 @@ def accuracy(grouping: Grouping, masks: list[int]) -> float:
 
 def g_statistic(grouping: Grouping, masks: list[int]) -> float:
     """The likelihood-ratio statistic of groups against classes (2 N times their mutual
-    information): it also sees a few pure groups beside large mixed ones, which accuracy dilutes."""
+    information), which also sees a few pure groups beside large mixed ones where accuracy
+    dilutes them; as its cube root, whose spread under relabelling is near normal (G itself is
+    skewed, and its largest standardized values would set the bar out of reach)."""
     table = [[(group & mask).bit_count() for mask in masks] for group in grouping.groups]
     totals = [sum(column) for column in zip(*table, strict=True)]
     total = sum(totals)
@@ -953,7 +981,7 @@ def g_statistic(grouping: Grouping, masks: list[int]) -> float:
         for count, column in zip(row, totals, strict=True):
             if count:
                 g += count * math.log(count * total / (size * column))
-    return 2 * g
+    return max(2 * g, 0.0) ** (1 / 3)
 
 
 STATISTICS = {"accuracy": accuracy, "G": g_statistic}
