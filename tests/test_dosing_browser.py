@@ -27,6 +27,9 @@ def test_the_pharmacist_dispenses_by_the_label_number_and_a_mismatch_is_refused(
     participant = df.randomized_participant(site, arm_code="TOC", by=cast.coordinator, day0=today)
     infusion = df.make_kit(kit_type="INF", content="active", site=site, number="K4F7-3019")
     tablets = df.make_kit(kit_type="TAB", content="placebo", site=site, number="K9B2-5521")
+    # The other contents too: a site that cannot serve every content assigns nothing.
+    df.make_kit(kit_type="INF", content="placebo", site=site, number="K2C8-7140")
+    df.make_kit(kit_type="TAB", content="active", site=site, number="K6D1-4492")
     services.visit_record(
         visit=participant.visits.get(code="C1"),
         actual_date=today,
@@ -75,4 +78,4 @@ def test_the_pharmacist_dispenses_by_the_label_number_and_a_mismatch_is_refused(
         page.screenshot(path=str(SCREENSHOTS / f"{request.node.name}.png"), full_page=True)
         browser.close()
 
-    assert set(Kit.objects.values_list("status", flat=True)) == {KitStatus.DISPENSED}
+    assert {Kit.objects.get(pk=kit.pk).status for kit in (infusion, tablets)} == {KitStatus.DISPENSED}
