@@ -9,7 +9,8 @@ from trialsite.forms import DateField
 class ScreeningForm(forms.Form):
     initials = forms.CharField(label=_("Initials"), max_length=4)
     date_of_birth = DateField(label=_("Date of birth"))
-    sex = forms.ChoiceField(label=_("Sex"), choices=Sex.choices)
+    # No default: a preselected sex is recorded unread when the coordinator skips the field.
+    sex = forms.ChoiceField(label=_("Sex"), choices=[("", _("Choose…")), *Sex.choices])
     hospital_record_number = forms.CharField(label=_("Hospital record number"), max_length=40)
     screening_date = DateField(label=_("Screening date"))
     consent_version = forms.CharField(label=_("Consent version"), max_length=40)

@@ -23,7 +23,7 @@ class ExportKind(models.TextChoices):
 
 class ExportFormat(models.TextChoices):
     CSV = "csv", "CSV"
-    XLSX = "xlsx", "Excel (XLSX)"
+    XLSX = "xlsx", _("Excel (XLSX)")
     ODM = "odm", "CDISC ODM 1.3.2 XML"
     PDF = "pdf", "PDF"
     SVG = "svg", "SVG"

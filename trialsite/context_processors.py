@@ -13,7 +13,14 @@ def navigation(request):
     for label, url_name, capability in NAVIGATION:
         if capability is not None and capability not in capabilities:
             continue
-        url = reverse(url_name)
-        current = request.path == url or (url != "/" and request.path.startswith(url))
-        entries.append({"label": label, "url": url, "current": current})
+        entries.append({"label": label, "url": reverse(url_name), "current": False})
+    # One entry is current: the one whose address is the longest start of this page's
+    # (/screening/new/ is "Screen a patient", not also the screening log at /screening/).
+    matching = [
+        entry
+        for entry in entries
+        if request.path == entry["url"] or (entry["url"] != "/" and request.path.startswith(entry["url"]))
+    ]
+    if matching:
+        max(matching, key=lambda entry: len(entry["url"]))["current"] = True
     return {"navigation": entries, "user_capabilities": capabilities}

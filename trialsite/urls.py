@@ -1,6 +1,8 @@
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
+from django.templatetags.static import static
 from django.urls import include, path
+from django.views.generic.base import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
 from trialsite import api, token_views, views
@@ -21,8 +23,20 @@ api_patterns = [
     path("", include("reports.api_urls")),
 ]
 
+
+class FaviconView(RedirectView):
+    """Browsers and bookmarks still ask for /favicon.ico; the icon is the static SVG (its
+    hashed name in production, so resolved per request)."""
+
+    permanent = False
+
+    def get_redirect_url(self, *args, **kwargs):
+        return static("favicon.svg")
+
+
 urlpatterns = [
     path("", views.home, name="home"),
+    path("favicon.ico", FaviconView.as_view(), name="favicon"),
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("accounts/two-factor/", views.two_factor_setup, name="two-factor"),
