@@ -40,16 +40,18 @@ def _form_error(form, error: TrialRuleError) -> None:
         form.add_error(field, line)
 
 
-def _reasons(record, trial) -> str:
+def _reasons(visit, dose) -> str:
+    """The reasons of the latest labs: the last repeat's when the labs were repeated."""
     from dosing.templatetags.dosing import reasons_in_words
 
-    return "; ".join(reasons_in_words(record, trial))
+    latest = visit.repeat_labs.order_by("recorded_at", "id").last() or dose
+    return "; ".join(reasons_in_words(latest, visit.site.trial))
 
 
 def _announce(request, visit, outcome) -> None:
     """Say what the recorded labs mean, in words: a hold is a warning with what happens next,
     never a green "recorded"."""
-    dose, trial = outcome.dose, visit.site.trial
+    dose = outcome.dose
     if dose is None:
         messages.success(request, _("Visit %(code)s recorded.") % {"code": visit.code})
     elif dose.decision == Decision.HOLD:
@@ -61,7 +63,7 @@ def _announce(request, visit, outcome) -> None:
             )
             % {
                 "code": visit.code,
-                "reasons": _reasons(dose, trial),
+                "reasons": _reasons(visit, dose),
                 "date": date_format(visit.window_end, "SHORT_DATE_FORMAT"),
             },
         )
@@ -72,7 +74,7 @@ def _announce(request, visit, outcome) -> None:
                 "Treatment stopped at %(code)s: %(reasons)s. No infusion or tablets are given from now on; the "
                 "remaining dosing visits are cancelled, end-of-treatment and follow-up visits stay planned."
             )
-            % {"code": visit.code, "reasons": _reasons(dose, trial)},
+            % {"code": visit.code, "reasons": _reasons(visit, dose)},
         )
     else:
         messages.success(request, _("Visit %(code)s recorded: the infusion is given.") % {"code": visit.code})

@@ -110,6 +110,12 @@ def test_repeat_labs_still_low_keep_the_hold_and_after_the_window_are_refused_at
     assert answer.status_code == 200
     assert answer.json()["visit"]["dose"]["decision"] == "hold"
     assert answer.json()["visit"]["repeat_labs"][0]["platelets"] == 95_000
+    # A second repeat, still low: the hold is said with the latest labs.
+    with time_machine.travel(TWO_DAYS_LATER, tick=False):
+        again = client_for(cast.coordinator).post(
+            f"/visits/{visit.pk}/repeat-labs/", {**RECOVERED, "platelets": "96"}, follow=True
+        )
+    assert "Infusion held at C1: Platelets 96,000 /mm³: below the limit of 100,000 /mm³." in again.content.decode()
     with time_machine.travel(AFTER_WINDOW, tick=False):
         late = api_for(cast.coordinator).post(
             f"/api/v1/visits/{visit.pk}/repeat-labs/", {**RECOVERED, "measured_on": "2026-11-08"}
