@@ -316,6 +316,7 @@ class StockLineSerializer(serializers.Serializer):
     quarantined = serializers.IntegerField()
     expiring_soon = serializers.IntegerField()
     low = serializers.BooleanField()
+    in_transit = serializers.IntegerField()
 
 
 class KitAccountabilitySerializer(serializers.ModelSerializer):

@@ -271,7 +271,7 @@ def test_favicon_and_no_inline_style_on_the_login_page(client):
     assert finders.find("favicon.svg")
 
 
-def test_the_supply_page_counts_kits_in_transit(site, cast, client_for):
+def test_the_supply_page_counts_kits_in_transit(site, cast, client_for, api_for):
     with audit_context(reason="test shipment"):
         shipment = Shipment.objects.create(site=site, shipped_by=cast.supply_manager)
     for content in ("active", "placebo"):
@@ -287,6 +287,11 @@ def test_the_supply_page_counts_kits_in_transit(site, cast, client_for):
     assert ("Active", "3", "1") in rows and ("Placebo", "3", "0") in rows
     chinese = text_of(reader(client_for, cast.supply_manager, "zh-hans").get("/supply/"))
     assert "在途" in chinese and "安慰剂" in chinese and "Placebo" not in chinese
+    stock = api_for(cast.supply_manager).get("/api/v1/supply/stock/").json()
+    assert {(line["kit_type"], line["content"], line["in_transit"]) for line in stock if line["site"] == "NT"} >= {
+        ("INF", "active", 3),
+        ("INF", "placebo", 3),
+    }
     pharmacy = client_for(cast.pharmacist).get("/pharmacy/").content.decode()
     assert "Mark shipment received" in pharmacy
 
