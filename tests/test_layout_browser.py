@@ -54,3 +54,66 @@ def test_the_pi_reads_home_and_reports_at_1280_and_768_without_sideways_scrollin
                         assert len(set(tops)) == 1, (language, path, tops)
             context.close()
         browser.close()
+
+
+@pytest.mark.browser
+def test_every_roles_pages_fit_a_768_px_tablet_and_the_monitors_header_fits_1280(site, cast, live_server, monkeypatch):
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    from playwright.sync_api import sync_playwright
+
+    from dosing.models import KitStatus
+
+    participant = df.randomized_participant(site, arm_code="TOC", by=cast.coordinator)
+    failure = factories.make_screening(site, by=cast.coordinator, eligible=False)
+    for content in ("active", "placebo"):
+        df.make_kit(site=site, content=content)
+        df.make_kit(site=site, content=content, status=KitStatus.QUARANTINED)
+    visit = participant.visits.order_by("window_start").first()
+    pages = {
+        "coordinator": [
+            "/",
+            "/screening/new/",
+            "/screening/",
+            f"/screening/{failure.pk}/",
+            f"/screening/{participant.pk}/",
+            "/participants/",
+            f"/participants/{participant.pk}/",
+            f"/visits/{visit.pk}/record/",
+            "/reminders/",
+        ],
+        "pharmacist": ["/pharmacy/", "/pharmacy/accountability/"],
+        "supply_manager": ["/supply/"],
+        "monitor": ["/audit/", "/reports/", f"/participants/{participant.pk}/"],
+        "investigator": ["/participants/awaiting-signature/", "/accounts/two-factor/", "/accounts/tokens/"],
+    }
+    overflowing = []
+    with sync_playwright() as playwright:
+        browser = launch_chromium(playwright)
+        for language in ("en", "zh-hans"):
+            for username, paths in pages.items():
+                context = browser.new_context(viewport={"width": 768, "height": 1000})
+                context.add_cookies([{"name": "django_language", "value": language, "url": live_server.url}])
+                page = context.new_page()
+                page.goto(f"{live_server.url}/accounts/login/")
+                page.fill("#id_username", username)
+                page.fill("#id_password", factories.PASSWORD)
+                page.locator(".login-card button[type=submit]").click()
+                page.wait_for_url(f"{live_server.url}/")
+                for path in paths:
+                    page.goto(f"{live_server.url}{path}")
+                    if page.evaluate(OVERFLOW) > 0:
+                        name = path.strip("/").replace("/", "_") or "home"
+                        page.screenshot(
+                            path=str(SCREENSHOTS / f"overflow_{username}_{name}_{language}.png"), full_page=True
+                        )
+                        overflowing.append((language, username, path, page.evaluate(OVERFLOW)))
+                if username == "monitor":
+                    page.set_viewport_size({"width": 1280, "height": 900})
+                    page.goto(f"{live_server.url}/audit/")
+                    tops = page.eval_on_selector_all(
+                        "nav.main a", "links => links.map(link => Math.round(link.getBoundingClientRect().top))"
+                    )
+                    assert len(set(tops)) == 1, (language, tops)
+                context.close()
+        browser.close()
+    assert overflowing == []
