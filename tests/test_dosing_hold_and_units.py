@@ -4,6 +4,7 @@ infusion kit is then assigned); counts are entered in the lab report's unit (/mm
 and stored in /mm³; a wrong kit label is refused at its field, keeping what was typed."""
 
 import datetime
+import re
 from decimal import Decimal
 
 import pytest
@@ -138,6 +139,8 @@ def test_the_hold_is_said_in_chinese(participant, cast, client_for):
             .content.decode()
         )
     assert "暂停输注" in page and "血小板" in page and "Infusion held" not in page
+    text = re.sub(r"<[^>]+>", " ", page.split("<main", 1)[-1])
+    assert not re.findall(r"\b[A-Za-z]{4,}\b", text)
 
 
 def test_labs_in_1e9_per_litre_on_the_page_and_in_the_api(participant, cast, client_for, api_for):

@@ -231,3 +231,20 @@ def test_unanswered_eligibility_rows_are_highlighted(cast, site, client_for):
     assert '<tr id="row_answer_IN1">' in page
     refused = _main(coordinator.post("/screening/new/", {**FORM, "initials": "", "answer_EX1": ""}))
     assert '<tr class="unanswered" id="row_answer_EX1">' in refused
+
+
+def test_the_new_pages_speak_chinese(cast, site, locked_list, client_for):
+    waiting = factories.make_participant(site, by=cast.coordinator, signed=False)
+    zh = {"headers": {"accept-language": "zh-hans"}}
+    pages = [
+        _main(client_for(cast.coordinator).get(f"/participants/{waiting.pk}/randomize/", **zh)),
+        _main(client_for(cast.investigator).get("/participants/awaiting-signature/", **zh)),
+        _main(client_for(cast.coordinator).get(f"/screening/{waiting.pk}/", **zh)),
+    ]
+    assert "确认并随机化" in pages[0] and "尚未签字" in pages[0]
+    assert "审核并签字" in pages[1]
+    assert "由主要研究者签署入选资格确认" in pages[2]
+    for page in pages:
+        text = re.sub(r"<[^>]+>", " ", page.split("</nav>")[-1])
+        words = set(re.findall(r"\b[A-Za-z]{4,}\b", text)) - {"Affiliated", "Hospital", "Nantong", "University"}
+        assert not words, words
