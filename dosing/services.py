@@ -463,46 +463,71 @@ def _supply_rules(trial) -> dict:
     return trial.definition.get("kits") or {}
 
 
-def _fit_kit_ids(*, site_id: int, kit_type: str, content: str, lasting_until: datetime.date) -> list[int]:
-    return list(
-        Kit.objects.filter(
-            site_id=site_id, status=S.AT_SITE, kit_type=kit_type, content=content, label_expiry__gte=lasting_until
-        ).values_list("id", "label_expiry")
+def _lots_serving_every_content(*, site, kit_type: str, lasting_until: datetime.date) -> list[str]:
+    """The packaging lots at the site holding a fit kit of EVERY content of this kit type (label
+    expiry lasting until the next visit's window closes), earliest label expiry first."""
+    needed = kit_contents_by_type(site.trial).get(kit_type, set())
+    rows = (
+        Kit.objects.filter(site_id=site.pk, status=S.AT_SITE, kit_type=kit_type, label_expiry__gte=lasting_until)
+        .values("packaging_lot", "content")
+        .annotate(label_expiry=Min("label_expiry"))
     )
+    contents: dict[str, set[str]] = {}
+    expiry: dict[str, datetime.date] = {}
+    for row in rows:
+        contents.setdefault(row["packaging_lot"], set()).add(row["content"])
+        expiry[row["packaging_lot"]] = min(row["label_expiry"], expiry.get(row["packaging_lot"], row["label_expiry"]))
+    serving = [lot for lot, held in contents.items() if needed and held >= needed]
+    return sorted(serving, key=lambda lot: (expiry[lot], lot))
 
 
 def _choose_kit(*, site, kit_type: str, content: str, lasting_until: datetime.date) -> Kit | None:
-    """A fit kit chosen at random (CSPRNG), never the lowest number: otherwise the numbers given
-    out within one content would rise over time and a later, lower number would name the other
-    content. Kits whose label expiry is near (within `kits.use_first_days`, 60 by default) go
-    first, earliest label expiry first, so stock does not expire on the shelf; a packaging lot's
-    label expiry is the same for every content, so this order is the same for every arm. Locked
-    with SKIP LOCKED: two pharmacists never get the same kit."""
-    candidates = _fit_kit_ids(site_id=site.pk, kit_type=kit_type, content=content, lasting_until=lasting_until)
-    if not candidates:
+    """The kit for one participant. The packaging lot is chosen without regard to content: the
+    lot with the earliest label expiry among those that hold a fit kit of every content (so the
+    lot and label printed on the kit are what a participant of any arm would get at that moment,
+    and stock is used first-expiry-first); within it, a kit of the participant's content at
+    random (CSPRNG), never the lowest number, or the numbers given out within one content would
+    rise over time. A lot left holding one content only is not used (its kits wait for the supply
+    manager). Locked with SKIP LOCKED: two pharmacists never get the same kit."""
+    for packaging_lot in _lots_serving_every_content(site=site, kit_type=kit_type, lasting_until=lasting_until):
+        order = list(
+            Kit.objects.filter(
+                site_id=site.pk,
+                status=S.AT_SITE,
+                kit_type=kit_type,
+                content=content,
+                packaging_lot=packaging_lot,
+                label_expiry__gte=lasting_until,
+            ).values_list("id", flat=True)
+        )
+        _random.shuffle(order)
+        for pk in order:
+            kit = Kit.objects.select_for_update(skip_locked=True).filter(pk=pk, status=S.AT_SITE).first()
+            if kit is not None:
+                return kit
+        # Taken meanwhile by a concurrent assignment: the next lot would differ by content, so stop.
         return None
-    use_first_days = int(_supply_rules(site.trial).get("use_first_days", 60))
-    soon = _site_today(site) + datetime.timedelta(days=use_first_days)
-    earliest = min(label_expiry for _, label_expiry in candidates)
-    if earliest <= soon:
-        candidates = [(pk, label_expiry) for pk, label_expiry in candidates if label_expiry == earliest]
-    order = [pk for pk, _ in candidates]
-    _random.shuffle(order)
-    for pk in order:
-        kit = Kit.objects.select_for_update(skip_locked=True).filter(pk=pk, status=S.AT_SITE).first()
-        if kit is not None:
-            return kit
     return None
 
 
 def _site_can_serve(*, site, kit_type: str, lasting_until: datetime.date) -> bool:
-    """Could the site give a fit kit of this type to a participant of ANY content right now?
-    Assignment is refused for everyone at the site when one content is out, so the set of
+    """Could the site give a fit kit of this type to a participant of ANY content right now, from
+    one packaging lot? Assignment is refused for everyone at the site otherwise, so the set of
     participants hit by a stock-out does not split them by content."""
-    for content in kit_contents_by_type(site.trial).get(kit_type, ()):
-        if not _fit_kit_ids(site_id=site.pk, kit_type=kit_type, content=content, lasting_until=lasting_until):
-            return False
-    return True
+    return bool(_lots_serving_every_content(site=site, kit_type=kit_type, lasting_until=lasting_until))
+
+
+def _missing_contents(*, site, kit_type: str, lasting_until: datetime.date) -> list[tuple[str, str]]:
+    """For the supply manager's e-mail: the contents with no fit kit at the site (or, when each has
+    some, none in a common packaging lot: then every content is named)."""
+    held = set(
+        Kit.objects.filter(
+            site_id=site.pk, status=S.AT_SITE, kit_type=kit_type, label_expiry__gte=lasting_until
+        ).values_list("content", flat=True)
+    )
+    needed = sorted(kit_contents_by_type(site.trial).get(kit_type, ()))
+    missing = [content for content in needed if content not in held]
+    return [(kit_type, content) for content in (missing or needed)]
 
 
 def kits_assign(*, visit: Visit, assigned_by) -> list[Kit]:
@@ -530,13 +555,7 @@ def kits_assign(*, visit: Visit, assigned_by) -> list[Kit]:
         wanted = [(kit_type, content) for kit_type, content in needed_kits(visit) if kit_type not in have]
         for kit_type, _content in wanted:
             if not _site_can_serve(site=site, kit_type=kit_type, lasting_until=lasting_until):
-                shortages += [
-                    (kit_type, content)
-                    for content in sorted(kit_contents_by_type(site.trial).get(kit_type, ()))
-                    if not _fit_kit_ids(
-                        site_id=site.pk, kit_type=kit_type, content=content, lasting_until=lasting_until
-                    )
-                ]
+                shortages += _missing_contents(site=site, kit_type=kit_type, lasting_until=lasting_until)
         if not shortages:
             try:
                 with transaction.atomic():

@@ -175,21 +175,25 @@ class Pharmacist:
 
 def choice_pools(visit: Visit, today: datetime.date) -> dict[str, dict[str, frozenset]]:
     """For each kit type, the (packaging lot, label expiry) pairs the kit given at this visit can
-    have, per content, as the documented choice works: any kit at the site lasting until the
-    next window closes, but only the nearest label expiry when it is within `use_first_days`.
+    have, per content, as the documented choice works: the packaging lot with the earliest label
+    expiry among those holding a kit of every content that lasts until the next window closes.
     (The unblinded truth, read before the visit to see whether the label could tell.)"""
-    use_first = datetime.timedelta(days=int(visit.site.trial.definition["kits"].get("use_first_days", 60)))
     lasting = dosing.kit_expiry_needed(visit)
     pools = collections.defaultdict(dict)
-    for kit_type, content in itertools.product(("INF", "TAB"), ("active", "placebo")):
-        fit = set(
-            Kit.objects.filter(
-                site=visit.site, status=KitStatus.AT_SITE, kit_type=kit_type, content=content, label_expiry__gte=lasting
-            ).values_list("packaging_lot", "label_expiry")
-        )
-        if fit and min(expiry for _lot, expiry in fit) <= today + use_first:
-            fit = {(lot, expiry) for lot, expiry in fit if expiry == min(e for _l, e in fit)}
-        pools[kit_type][content] = frozenset(fit)
+    for kit_type in ("INF", "TAB"):
+        fit = Kit.objects.filter(
+            site=visit.site, status=KitStatus.AT_SITE, kit_type=kit_type, label_expiry__gte=lasting
+        ).values_list("packaging_lot", "label_expiry", "content")
+        held: dict[tuple, set] = collections.defaultdict(set)
+        for lot, expiry, content in fit:
+            held[(lot, expiry)].add(content)
+        common = sorted((expiry, lot) for (lot, expiry), contents in held.items() if contents >= {"active", "placebo"})
+        for content in ("active", "placebo"):
+            if common:
+                expiry, lot = common[0]
+                pools[kit_type][content] = frozenset({(lot, expiry)})
+            else:
+                pools[kit_type][content] = frozenset()
     return pools
 
 

@@ -110,16 +110,38 @@ def test_a_dosing_visit_assigns_one_infusion_and_one_tablet_kit_of_the_arms_cont
 
 def test_the_earliest_expiry_goes_first_and_a_kit_expiring_before_the_next_window_closes_is_skipped(site, cast, toc):
     c2_window_end = toc.visits.get(code="C2").window_end  # 2026-12-04
-    df.make_kit(kit_type="INF", site=site, expiry=DAY0, number="EXP-ONDAY")
-    df.make_kit(kit_type="INF", site=site, expiry=c2_window_end - datetime.timedelta(days=1), number="EXP-SHORT")
-    exact = df.make_kit(kit_type="INF", site=site, expiry=c2_window_end, number="EXP-EXACT")
-    df.make_kit(kit_type="INF", site=site, expiry=datetime.date(2027, 6, 1), number="EXP-LATER")
+    # One packaging lot per label expiry, each holding both infusion contents, as real lots do.
+    lots = {
+        "PL-ONDAY": DAY0,
+        "PL-SHORT": c2_window_end - datetime.timedelta(days=1),
+        "PL-EXACT": c2_window_end,
+        "PL-LATER": datetime.date(2027, 6, 1),
+    }
+    for lot, expiry in lots.items():
+        df.make_kit(kit_type="INF", site=site, expiry=expiry, number=f"A-{lot}", packaging_lot=lot)
+        df.make_kit(kit_type="INF", content="placebo", site=site, expiry=expiry, number=f"P-{lot}", packaging_lot=lot)
     df.make_kit(kit_type="TAB", content="placebo", site=site)
-    other_contents(site)
+    df.make_kit(kit_type="TAB", content="active", site=site)
 
     outcome = record(first_visit(toc), cast.coordinator)
 
-    assert exact.pk in {kit.pk for kit in outcome.kits}
+    assert "A-PL-EXACT" in {kit.kit_number for kit in outcome.kits}
+
+
+def test_the_packaging_lot_is_chosen_alike_for_every_content(site, cast, toc):
+    # An earlier lot that has lost its placebo infusions is passed over for everyone: given to
+    # the active arm only, its label would name the content.
+    df.make_kit(kit_type="INF", content="active", site=site, expiry=datetime.date(2027, 1, 25), packaging_lot="OLD")
+    later = df.make_kit(
+        kit_type="INF", content="active", site=site, expiry=datetime.date(2027, 10, 31), packaging_lot="NEW"
+    )
+    df.make_kit(kit_type="INF", content="placebo", site=site, expiry=datetime.date(2027, 10, 31), packaging_lot="NEW")
+    df.make_kit(kit_type="TAB", content="placebo", site=site)
+    df.make_kit(kit_type="TAB", content="active", site=site)
+
+    outcome = record(first_visit(toc), cast.coordinator)
+
+    assert later.pk in {kit.pk for kit in outcome.kits}
 
 
 def test_at_the_last_dosing_visit_a_kit_must_last_until_the_visit_date(site, cast):
