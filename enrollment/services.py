@@ -240,6 +240,12 @@ def screening_update(
                 outcome_before=outcome_before,
                 stratification_before=stratification_before,
             )
+        elif participant is not None and participant.eligibility_signature_id and screening.outcome != outcome_before:
+            # The PI signed the verdict as it was; a changed verdict needs their signature again
+            # (the signature row itself stays, with the audit trail of its withdrawal).
+            with audit_context(actor=changed_by, reason=f"{reason} (the signed-off verdict changed)"):
+                participant.eligibility_signature = None
+                participant.save(update_fields=["eligibility_signature"])
         return screening
 
 

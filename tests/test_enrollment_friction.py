@@ -184,6 +184,18 @@ def test_a_correction_that_changes_the_verdict_is_a_deviation_and_the_pi_is_told
     assert 'id="deviations"' in page and "Eligibility verdict changed after randomization" in page
 
 
+def test_a_verdict_changed_before_randomization_needs_the_pis_signature_again(cast, site, api_for, client_for):
+    participant = factories.make_participant(site, by=cast.coordinator)
+    path = f"/api/v1/screenings/{participant.pk}/"
+    api = api_for(cast.coordinator)
+    assert api.patch(path, {"answers": {"EX1": "yes"}, "reason": "liver disease"}, format="json").status_code == 200
+    assert Participant.objects.get(pk=participant.pk).eligibility_signature is None
+    assert api.patch(path, {"answers": {"EX1": "no"}, "reason": "wrong chart"}, format="json").status_code == 200
+    listed = _main(client_for(cast.investigator).get("/participants/awaiting-signature/"))
+    assert participant.screening_number in listed
+    assert not ProtocolDeviation.objects.exists()
+
+
 # --- 3. next steps -------------------------------------------------------------------------------
 
 
