@@ -260,3 +260,24 @@ def test_the_new_pages_speak_chinese(cast, site, locked_list, client_for):
         text = re.sub(r"<[^>]+>", " ", page.split("</nav>")[-1])
         words = set(re.findall(r"\b[A-Za-z]{4,}\b", text)) - {"Affiliated", "Hospital", "Nantong", "University"}
         assert not words, words
+
+
+def test_a_stratum_corrected_after_randomization_is_a_deviation_too(cast, site):
+    from enrollment import services
+
+    trial = site.trial
+    factor = {"code": "liver", "label": "Liver metastasis", "levels": ["yes", "no"]}
+    trial.definition = {**trial.definition, "randomization": {**trial.randomization, "factors": [factor]}}
+    with audit_context(reason="test: a protocol with a stratification factor"):
+        trial.save(update_fields=["definition"])
+    participant = df.randomized_participant(site, arm_code="TOC", by=cast.coordinator)
+    Screening.objects.filter(pk=participant.pk).update(stratification={"liver": "no"})
+    services.screening_update(
+        screening=Screening(pk=participant.pk),
+        changed_by=cast.coordinator,
+        reason="CT report read again",
+        stratification={"liver": "yes"},
+    )
+    deviation = ProtocolDeviation.objects.get()
+    assert deviation.kind == "stratification_changed" and "keeps the stratum" in deviation.description
+    assert Participant.objects.get(pk=participant.pk).status == "randomized"
