@@ -221,7 +221,7 @@ def test_the_table_is_picked_from_a_list_and_junk_is_a_400(cast, client_for, cor
     assert junk.status_code == 400 and 'id="table-error"' in junk.content.decode()
 
 
-def test_a_subject_by_randomization_or_screening_number(site, other_site, cast, client_for):
+def test_a_subject_by_randomization_or_screening_number(site, other_site, cast, client_for, api_for):
     participant = df.randomized_participant(site, arm_code="TOC", by=cast.coordinator)
     client = client_for(cast.monitor)
     for number in (
@@ -238,6 +238,12 @@ def test_a_subject_by_randomization_or_screening_number(site, other_site, cast, 
     assert refused.status_code == 400
     assert 'id="subject-error"' in refused.content.decode() and "No events." in refused.content.decode()
     assert client.get("/audit/", {"subject": "NT-9999"}).status_code == 400
+    # The API reads the subject alike.
+    api = api_for(cast.monitor)
+    answer = api.get("/api/v1/audit-events/", {"subject": participant.randomization_number})
+    assert answer.status_code == 200 and {event["subject_id"] for event in answer.json()["results"]} == {participant.pk}
+    refused = api.get("/api/v1/audit-events/", {"subject": elsewhere.randomization_number})
+    assert refused.status_code == 400 and "subject" in refused.json()
 
 
 # --- Layout, forms and supply ---------------------------------------------------------------

@@ -15,7 +15,6 @@ from trialsite import access, selectors
 from trialsite.access import Capability
 from trialsite.exceptions import TrialRuleError
 from trialsite.models import AuditEvent, Site, StaffRole
-from trialsite.text import whole_number
 
 
 def exception_handler(exc, context):
@@ -111,9 +110,19 @@ class AuditEventList(generics.ListAPIView):
         access.require(self.request.user, Capability.READ_AUDIT)
         params = self.request.query_params
         subject = params.get("subject") or None
-        subject_id = whole_number(subject)
+        # An id, or a randomization or screening number at the reader's sites, as on the page.
+        subject_id = selectors.audit_subject_for(self.request.user, subject)
         if subject is not None and subject_id is None:
-            raise DRFValidationError({"subject": [_("The participant or screening id is a whole number, such as 12.")]})
+            raise DRFValidationError(
+                {
+                    "subject": [
+                        _(
+                            "No participant at your sites has this number. Give a randomization or screening "
+                            "number, such as NT-0001, or an id, a whole number such as 12."
+                        )
+                    ]
+                }
+            )
         return selectors.audit_events_for(
             self.request.user,
             table_name=params.get("table") or None,
