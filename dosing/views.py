@@ -92,12 +92,13 @@ def _visit_page(request, visit, repeat_form=None, status=200) -> HttpResponse:
     kits = selectors.kits_blinded(visit.kits.all()).order_by("kit_type")
     dose = getattr(visit, "dose", None)
     may_record = access.can(request.user, Capability.RECORD_VISITS, visit.site_id)
+    today = timezone.localdate(timezone=visit.site.zone)
     repeat_open = (
         may_record
         and dose is not None
         and dose.decision == Decision.HOLD
         and visit.actual_date is not None
-        and visit.actual_date <= timezone.localdate(timezone=visit.site.zone) <= visit.window_end
+        and visit.actual_date <= today <= visit.window_end
     )
     return render(
         request,
@@ -108,7 +109,9 @@ def _visit_page(request, visit, repeat_form=None, status=200) -> HttpResponse:
             "repeats": list(visit.repeat_labs.all()),
             "kits": kits,
             "may_record": may_record,
-            "repeat_form": (repeat_form or RepeatLabsForm()) if repeat_open or repeat_form else None,
+            "repeat_form": (repeat_form or RepeatLabsForm(initial={"measured_on": today}))
+            if repeat_open or repeat_form
+            else None,
         },
         status=status,
     )
