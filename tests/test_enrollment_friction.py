@@ -65,6 +65,7 @@ def test_randomize_shows_what_it_will_use_then_randomizes_only_on_confirm(cast, 
     assert confirm.status_code == 200
     basis = _main(confirm)
     assert "NT · Affiliated Hospital of Nantong University" in basis
+    assert "Stratification factors" in basis and "None besides the site" in basis
     assert "Eligible" in basis and "Eligibility signed by the PI" in basis
     assert cast.investigator.get_username() in basis  # who signed
     assert "Confirm and randomize" in basis
