@@ -6,35 +6,64 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('dosing', '0005_kit_supply_note'),
-        ('enrollment', '0003_protocol_deviation'),
-        ('trialsite', '0005_api_tokens'),
+        ("dosing", "0005_kit_supply_note"),
+        ("enrollment", "0003_protocol_deviation"),
+        ("trialsite", "0005_api_tokens"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='RepeatLabs',
+            name="RepeatLabs",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('measured_on', models.DateField(verbose_name='date of the repeat labs')),
-                ('neutrophils', models.PositiveIntegerField(verbose_name='neutrophils (/mm³)')),
-                ('platelets', models.PositiveIntegerField(verbose_name='platelets (/mm³)')),
-                ('alt_uln', models.DecimalField(decimal_places=2, max_digits=5, verbose_name='ALT (x ULN)')),
-                ('ast_uln', models.DecimalField(decimal_places=2, max_digits=5, verbose_name='AST (x ULN)')),
-                ('decision', models.CharField(choices=[('give', 'Give'), ('hold', 'Hold'), ('stop', 'Stop treatment')], max_length=4)),
-                ('reasons', models.JSONField(blank=True, default=list)),
-                ('recorded_at', models.DateTimeField(auto_now_add=True)),
-                ('participant', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='+', to='enrollment.participant')),
-                ('recorded_by', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='+', to=settings.AUTH_USER_MODEL)),
-                ('site', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='+', to='trialsite.site')),
-                ('visit', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='repeat_labs', to='dosing.visit')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("measured_on", models.DateField(verbose_name="date of the repeat labs")),
+                ("neutrophils", models.PositiveIntegerField(verbose_name="neutrophils (/mm³)")),
+                ("platelets", models.PositiveIntegerField(verbose_name="platelets (/mm³)")),
+                ("alt_uln", models.DecimalField(decimal_places=2, max_digits=5, verbose_name="ALT (x ULN)")),
+                ("ast_uln", models.DecimalField(decimal_places=2, max_digits=5, verbose_name="AST (x ULN)")),
+                (
+                    "decision",
+                    models.CharField(
+                        choices=[("give", "Give"), ("hold", "Hold"), ("stop", "Stop treatment")], max_length=4
+                    ),
+                ),
+                ("reasons", models.JSONField(blank=True, default=list)),
+                ("recorded_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "participant",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT, related_name="+", to="enrollment.participant"
+                    ),
+                ),
+                (
+                    "recorded_by",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT, related_name="+", to=settings.AUTH_USER_MODEL
+                    ),
+                ),
+                (
+                    "site",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT, related_name="+", to="trialsite.site"
+                    ),
+                ),
+                (
+                    "visit",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT, related_name="repeat_labs", to="dosing.visit"
+                    ),
+                ),
             ],
             options={
-                'ordering': ['visit', 'recorded_at', 'id'],
-                'constraints': [models.CheckConstraint(condition=models.Q(('decision__in', ['give', 'hold', 'stop'])), name='repeat_labs_decision_valid')],
+                "ordering": ["visit", "recorded_at", "id"],
+                "constraints": [
+                    models.CheckConstraint(
+                        condition=models.Q(("decision__in", ["give", "hold", "stop"])),
+                        name="repeat_labs_decision_valid",
+                    )
+                ],
             },
         ),
     ]
