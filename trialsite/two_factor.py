@@ -18,8 +18,7 @@ from __future__ import annotations
 import django_otp
 import segno
 from django.conf import settings
-from django.db import connection, transaction
-from django.utils import timezone
+from django.db import transaction
 from django.utils.translation import gettext_lazy as _
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
@@ -27,6 +26,7 @@ from trialsite import access
 from trialsite.exceptions import TokenIncorrect, TwoFactorRequired
 from trialsite.models import AuditEvent
 from trialsite.reauth import confirm_password
+from trialsite.security_events import TWO_FACTOR_DEVICE, security_event
 
 DEVICE_NAME = "Authenticator app"
 # The session remembers whether the user has a confirmed device, so that pages do not ask the
@@ -69,18 +69,16 @@ def is_enrolled(request) -> bool:
 
 
 def _audit(*, user, device: TOTPDevice, action: str, reason: str) -> None:
+    # Never the secret: the device's id, owner, name and whether it was confirmed.
     values = {"id": device.pk, "user_id": user.pk, "name": device.name, "confirmed": device.confirmed}
-    AuditEvent.objects.create(
-        occurred_at=timezone.now(),
-        table_name=TOTPDevice._meta.db_table,
+    security_event(
+        actor=user,
+        table=TWO_FACTOR_DEVICE,
         record_pk=str(device.pk),
         action=action,
+        reason=reason,
         old_values=values if action == AuditEvent.Action.DELETE else None,
         new_values=None if action == AuditEvent.Action.DELETE else values,
-        changed_fields=[] if action == AuditEvent.Action.DELETE else sorted(values),
-        actor=user,
-        reason=reason,
-        database_user=connection.settings_dict["USER"],
     )
 
 
