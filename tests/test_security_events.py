@@ -49,3 +49,16 @@ def test_the_function_refuses_an_actor_who_is_not_an_active_user(cast):
         cast.monitor.save(update_fields=["is_active"])
     with pytest.raises(DatabaseError, match="not an active user"), transaction.atomic():
         security_event(actor=cast.monitor, table=TWO_FACTOR_DEVICE, record_pk="1", action="DELETE", reason="x")
+
+
+def test_a_refused_password_re_entry_is_in_the_audit_trail_without_the_password(cast):
+    from trialsite.exceptions import PasswordIncorrect
+    from trialsite.reauth import confirm_password
+    from trialsite.security_events import REAUTHENTICATION
+
+    with pytest.raises(PasswordIncorrect):
+        confirm_password(user=cast.investigator, password="not-my-password")
+    event = AuditEvent.objects.get(table_name=REAUTHENTICATION)
+    assert event.actor == cast.investigator and event.reason == "password re-entry refused"
+    assert event.new_values["failures_in_a_row"] == 1
+    assert "not-my-password" not in str(event.new_values)

@@ -19,6 +19,7 @@ from django.utils import timezone
 from django.utils.translation import ngettext
 
 from trialsite.exceptions import PasswordIncorrect
+from trialsite.security_events import REAUTHENTICATION, security_event
 
 logger = logging.getLogger("trialsite.security")
 
@@ -92,6 +93,15 @@ def _record_failure(user, *, request) -> None:
         getattr(request, "path", "-"),
         (request.META.get("REMOTE_ADDR") if request is not None else None) or "-",
         failures,
+    )
+    # In the audit trail too (never the password): a monitor sees who was refused, where, how often.
+    security_event(
+        actor=user,
+        table=REAUTHENTICATION,
+        record_pk=str(user.pk),
+        action="INSERT",
+        reason="password re-entry refused",
+        new_values={"path": getattr(request, "path", ""), "failures_in_a_row": failures},
     )
     if failures >= _free_tries():
         cache.set(_wait_until_key(user), timezone.now().timestamp() + _wait_seconds(), _REMEMBER_SECONDS)
