@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import os
 import uuid
+from datetime import timedelta
 from pathlib import Path
 
 from django.conf import settings
-from django.db import transaction
+from django.db import models, transaction
 from django.utils import timezone, translation
 from django.utils.translation import gettext_lazy as _
 
@@ -88,15 +89,41 @@ def export_request(*, user, kind: str, format: str, site_id: int | None = None, 
     return export
 
 
+def exports_requeue() -> list[int]:
+    """Hand again to the workers the exports whose message was lost (queued for longer than
+    EXPORT_REQUEUE_SECONDS: the broker was down when it was sent) or whose worker died (running
+    past the lease). Beat runs this; export_run's claim makes a duplicate delivery harmless."""
+    from reports.tasks import run_export
+
+    now = timezone.now()
+    stale = Export.objects.filter(
+        models.Q(status=ExportStatus.QUEUED, created_at__lt=now - timedelta(seconds=settings.EXPORT_REQUEUE_SECONDS))
+        | models.Q(
+            status=ExportStatus.RUNNING, started_at__lt=now - timedelta(seconds=settings.EXPORT_CLAIM_LEASE_SECONDS)
+        )
+    ).values_list("pk", flat=True)
+    handed = list(stale)
+    for export_id in handed:
+        run_export.delay(export_id)
+    return handed
+
+
 def export_run(*, export_id: int) -> bool:
     """Produce the file of a queued export. Returns False when another run already claimed it
-    (a retry or a duplicate delivery), so running it twice changes nothing."""
+    (a retry or a duplicate delivery), so running it twice changes nothing. A run whose worker
+    died (its claim older than EXPORT_CLAIM_LEASE_SECONDS) is taken over."""
     export = Export.objects.select_related("requested_by").filter(pk=export_id).first()
     if export is None:
         return False
+    now = timezone.now()
+    abandoned = now - timedelta(seconds=settings.EXPORT_CLAIM_LEASE_SECONDS)
     with audit_context(actor=export.requested_by, reason="export started"):
-        claimed = Export.objects.filter(pk=export_id, status=ExportStatus.QUEUED).update(
-            status=ExportStatus.RUNNING, started_at=timezone.now(), progress=0
+        claimed = (
+            Export.objects.filter(pk=export_id)
+            .filter(
+                models.Q(status=ExportStatus.QUEUED) | models.Q(status=ExportStatus.RUNNING, started_at__lt=abandoned)
+            )
+            .update(status=ExportStatus.RUNNING, started_at=now, progress=0)
         )
     if not claimed:
         return False

@@ -8,3 +8,8 @@ from reports import services
 @shared_task(acks_late=True)
 def run_export(export_id: int) -> bool:
     return services.export_run(export_id=export_id)
+
+
+@shared_task
+def requeue_exports() -> list[int]:
+    return services.exports_requeue()

@@ -325,13 +325,17 @@ RETURNS bigint LANGUAGE plpgsql VOLATILE """
     + r""" AS $$
 DECLARE
     horizon bigint := pg_sequence_last_value(pg_get_serial_sequence('trialsite_auditevent', 'id')::regclass);
-    writers text[];
+    writers bigint[];
+    current_full bigint := txid_snapshot_xmax(txid_current_snapshot());
     deadline timestamptz := clock_timestamp() + make_interval(secs => wait_seconds);
     head bytea;
     last_position bigint;
     last_event bigint;
     event record;
     row_hash bytea;
+    events bigint[] := '{}';
+    row_hashes bytea[] := '{}';
+    chain_hashes bytea[] := '{}';
     added bigint := 0;
 BEGIN
     IF current_setting('transaction_isolation') <> 'read committed' THEN
@@ -340,16 +344,22 @@ BEGIN
     IF horizon IS NULL THEN
         RETURN 0;
     END IF;
-    SELECT array_agg(l.virtualtransaction) INTO writers
+    -- The transactions writing the audit table now, by transaction id (every one that drew an
+    -- id has one: the audited row was written before its AFTER trigger ran). The lock table is
+    -- read once; waiting asks only whether those transactions are still in progress, which does
+    -- not touch the lock manager the writers use.
+    SELECT array_agg(DISTINCT
+        CASE WHEN x.low > (current_full & 4294967295) THEN ((current_full >> 32) - 1) << 32 | x.low
+             ELSE (current_full >> 32) << 32 | x.low END)
+    INTO writers
     FROM pg_locks AS l
+    JOIN pg_locks AS t ON t.virtualtransaction = l.virtualtransaction AND t.locktype = 'transactionid'
+    CROSS JOIN LATERAL (SELECT t.transactionid::text::bigint AS low) AS x
     WHERE l.locktype = 'relation' AND l.relation = 'trialsite_auditevent'::regclass
       AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
       AND l.mode = 'RowExclusiveLock' AND l.pid IS DISTINCT FROM pg_backend_pid();
-    WHILE writers IS NOT NULL AND EXISTS (
-        SELECT 1 FROM pg_locks AS l
-        WHERE l.locktype = 'relation' AND l.relation = 'trialsite_auditevent'::regclass
-          AND l.virtualtransaction = ANY (writers)
-    ) LOOP
+    WHILE writers IS NOT NULL
+        AND EXISTS (SELECT 1 FROM unnest(writers) AS w WHERE txid_status(w) = 'in progress') LOOP
         IF clock_timestamp() > deadline THEN
             RAISE EXCEPTION 'audit chain not extended: a transaction writing the audit trail has run for over % s',
                 wait_seconds USING ERRCODE = 'TR004';
@@ -376,11 +386,15 @@ BEGIN
     LOOP
         row_hash := sha256(event.content);
         head := sha256(head || row_hash);
-        last_position := last_position + 1;
-        INSERT INTO trialsite_auditchain (position, event_id, row_hash, chain_hash, chained_at)
-        VALUES (last_position, event.id, row_hash, head, clock_timestamp());
-        added := added + 1;
+        events := events || event.id;
+        row_hashes := row_hashes || row_hash;
+        chain_hashes := chain_hashes || head;
     END LOOP;
+    -- One INSERT for the batch.
+    INSERT INTO trialsite_auditchain (position, event_id, row_hash, chain_hash, chained_at)
+    SELECT last_position + n, events[n], row_hashes[n], chain_hashes[n], clock_timestamp()
+    FROM generate_subscripts(events, 1) AS n;
+    added := cardinality(events);
     RETURN added;
 END;
 $$;

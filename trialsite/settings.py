@@ -303,11 +303,16 @@ CELERY_BEAT_SCHEDULE: dict = {
     # published (file and e-mail to the sponsor) daily; see trialsite/audit.py.
     "audit-chain-extend": {"task": "trialsite.tasks.extend_audit_chain", "schedule": 60.0},
     "audit-seal": {"task": "trialsite.tasks.seal_audit_chain", "schedule": 24 * 3600.0},
+    "reports-requeue-exports": {"task": "reports.tasks.requeue_exports", "schedule": 300.0},
 }
 # A reminder claimed by a worker that then died is taken over after this long; one handed to
 # the broker and never claimed (the broker was down, the message lost) is handed over again.
 REMINDER_CLAIM_LEASE_SECONDS = envint("REMINDER_CLAIM_LEASE_SECONDS", "600")
 REMINDER_REQUEUE_SECONDS = envint("REMINDER_REQUEUE_SECONDS", "300")
+# The same for exports: a worker killed mid-export leaves it "running"; after this long another
+# takes it over. One queued while the broker was down is handed over again after the second.
+EXPORT_CLAIM_LEASE_SECONDS = envint("EXPORT_CLAIM_LEASE_SECONDS", "1800")
+EXPORT_REQUEUE_SECONDS = envint("EXPORT_REQUEUE_SECONDS", "300")
 
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
