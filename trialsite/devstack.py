@@ -186,21 +186,34 @@ def run() -> int:
     return 0
 
 
+# Debian's WenQuanYi Zen Hei: Chinese glyphs for Chromium's screenshots.
+CJK_FONT = "/usr/share/fonts/truetype/wqy/wqy-zenhei.ttc"
+
+
 def ensure_chromium() -> None:
-    """The browser tests drive Debian's Chromium. Install it where we can; otherwise say exactly
-    what is missing and stop, rather than skip those tests."""
-    if Path("/usr/bin/chromium").exists():
+    """The browser tests drive Debian's Chromium, and their Chinese screenshots need a CJK font
+    (without one every Chinese character is a box). Install both where we can; otherwise say
+    exactly what is missing and stop, rather than skip those tests."""
+    missing = []
+    if not Path("/usr/bin/chromium").exists():
+        missing.append(("chromium", "/usr/bin/chromium"))
+    if not Path(CJK_FONT).exists():
+        missing.append(("fonts-wqy-zenhei", CJK_FONT))
+    if not missing:
         return
+    packages = [package for package, _path in missing]
     if os.geteuid() == 0 and shutil.which("apt-get"):
-        say("installing Debian's chromium for the browser tests")
+        say(f"installing Debian's {' and '.join(packages)} for the browser tests")
         subprocess.run(["apt-get", "update", "-q"], check=True)
         subprocess.run(
-            ["apt-get", "install", "-y", "-q", "chromium"],
+            ["apt-get", "install", "-y", "-q", *packages],
             check=True,
             env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
         )
         return
-    say("missing: /usr/bin/chromium (Debian package 'chromium'): run 'sudo apt-get install chromium'")
+    for package, path in missing:
+        say(f"missing: {path} (Debian package '{package}')")
+    say(f"run 'sudo apt-get install {' '.join(packages)}'")
     raise SystemExit(1)
 
 
