@@ -88,11 +88,15 @@ def main() -> None:
             raise errors[0]
         return len(participants) / elapsed
 
+    chainer_errors: list[BaseException] = []
+
     def extending(stop: threading.Event, pause: float):
         try:
             while not stop.is_set():
                 audit.chain_extend()
                 stop.wait(pause)
+        except BaseException as error:  # re-raised in the main thread: a dead chainer costs nothing
+            chainer_errors.append(error)
         finally:
             connection.close()
 
@@ -115,6 +119,8 @@ def main() -> None:
                 stop.set()
                 if pause is not None:
                     chainer.join()
+                if chainer_errors:
+                    raise chainer_errors[0]
         medians = {setting: statistics.median(values) for setting, values in figures.items()}
         base = medians["without"]
         print(

@@ -326,7 +326,7 @@ RETURNS bigint LANGUAGE plpgsql VOLATILE """
 DECLARE
     horizon bigint := pg_sequence_last_value(pg_get_serial_sequence('trialsite_auditevent', 'id')::regclass);
     writers bigint[];
-    current_full bigint := txid_snapshot_xmax(txid_current_snapshot());
+    current_full bigint;
     deadline timestamptz := clock_timestamp() + make_interval(secs => wait_seconds);
     head bytea;
     last_position bigint;
@@ -348,16 +348,19 @@ BEGIN
     -- id has one: the audited row was written before its AFTER trigger ran). The lock table is
     -- read once; waiting asks only whether those transactions are still in progress, which does
     -- not touch the lock manager the writers use.
-    SELECT array_agg(DISTINCT
-        CASE WHEN x.low > (current_full & 4294967295) THEN ((current_full >> 32) - 1) << 32 | x.low
-             ELSE (current_full >> 32) << 32 | x.low END)
-    INTO writers
+    SELECT array_agg(DISTINCT t.transactionid::text::bigint) INTO writers
     FROM pg_locks AS l
     JOIN pg_locks AS t ON t.virtualtransaction = l.virtualtransaction AND t.locktype = 'transactionid'
-    CROSS JOIN LATERAL (SELECT t.transactionid::text::bigint AS low) AS x
     WHERE l.locktype = 'relation' AND l.relation = 'trialsite_auditevent'::regclass
       AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
       AND l.mode = 'RowExclusiveLock' AND l.pid IS DISTINCT FROM pg_backend_pid();
+    -- pg_locks shows 32-bit transaction ids; txid_status() wants them with their epoch. Each
+    -- is within 2^31 of the current one: add the signed 32-bit difference.
+    current_full := txid_snapshot_xmax(txid_current_snapshot());
+    SELECT array_agg(current_full + CASE
+        WHEN d > 2147483647 THEN d - 4294967296 WHEN d < -2147483648 THEN d + 4294967296 ELSE d END)
+    INTO writers
+    FROM (SELECT w - (current_full & 4294967295) AS d FROM unnest(writers) AS w) AS differences;
     WHILE writers IS NOT NULL
         AND EXISTS (SELECT 1 FROM unnest(writers) AS w WHERE txid_status(w) = 'in progress') LOOP
         IF clock_timestamp() > deadline THEN
