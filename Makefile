@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
 
-.PHONY: run test bench format
+.PHONY: run test bench drill format
 
 $(STAMP): pyproject.toml
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -27,3 +27,8 @@ bench: $(STAMP)
 	$(VENV)/bin/python bench/reminder_scan_bench.py
 	$(VENV)/bin/python bench/export_bench.py
 	$(VENV)/bin/python bench/http_bench.py
+
+# Fault drill: randomization load through gunicorn while PostgreSQL restarts, a gunicorn worker is
+# SIGKILLed and Redis stops for ten seconds; prints each check, exits 1 if one fails.
+drill: $(STAMP)
+	$(VENV)/bin/python bench/fault_drill.py
