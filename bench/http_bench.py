@@ -41,8 +41,11 @@ def main() -> None:
     parser.add_argument("--page-participants", type=int, default=10_000)
     options = parser.parse_args()
 
-    database_url = scratch_database_url("trialsite_bench_http")
-    env = bench_environment(database_url)
+    from trialsite.devstack import create_roles
+
+    # gunicorn connects as the restricted application role, migrate as the owner, as in production.
+    database_url, owner_url = create_roles(scratch_database_url("trialsite_bench_http"), "trialsite_bench_http")
+    env = bench_environment(database_url, DATABASE_OWNER_URL=owner_url)
     manage(env, "migrate", "--no-input")
     manage(env, "load_protocol")
     manage(env, "collectstatic", "--no-input")
