@@ -53,7 +53,7 @@ def test_every_view_that_takes_a_password_or_code_hides_it_from_error_reports(wo
     client = Client()
     client.force_login(world["user"])
     checked, failures = 0, []
-    for route in web_routes() + ACCOUNT_FORMS:
+    for route in web_routes() + ACCOUNT_FORMS + [f"participants/{world['unsigned_participant']}/"]:
         url, page = page_of(client, route, world)
         if page is None or not re.search(r'name="(password|token)"', page):
             continue

@@ -13,6 +13,7 @@ from trialsite.audit import audit_context
 
 TWO_FACTOR_DEVICE = "otp_totp_totpdevice"
 REAUTHENTICATION = "security_reauthentication"
+SECURITY_TABLES = (TWO_FACTOR_DEVICE, REAUTHENTICATION)
 
 
 def security_event(

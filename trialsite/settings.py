@@ -275,6 +275,7 @@ SPECTACULAR_SETTINGS = {
     "ENUM_NAME_OVERRIDES": {
         "VisitStatusEnum": "dosing.models.VisitStatus",
         "KitStatusEnum": "dosing.models.KitStatus",
+        "LabCountUnitEnum": "dosing.labs.CountUnit",
     },
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
