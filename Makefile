@@ -27,6 +27,7 @@ bench: $(STAMP)
 	$(VENV)/bin/python bench/reminder_scan_bench.py
 	$(VENV)/bin/python bench/export_bench.py
 	$(VENV)/bin/python bench/http_bench.py
+	$(VENV)/bin/python bench/pages_bench.py
 
 # Fault drill: randomization load through gunicorn while PostgreSQL restarts, a gunicorn worker is
 # SIGKILLed and Redis stops for ten seconds; prints each check, exits 1 if one fails.
