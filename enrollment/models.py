@@ -214,13 +214,16 @@ class ProtocolDeviation(Audited, models.Model):
 
     audit_subject_column = "participant_id"
     audit_clinical_fields = ("description",)
-    audit_blinded_visible = ("participant", "site", "kind", "description", "detected_at", "recorded_by")
+    audit_blinded_visible = ("participant", "site", "kind", "description", "details", "detected_at", "recorded_by")
 
     participant = models.ForeignKey(Participant, on_delete=models.PROTECT, related_name="deviations")
     # The row's site, copied from the participant, so site scoping and the audit trail need no join.
     site = models.ForeignKey(Site, on_delete=models.PROTECT, related_name="+")
     kind = models.CharField(_("kind"), max_length=30, choices=DeviationKind.choices)
     description = models.TextField(_("description"))
+    # What the description says, as data, so that each reader reads it in their own language
+    # (the description stays the record's English sentence, as e-mailed).
+    details = models.JSONField(_("details"), default=dict, blank=True)
     detected_at = models.DateTimeField(_("detected at"))
     recorded_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
 
@@ -234,3 +237,29 @@ class ProtocolDeviation(Audited, models.Model):
 
     def __str__(self) -> str:
         return f"Deviation ({self.kind}) of {self.participant_id}"
+
+    def summary(self) -> str:
+        """The description in the reader's language; the stored sentence when no details were kept."""
+        from django.utils.translation import gettext
+
+        from reports.selectors import reason_labels
+
+        details = self.details or {}
+        if self.kind == DeviationKind.ELIGIBILITY_CHANGED and "after" in details:
+            labels = reason_labels(self.site.trial)
+            reasons = "; ".join(labels.get(code, code) for code in details.get("reasons", [])) or gettext("none")
+            return gettext(
+                "A correction after randomization changed the eligibility verdict from %(before)s to %(after)s "
+                "(reasons: %(reasons)s). Reason for the correction: %(reason)s"
+            ) % {
+                "before": Outcome(details["before"]).label,
+                "after": Outcome(details["after"]).label,
+                "reasons": reasons,
+                "reason": details.get("reason", ""),
+            }
+        if self.kind == DeviationKind.STRATIFICATION_CHANGED and "after" in details:
+            return gettext(
+                "A correction after randomization changed the stratification from %(before)s to %(after)s; the "
+                "allocation keeps the stratum it was made in. Reason for the correction: %(reason)s"
+            ) % {"before": details["before"], "after": details["after"], "reason": details.get("reason", "")}
+        return self.description

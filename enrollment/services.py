@@ -261,6 +261,12 @@ def _deviations_after_randomization(
                 f"A correction after randomization changed the eligibility verdict from "
                 f"{Outcome(outcome_before).label} to {Outcome(screening.outcome).label} "
                 f"(reasons: {reasons}). Reason for the correction: {reason}",
+                {
+                    "before": outcome_before,
+                    "after": screening.outcome,
+                    "reasons": [item.get("code", "") for item in screening.reasons],
+                    "reason": reason,
+                },
             )
         )
     if dict(screening.stratification or {}) != stratification_before:
@@ -270,6 +276,7 @@ def _deviations_after_randomization(
                 f"A correction after randomization changed the stratification from {stratification_before} to "
                 f"{screening.stratification}; the allocation keeps the stratum it was made in. "
                 f"Reason for the correction: {reason}",
+                {"before": stratification_before, "after": dict(screening.stratification or {}), "reason": reason},
             )
         )
     if not found:
@@ -282,10 +289,11 @@ def _deviations_after_randomization(
                 site_id=participant.site_id,
                 kind=kind,
                 description=description,
+                details=details,
                 detected_at=now,
                 recorded_by=changed_by,
             )
-            for kind, description in found
+            for kind, description, details in found
         ]
     transaction.on_commit(lambda: _notify_investigators_of_deviations(participant, deviations))
     return deviations

@@ -445,7 +445,7 @@ def consort_flow(scope: ReportScope, report: EnrollmentReport | None = None) -> 
     report = report or enrollment_report(scope)
     total = report.total
     if scope.unblinded:
-        groups = [_group(arm.name, report.total_by_arm[arm.code], code=arm.code) for arm in report.arms]
+        groups = [_group(arm.local_name, report.total_by_arm[arm.code], code=arm.code) for arm in report.arms]
     else:
         groups = [_group(gettext("All arms (blinded)"), total)]
     return ConsortFlow(

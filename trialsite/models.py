@@ -60,6 +60,16 @@ class Trial(Audited, models.Model):
         return self.definition["randomization"]
 
 
+def _name_in_language(record, section: str) -> str:
+    from django.utils.translation import get_language
+
+    if (get_language() or "").startswith("zh"):
+        for entry in (record.trial.definition or {}).get(section, []):
+            if entry.get("code") == record.code and entry.get("name_zh"):
+                return entry["name_zh"]
+    return record.name
+
+
 class Arm(Audited, models.Model):
     """A treatment arm. Its code and name are exactly what a blinded user must never see."""
 
@@ -83,6 +93,11 @@ class Arm(Audited, models.Model):
     def __str__(self) -> str:
         return self.code
 
+    @property
+    def local_name(self) -> str:
+        """The name in the reader's language: the protocol file's name_zh for a Chinese reader."""
+        return _name_in_language(self, "arms")
+
 
 class Site(Audited, models.Model):
     audit_clinical_fields = ()
@@ -103,6 +118,11 @@ class Site(Audited, models.Model):
 
     def __str__(self) -> str:
         return f"{self.code} {self.name}"
+
+    @property
+    def local_name(self) -> str:
+        """The name in the reader's language: the protocol file's name_zh for a Chinese reader."""
+        return _name_in_language(self, "sites")
 
     @property
     def zone(self) -> ZoneInfo:

@@ -19,7 +19,8 @@ from tests.browser_support import SCREENSHOTS, launch_chromium
 from trialsite.management.commands.load_demo import DEMO_PASSWORD
 
 LANGUAGES = ("en", "zh-hans")
-ARMS = re.compile(r"\b(TOC|ASA|COMBO|PBO|Tocilizumab|Aspirin|Placebo)\b", re.IGNORECASE)
+# The arms by code and by name, in English and in Chinese (the protocol file's name_zh).
+ARMS = re.compile(r"\b(TOC|ASA|COMBO|PBO|Tocilizumab|Aspirin|Placebo)\b|托珠单抗|阿司匹林|安慰剂", re.IGNORECASE)
 # What a walk stops on; "moderate" and "minor" findings are left to the designers.
 BLOCKING_IMPACTS = {"serious", "critical"}
 
@@ -73,7 +74,9 @@ class Walk:
             old.unlink()
         self.steps = 0
         self.violations: list[str] = []
-        self.context = browser.new_context(viewport={"width": 1280, "height": 900})
+        # The browser speaks the language too: date inputs then read as a Chinese browser shows them.
+        browser_locale = "zh-CN" if language == "zh-hans" else "en-US"
+        self.context = browser.new_context(viewport={"width": 1280, "height": 900}, locale=browser_locale)
         self.context.add_cookies([{"name": "django_language", "value": language, "url": self.base}])
         self.page = self.context.new_page()
 
