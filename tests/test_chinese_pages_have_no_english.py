@@ -37,7 +37,10 @@ ALLOWED_PATTERNS = [
     (r"\bSHA-256\b", "the name of the hash"),
     (r"Authorization: Token <key>", "the HTTP header a script sends, written as it must be typed"),
     (r"\b[A-Z][a-z]+/[A-Z][A-Za-z_]+\b", "IANA time zone names (Asia/Shanghai), as the protocol file gives them"),
-    (r"\b[a-z_]+(,[a-z_]+){2,}\b", "a CSV file's header (kit_number,kit_type,...): the columns as the file must name them"),
+    (
+        r"\b[a-z_]+(,[a-z_]+){2,}\b",
+        "a CSV file's header (kit_number,kit_type,...): the columns as the file must name them",
+    ),
     (r"[0-9a-f]{16,}", "hashes and seeds, in hexadecimal"),
 ]
 # Single words that stay in Latin letters in a Chinese clinical site, and why.
@@ -110,7 +113,9 @@ def english_words(html: str, *, context: bool = False) -> list:
     for pattern, _why in ALLOWED_PATTERNS:
         text = re.sub(pattern, " ", text)
     return [
-        (match.group(), " ".join(text[max(0, match.start() - 40) : match.end() + 40].split())) if context else match.group()
+        (match.group(), " ".join(text[max(0, match.start() - 40) : match.end() + 40].split()))
+        if context
+        else match.group()
         for match in WORD.finditer(text)
         if match.group() not in ALLOWED_WORDS
     ]
@@ -199,7 +204,7 @@ def test_no_english_word_on_any_chinese_page(busy_demo, username):
 
 
 def test_the_check_sees_english_and_spares_the_allow_list():
-    assert english_words("<p>受试者 NT-0001 Platelets 低于 100 ×10⁹/L</p>") == ["Platelets"]
+    assert english_words("<p>受试者 NT-0001 Platelets 低于 100 ×10⁹/L</p>") == ["Platelets"]  # noqa: RUF001 (the unit as printed)
     assert english_words('<button aria-label="Close">关</button><script>var x="Hello";</script>') == ["Close"]
     assert english_words("<p>coordinator@example.org 于 2026-11-30 签署 PDF</p>") == []
     assert DEMO_PASSWORD not in ALLOWED_WORDS
