@@ -54,6 +54,14 @@ def superuser_sql():
 
 
 @pytest.fixture(autouse=True)
+def _own_audit_seal_file(settings, tmp_path, monkeypatch):
+    # Tables are emptied between tests, the audit chain with them: a seal belongs to one test
+    # (and to the workers it starts, which inherit the environment).
+    settings.AUDIT_SEAL_FILE = tmp_path / "audit-seals.jsonl"
+    monkeypatch.setenv("AUDIT_SEAL_FILE", str(settings.AUDIT_SEAL_FILE))
+
+
+@pytest.fixture(autouse=True)
 def _default_language_after_each_test():
     # The test client runs LocaleMiddleware in this thread and nothing switches the language
     # back: after a zh-hans request a later test's messages would come out in Chinese.
