@@ -345,6 +345,18 @@ def _column_labels(model) -> dict[str, str]:
     return labels
 
 
+@functools.cache
+def _coded_columns() -> dict[tuple[str, str], dict]:
+    """A coded value (a role, a status) by its label (lazy: in the reader's language), per table
+    and column; the same for every request."""
+    return {
+        (model._meta.db_table, field.column): {str(value): label for value, label in field.flatchoices}
+        for model in _audited_by_table().values()
+        for field in model._meta.concrete_fields
+        if field.choices
+    }
+
+
 def audit_rows_for(user, events) -> list[AuditEvent]:
     """The page's rows: redacted for the reader (redact_for, unchanged), then put in words: the
     table and each column by name in the reader's language, and hospital record numbers masked
@@ -363,14 +375,9 @@ def audit_rows_for(user, events) -> list[AuditEvent]:
         for field in model._meta.concrete_fields
         if field.name == "hospital_record_number"
     }
-    # A coded value (a role, a status) by its label; the blinded mark in the reader's language.
-    choices = {
-        (model._meta.db_table, field.column): {str(value): label for value, label in field.flatchoices}
-        for model in models_by_table.values()
-        for field in model._meta.concrete_fields
-        if field.choices
-    }
+    choices = _coded_columns()
 
+    # A coded value by its label; the blinded mark in the reader's language.
     def in_words(key, value):
         if value == BLINDED_VALUE:
             return str(_("■ blinded"))
