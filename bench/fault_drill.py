@@ -248,6 +248,8 @@ def main() -> int:
 
     connection.close()
     redis.stop()
+    # The restart made a postmaster pgserver did not start, so it would not stop it at exit.
+    pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user, timeout=60)
     if failures:
         say("FAILED: " + "; ".join(failures))
         return 1
