@@ -342,6 +342,11 @@ def test_the_statisticians_day(demo, browser, axe, live_server, language):
     walk.submit(page.locator("form:has(input[name=action][value=generate]) button[type=submit]"))
     walk.step("list-generated")
     assert RandomizationList.objects.count() == 2
+    page.fill("main form #id_password", DEMO_PASSWORD)
+    walk.submit(page.locator("main form button[type=submit]"))
+    assert page.locator(".messages li.success").count() == 1
+    walk.step("list-locked")
+    assert RandomizationList.objects.get(version=2).locked_at is not None
 
     walk.nav("/randomization/lists/")
     walk.submit(page.locator("main a[href='/randomization/code-break-sheets/']"))
