@@ -153,7 +153,9 @@ def test_the_coordinators_day(demo, browser, axe, live_server, language):
 
     # The PI signs in the meantime (the PI's own walk signs through the page).
     factories.sign_eligibility(participant)
-    page.goto(f"{walk.base}/participants/{participant.pk}/")
+    walk.nav("/participants/")
+    walk.step("participants")
+    walk.submit(page.locator(f"main a[href='/participants/{participant.pk}/']").first)
     walk.step("participant-signed")
     walk.submit(page.locator("#randomize"))
     walk.step("randomize-confirm")
