@@ -4,7 +4,6 @@ import django.db.models.deletion
 from django.conf import settings
 from django.db import migrations, models
 
-
 # DRF's tokens never expired and skipped the second factor; they are replaced by ApiToken, and
 # the keys still in their table must not outlive the app that read them.
 DROP_DRF_TOKENS = "DROP TABLE IF EXISTS authtoken_token CASCADE"

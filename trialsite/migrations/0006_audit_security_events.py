@@ -4,7 +4,8 @@ from django.db import migrations
 # through the triggers. Security events that are not rows of a trial table (a second factor
 # enrolled or removed, a password re-entry refused) come through this one function instead,
 # which refuses any table but its own few, so it cannot be used to forge a trial-data row. The
-# actor is checked as the triggers check it; database_user is the caller's role.
+# actor is checked as the triggers check it; database_user is the caller's role. Refusals are
+# SQLSTATE TR005 (TR004 is the chain extension's time-out).
 SQL = r"""
 CREATE OR REPLACE FUNCTION trial_audit_security_event(
     p_table text, p_record_pk text, p_action text, p_old jsonb, p_new jsonb, p_reason text
@@ -15,10 +16,10 @@ DECLARE
 BEGIN
     IF p_table NOT IN ('otp_totp_totpdevice', 'security_reauthentication') THEN
         RAISE EXCEPTION 'Only security events are written this way, not rows of %', p_table
-            USING ERRCODE = 'TR004';
+            USING ERRCODE = 'TR005';
     END IF;
     IF p_action NOT IN ('INSERT', 'UPDATE', 'DELETE') THEN
-        RAISE EXCEPTION 'Unknown audit action %', p_action USING ERRCODE = 'TR004';
+        RAISE EXCEPTION 'Unknown audit action %', p_action USING ERRCODE = 'TR005';
     END IF;
     IF coalesce(p_reason, '') = '' THEN
         RAISE EXCEPTION 'A security event needs a reason' USING ERRCODE = 'TR001';
