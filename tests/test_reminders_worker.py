@@ -8,6 +8,7 @@ import datetime
 import email
 from pathlib import Path
 
+import kombu.pools
 import pytest
 from django.utils import timezone
 
@@ -29,9 +30,11 @@ def far_day0() -> datetime.date:
 def point_celery_at(url: str) -> None:
     """Make this process publish to `url` (the private broker of the test)."""
     celery_app.conf.broker_write_url = url
-    if celery_app._pool is not None:
-        celery_app._pool.force_close_all()
-        celery_app._pool = None
+    # The app's pool is kombu's process-wide pool for that broker URL: closing it in place would
+    # leave a closed pool in kombu's registry for the next test that publishes to the same URL
+    # ("Acquire on closed pool"). Reset the registry, so the next publish opens a fresh one.
+    kombu.pools.reset()
+    celery_app._pool = None
     celery_app.amqp._producer_pool = None
 
 

@@ -1,6 +1,8 @@
 """What every operation of the API may answer besides success, written into the schema once
 so clients (and the fuzzer) know: 400 bad input naming the field, 401/403 not allowed, 404 not
-found or not yours, 409 a conflict with the trial's state, 429 locked out."""
+found or not yours, 409 a conflict with the trial's state, 429 locked out; and, for operations
+that take a body, 415 when the body is not of a type the operation reads (a multipart body whose
+parts cannot be parsed has no usable type)."""
 
 ERROR_SCHEMA = {
     "type": "object",
@@ -24,7 +26,10 @@ def add_error_responses(result, generator, request, public):
             if method not in ("get", "post", "put", "patch", "delete"):
                 continue
             responses = operation.setdefault("responses", {})
-            for status, description in ERROR_RESPONSES.items():
+            errors = dict(ERROR_RESPONSES)
+            if "requestBody" in operation:
+                errors["415"] = "The body is not of a media type this operation reads."
+            for status, description in errors.items():
                 responses.setdefault(
                     status,
                     {
