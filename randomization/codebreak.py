@@ -21,11 +21,12 @@ from django.utils.translation import gettext_lazy
 
 from enrollment.models import Participant
 from randomization.models import CodeBreakSheetSet, RandomizationList, Slot, Unblinding
-from trialsite import access
+from trialsite import access, two_factor
 from trialsite.access import Capability
 from trialsite.audit import audit_context
 from trialsite.exceptions import ReasonRequired, TrialRuleError
 from trialsite.models import Site
+from trialsite.reauth import confirm_password
 
 
 class NoSheetToPrint(TrialRuleError):
@@ -93,10 +94,14 @@ def sheets_for(site: Site) -> list[Sheet]:
     return sorted(sheets, key=lambda sheet: sheet.number)
 
 
-def sheets_generate(*, site: Site, generated_by) -> bytes:
-    """The PDF of the site's sheets, one page each; the printing is recorded (and so audited)."""
+def sheets_generate(*, site: Site, generated_by, password: str, request=None) -> bytes:
+    """The PDF of the site's sheets, one page each; the printing is recorded (and so audited).
+    It puts every participant's arm on paper: the password again, and the second factor when
+    the user has one, as for locking a list."""
     if not may_print(generated_by, site):
         raise Http404("Not found")
+    two_factor.require_verified(user=generated_by, request=request)
+    confirm_password(user=generated_by, password=password, request=request)
     active = RandomizationList.objects.filter(trial=site.trial, is_active=True).first()
     sheets = sheets_for(site)
     if active is None or not sheets:
@@ -190,22 +195,34 @@ def _pdf(*, site: Site, sheets: list[Sheet], printing: CodeBreakSheetSet) -> byt
 
 
 def sealed_sheet_opening_record(
-    *, participant: Participant, recorded_by, sheet_number: int, opened_at: datetime.datetime, reason: str
+    *,
+    participant: Participant,
+    recorded_by,
+    sheet_number: int,
+    opened_at: datetime.datetime,
+    reason: str,
+    password: str,
+    request=None,
 ) -> Unblinding:
     """Record that the participant's sealed sheet was opened: an emergency unblinding by the
-    user who records it (the PI), made when the sheet was opened."""
+    user who records it (the PI), made when the sheet was opened. The arm is shown to that user
+    afterwards, so the record asks what the emergency unblinding asks (the password again, the
+    second factor when the user has one), and the sheet number must be read off the opened sheet:
+    nothing on the page or in a refusal says what it is."""
     if not access.can(recorded_by, Capability.EMERGENCY_UNBLIND, participant.site_id):
         raise Http404("Not found")
     if not (reason or "").strip():
         raise ReasonRequired(_("Give the medical reason the sheet was opened."))
+    two_factor.require_verified(user=recorded_by, request=request)
+    confirm_password(user=recorded_by, password=password, request=request)
     participant = Participant.objects.select_related("site__trial").get(pk=participant.pk)
     expected = sheet_number_of(participant)
     if expected is None:
         raise WrongSheet(_("Only a randomized participant has a code-break sheet."))
     if sheet_number != expected:
         raise WrongSheet(
-            _("The sheet of %(participant)s is number %(expected)d, not %(given)d. Check the sheet that was opened.")
-            % {"participant": participant.randomization_number, "expected": expected, "given": sheet_number}
+            _("Sheet %(given)d is not the sheet of %(participant)s. Check the number on the sheet that was opened.")
+            % {"participant": participant.randomization_number, "given": sheet_number}
         )
     if opened_at > timezone.now():
         raise OpenedAtInvalid(_("The time the sheet was opened cannot be in the future."))

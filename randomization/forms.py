@@ -48,3 +48,10 @@ class SealedSheetOpenedForm(forms.Form):
         input_formats=["%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M:%S"],
     )
     reason = forms.CharField(label=_("Medical reason"), widget=forms.Textarea(attrs={"rows": 3}), max_length=2000)
+    password = forms.CharField(
+        label=_("Your password (as for an emergency unblinding)"), widget=forms.PasswordInput, max_length=128
+    )
+
+
+class CodeBreakPrintForm(forms.Form):
+    password = forms.CharField(label=_("Your password"), widget=forms.PasswordInput, max_length=128)

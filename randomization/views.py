@@ -154,7 +154,9 @@ def code_break_sheets(request):
     if request.method == "POST":
         site = access.get_object_or_404(sites, pk=request.POST.get("site") or 0)
         try:
-            content = codebreak.sheets_generate(site=site, generated_by=request.user)
+            content = codebreak.sheets_generate(
+                site=site, generated_by=request.user, password=request.POST.get("password", ""), request=request
+            )
         except TrialRuleError as refusal:
             error = str(refusal.message)
         else:
@@ -183,14 +185,13 @@ def sealed_sheet_opened(request, pk: int):
     )
     # The time typed is the site's clock, as written on the ward.
     with timezone.override(participant.site.zone):
-        form = SealedSheetOpenedForm(
-            request.POST or None, initial={"sheet_number": codebreak.sheet_number_of(participant)}
-        )
+        # No initial sheet number: it must be read off the sheet that was opened.
+        form = SealedSheetOpenedForm(request.POST or None)
         valid = request.method == "POST" and form.is_valid()
     if valid:
         try:
             codebreak.sealed_sheet_opening_record(
-                participant=participant, recorded_by=request.user, **form.cleaned_data
+                participant=participant, recorded_by=request.user, request=request, **form.cleaned_data
             )
         except TrialRuleError as error:
             _form_error(form, error)

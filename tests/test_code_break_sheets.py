@@ -16,7 +16,7 @@ from django.core import mail
 
 from enrollment.models import Participant
 from randomization.models import CodeBreakSheetSet, Unblinding
-from tests import dosing_factories
+from tests import dosing_factories, factories
 from trialsite.models import AuditEvent
 
 NOW = datetime.datetime(2026, 11, 21, 2, 0, tzinfo=datetime.UTC)
@@ -44,7 +44,7 @@ def pages_of(content: bytes) -> list[str]:
 def test_the_statistician_prints_one_sheet_per_randomized_participant(randomized, site, cast, client_for):
     client = client_for(cast.statistician)
     assert client.get("/randomization/code-break-sheets/").status_code == 200
-    answer = client.post("/randomization/code-break-sheets/", {"site": site.pk})
+    answer = client.post("/randomization/code-break-sheets/", {"site": site.pk, "password": factories.PASSWORD})
     assert answer.status_code == 200 and answer["Content-Type"] == "application/pdf"
     assert answer["Cache-Control"] == "no-store"
     pages = pages_of(answer.content)
@@ -64,7 +64,9 @@ def test_the_statistician_prints_one_sheet_per_randomized_participant(randomized
 def test_the_sheets_print_in_chinese(randomized, site, cast, client_for):
     client = client_for(cast.statistician)
     client.cookies[settings.LANGUAGE_COOKIE_NAME] = "zh-hans"
-    pages = pages_of(client.post("/randomization/code-break-sheets/", {"site": site.pk}).content)
+    pages = pages_of(
+        client.post("/randomization/code-break-sheets/", {"site": site.pk, "password": factories.PASSWORD}).content
+    )
     assert len(pages) == 3 and randomized[0].randomization_number in pages[0]
 
 
@@ -72,17 +74,24 @@ def test_the_sheets_print_in_chinese(randomized, site, cast, client_for):
 def test_no_one_else_finds_the_sheets(randomized, site, cast, client_for, role):
     client = client_for(cast[role])
     assert client.get("/randomization/code-break-sheets/").status_code == 404
-    assert client.post("/randomization/code-break-sheets/", {"site": site.pk}).status_code == 404
+    assert (
+        client.post("/randomization/code-break-sheets/", {"site": site.pk, "password": factories.PASSWORD}).status_code
+        == 404
+    )
     assert not CodeBreakSheetSet.objects.exists()
 
 
 def test_another_sites_sheets_are_not_found(randomized, other_site, cast, client_for):
-    answer = client_for(cast.statistician).post("/randomization/code-break-sheets/", {"site": other_site.pk})
+    answer = client_for(cast.statistician).post(
+        "/randomization/code-break-sheets/", {"site": other_site.pk, "password": factories.PASSWORD}
+    )
     assert answer.status_code == 404
 
 
 def test_a_site_with_no_randomized_participant_is_told_so(site, cast, client_for):
-    answer = client_for(cast.statistician).post("/randomization/code-break-sheets/", {"site": site.pk})
+    answer = client_for(cast.statistician).post(
+        "/randomization/code-break-sheets/", {"site": site.pk, "password": factories.PASSWORD}
+    )
     assert answer.status_code == 400 and "no code-break sheet to print" in answer.content.decode()
 
 
@@ -94,15 +103,30 @@ def test_the_pi_records_an_opened_sheet_and_the_sponsor_hears_without_the_arm(
     pi = client_for(cast.investigator)
     path = f"/participants/{participant.pk}/sealed-sheet/"
     form = pi.get(path)
-    assert form.status_code == 200 and f'value="{number}"' in form.content.decode()
-    # The wrong sheet is refused at its field; so is a time still to come.
-    wrong = pi.post(path, {"sheet_number": number + 1, "opened_at": "2026-11-21T09:30", "reason": "seizure"})
+    # The number is read off the opened sheet: the page does not give it.
+    assert form.status_code == 200 and f'value="{number}"' not in form.content.decode()
+    password = factories.PASSWORD
+    # The wrong sheet is refused at its field without naming the right one; so is a time still to come.
+    wrong = pi.post(
+        path, {"sheet_number": number + 1, "opened_at": "2026-11-21T09:30", "reason": "seizure", "password": password}
+    )
     assert "sheet_number" in wrong.context["form"].errors
-    future = pi.post(path, {"sheet_number": number, "opened_at": "2026-11-21T11:00", "reason": "seizure"})
+    assert f"{number}," not in str(wrong.context["form"].errors) and f" {number} " not in str(
+        wrong.context["form"].errors
+    )
+    future = pi.post(
+        path, {"sheet_number": number, "opened_at": "2026-11-21T11:00", "reason": "seizure", "password": password}
+    )
     assert "opened_at" in future.context["form"].errors
     with django_capture_on_commit_callbacks(execute=True):
         answer = pi.post(
-            path, {"sheet_number": number, "opened_at": "2026-11-21T09:30", "reason": "seizure at night, system down"}
+            path,
+            {
+                "sheet_number": number,
+                "opened_at": "2026-11-21T09:30",
+                "reason": "seizure at night, system down",
+                "password": password,
+            },
         )
     assert answer.status_code == 302
     unblinding = Unblinding.objects.get()
@@ -122,7 +146,30 @@ def test_the_pi_records_an_opened_sheet_and_the_sponsor_hears_without_the_arm(
 
 def test_only_who_may_unblind_records_an_opened_sheet(randomized, cast, client_for):
     path = f"/participants/{randomized[0].pk}/sealed-sheet/"
-    form = {"sheet_number": 1, "opened_at": "2026-11-21T09:30", "reason": "x"}
+    form = {"sheet_number": 1, "opened_at": "2026-11-21T09:30", "reason": "x", "password": factories.PASSWORD}
     for user in (cast.coordinator, cast.monitor, cast.other_coordinator):
         assert client_for(user).post(path, form).status_code == 404
     assert not Unblinding.objects.exists()
+
+
+def test_recording_an_opened_sheet_needs_the_password_as_an_emergency_unblinding_does(randomized, cast, client_for):
+    # The attack: the page offered the right sheet number and asked nothing else, so any PI's
+    # session could reveal every participant's arm.
+    participant = randomized[0]
+    number = int(participant.randomization_number.rsplit("-", 1)[1])
+    path = f"/participants/{participant.pk}/sealed-sheet/"
+    form = {"sheet_number": number, "opened_at": "2026-11-21T09:30", "reason": "seizure"}
+    pi = client_for(cast.investigator)
+    refused = pi.post(path, {**form, "password": "not-the-password"})
+    assert refused.status_code == 200 and "password" in refused.context["form"].errors
+    assert pi.post(path, form).status_code == 200  # no password at all
+    assert not Unblinding.objects.exists()
+    detail = pi.get(f"/participants/{participant.pk}/").content.decode()
+    assert participant.slot.arm.name not in detail
+
+
+def test_printing_the_sheets_needs_the_password(randomized, site, cast, client_for):
+    client = client_for(cast.statistician)
+    refused = client.post("/randomization/code-break-sheets/", {"site": site.pk, "password": "wrong"})
+    assert refused.status_code == 400 and refused["Content-Type"].startswith("text/html")
+    assert not CodeBreakSheetSet.objects.exists()

@@ -353,6 +353,7 @@ def test_the_statisticians_day(demo, browser, axe, live_server, language):
     walk.nav("/randomization/lists/")
     walk.submit(page.locator("main a[href='/randomization/code-break-sheets/']"))
     walk.step("code-break-sheets")
+    page.fill("main form #id_password", DEMO_PASSWORD)
     with page.expect_download() as download:
         page.locator("main form button[type=submit]").click()
     assert open(download.value.path(), "rb").read(5) == b"%PDF-"
