@@ -292,6 +292,10 @@ def _stop_treatment(participant: Participant) -> None:
     Visit.objects.filter(participant=participant, kind=VisitKind.DOSING, status=VisitStatus.SCHEDULED).update(
         status=VisitStatus.CANCELLED
     )
+    # A kit assigned but not yet dispensed (the tablets of a held dose that repeat labs then
+    # stopped) goes back into the site's stock: nothing more is given.
+    for kit in Kit.objects.select_for_update().filter(participant=participant, status=S.ASSIGNED):
+        kit_transition(kit=kit, to=S.AT_SITE, participant=None, visit=None, assigned_at=None, assigned_by=None)
 
 
 def visit_repeat_labs(
@@ -615,6 +619,8 @@ def kit_dispense(*, kit: Kit, label_number: str, dispensed_by) -> Kit:
             raise LabelMismatch()
         if kit.status != S.ASSIGNED:
             raise IllegalKitTransition(_("Only an assigned kit can be dispensed."))
+        if treatment_stopped(kit.participant):
+            raise TreatmentStopped()
         return kit_transition(kit=kit, to=S.DISPENSED, dispensed_at=timezone.now(), dispensed_by=dispensed_by)
 
 
@@ -998,11 +1004,10 @@ def shipment_create(*, site, per_content: dict[str, int], shipped_by=None) -> Sh
 
 
 def resupply_plan(site) -> dict[str, int]:
-    """Kits of each content to ship to the site, per kit type, from its stock: when any content's
-    kits at the site or on their way fall below the trigger level (`kits.resupply_trigger`,
-    otherwise `low_stock_threshold`), every content of every kit type is brought up to at least
-    the target level (`kits.resupply_target`), the same number of each. Empty when nothing is
-    needed. Unblinded: only the supply manager and the system read it."""
+    """Kits of each content to ship to the site, per kit type: when any content's kits at the
+    site or on their way fall below the trigger level (`kits.resupply_trigger`, otherwise
+    `low_stock_threshold`), `kits.resupply_target` kits of every content of every kit type.
+    Empty when nothing is needed. Nothing in a shipment depends on which content ran low."""
     rules = _supply_rules(site.trial)
     trigger = int(rules.get("resupply_trigger", rules.get("low_stock_threshold", 0)))
     target = int(rules.get("resupply_target", 0))
@@ -1021,8 +1026,9 @@ def resupply_plan(site) -> dict[str, int]:
     }
     if all(level >= max(trigger, 1) for level in lowest.values()):
         return {}
-    # Every kit type below its target comes along, so the shipment does not name the type that ran low.
-    return {kit_type: target - level for kit_type, level in lowest.items() if level < target}
+    # A fixed size, every kit type: a size computed from the stock (target minus the lowest
+    # content) would tell the pharmacist, who can count each type's kits, how the contents split.
+    return dict.fromkeys(lowest, target)
 
 
 def resupply_site(*, site) -> Shipment | None:

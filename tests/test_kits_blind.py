@@ -200,10 +200,10 @@ def test_a_single_content_shipment_cannot_be_asked_for(site, cast, api_for):
     assert "per_content" in refused.json()
 
 
-def test_resupply_tops_every_content_up_to_the_target_in_one_mixed_shipment(trial, site, cast):
+def test_resupply_ships_a_fixed_mixed_shipment_whatever_content_ran_low(trial, site, cast):
     generate(trial, cast.supply_manager)
     first = services.resupply_site(site=site)
-    # A new site: the target (8 of each content) as its initial shipment.
+    # A new site: the target (8 of each content of each type) as its initial shipment.
     assert Kit.objects.filter(shipment=first).count() == 32
     assert services.resupply_site(site=site) is None  # nothing more is needed: idempotent
     with time_machine.travel(AT_VISIT, tick=False):
@@ -215,9 +215,12 @@ def test_resupply_tops_every_content_up_to_the_target_in_one_mixed_shipment(tria
 
     second = services.resupply_site(site=site)
 
+    # The attack: a size of "target minus the lowest content" told the pharmacist, who counts each
+    # type's kits, how the contents had split. Now every type comes, 8 of each content.
     shipped = list(Kit.objects.filter(shipment=second).values_list("kit_type", "content"))
-    # Both infusion contents come, 5 each (8 minus the 3 left), and no tablets.
-    assert sorted(shipped) == sorted([("INF", "active")] * 5 + [("INF", "placebo")] * 5)
+    assert sorted(shipped) == sorted(
+        [("INF", "active")] * 8 + [("INF", "placebo")] * 8 + [("TAB", "active")] * 8 + [("TAB", "placebo")] * 8
+    )
 
 
 def test_a_depot_too_short_to_resupply_tells_the_supply_manager_and_ships_nothing(
@@ -322,3 +325,41 @@ def test_the_supply_managers_reason_to_release_or_destroy_a_kit_is_not_shown_to_
     assert "TCZ-24A" not in queue and "stable" not in queue
     supply = api_for(cast.supply_manager).get("/api/v1/supply/kits/").json()["results"]
     assert {kit["supply_note"] for kit in supply} >= {"active lot TCZ-24A stable 3 h at 12 °C"}
+
+
+def test_a_stop_from_repeat_labs_takes_back_the_held_visits_tablets(stocked_site, cast):
+    # A review found it: C2 held (tablets assigned), repeat labs in the stop range, and the tablet
+    # kit stayed on the pharmacist's list and could be dispensed.
+    participant = df.randomized_participant(stocked_site, arm_code="TOC", by=cast.coordinator, day0=DAY0)
+    record(participant.visits.get(code="C1"), cast.coordinator)
+    visit = participant.visits.get(code="C2")
+    day = visit.target_date
+    with time_machine.travel(datetime.datetime.combine(day, datetime.time(4, 0), tzinfo=datetime.UTC), tick=False):
+        held = services.visit_record(
+            visit=visit,
+            actual_date=day,
+            recorded_by=cast.coordinator,
+            weight_kg=Decimal("60"),
+            **(LABS | {"platelets": 90000}),
+        )
+        assert held.dose.decision == "hold"
+        (tablets,) = held.kits
+        services.visit_repeat_labs(
+            visit=visit,
+            recorded_by=cast.coordinator,
+            measured_on=day,
+            neutrophils=3000,
+            platelets=20000,
+            alt_uln=Decimal("1"),
+            ast_uln=Decimal("1"),
+        )
+    tablets.refresh_from_db()
+    assert (tablets.status, tablets.participant_id) == (KitStatus.AT_SITE, None)
+    with audit_context(reason="test: a stale assignment"):
+        Kit.objects.filter(pk=tablets.pk).update(status=KitStatus.ASSIGNED, participant=participant, visit=visit)
+    from dosing.exceptions import TreatmentStopped
+
+    with pytest.raises(TreatmentStopped):
+        services.kit_dispense(
+            kit=Kit.objects.get(pk=tablets.pk), label_number=tablets.kit_number, dispensed_by=cast.pharmacist
+        )
