@@ -62,3 +62,17 @@ def test_a_refused_password_re_entry_is_in_the_audit_trail_without_the_password(
     assert event.actor == cast.investigator and event.reason == "password re-entry refused"
     assert event.new_values["failures_in_a_row"] == 1
     assert "not-my-password" not in str(event.new_values)
+
+
+def test_the_monitor_reads_the_security_events_of_the_sites_staff_but_not_of_another_sites(cast, client_for):
+    from trialsite.exceptions import PasswordIncorrect
+    from trialsite.reauth import confirm_password
+    from trialsite.security_events import REAUTHENTICATION
+    from trialsite.selectors import audit_events_for
+
+    for user in (cast.investigator, cast.other_coordinator):
+        with pytest.raises(PasswordIncorrect):
+            confirm_password(user=user, password="not-my-password")
+    assert "password re-entry refused" in client_for(cast.monitor).get("/audit/").content.decode()
+    refused = {event.actor_id for event in audit_events_for(cast.monitor) if event.table_name == REAUTHENTICATION}
+    assert refused == {cast.investigator.pk}

@@ -34,7 +34,16 @@ def blinded_site_ids(user) -> set[int]:
 def audit_events_for(
     user, *, table_name: str | None = None, record_pk: str | None = None, subject_id: int | None = None
 ) -> QuerySet[AuditEvent]:
-    events = access.scope(AuditEvent.objects.all(), user, Capability.READ_AUDIT, site_field="site_id")
+    from trialsite.models import StaffRole
+    from trialsite.security_events import SECURITY_TABLES
+
+    sites = access.site_ids_with(user, Capability.READ_AUDIT)
+    # Security events (a refused password re-entry, a second factor enrolled) belong to no site:
+    # a reader sees those of people who hold a role at a site the reader may audit.
+    colleagues = StaffRole.objects.filter(site_id__in=sites).values("user_id")
+    events = AuditEvent.objects.filter(
+        Q(site_id__in=sites) | Q(site_id__isnull=True, table_name__in=SECURITY_TABLES, actor_id__in=colleagues)
+    )
     blinded_sites = blinded_site_ids(user)
     if blinded_sites:
         # An update that changed only columns a blinded reader may not see is left out for
