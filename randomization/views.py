@@ -139,6 +139,7 @@ def list_detail(request, pk: int):
     )
 
 
+@sensitive_post_parameters("password", "token")
 @login_required
 def code_break_sheets(request):
     """The unblinded statistician prints each site's sealed code-break sheets (a POST: each
@@ -175,6 +176,7 @@ def code_break_sheets(request):
     )
 
 
+@sensitive_post_parameters("password", "token")
 @login_required
 def sealed_sheet_opened(request, pk: int):
     """The PI records afterwards that a participant's sealed code-break sheet was opened."""
