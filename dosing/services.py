@@ -455,10 +455,11 @@ def kit_expiry_needed(visit: Visit) -> datetime.date:
 
 
 def kit_contents_by_type(trial) -> dict[str, set[str]]:
-    """Which contents each kit type comes in for this trial's arms ({"INF": {"active", "placebo"}})."""
+    """Which contents each kit type comes in for this trial's arms ({"INF": {"active", "placebo"}}),
+    from the loaded protocol (no query: a kit assignment asks it for every kit type it checks)."""
     contents: dict[str, set[str]] = {}
-    for arm in trial.arms.all():
-        for kit_type, content in (arm.kit_contents or {}).items():
+    for arm in trial.definition.get("arms", []):
+        for kit_type, content in (arm.get("kit_contents") or {}).items():
             contents.setdefault(kit_type, set()).add(content)
     return contents
 
@@ -722,7 +723,8 @@ def _kit_list_rows(*, csv_text: str, trial, today: datetime.date) -> list[kitlis
             [str(_("Line 1: the header must be exactly: %(header)s") % {"header": ",".join(KIT_LIST_HEADER)})]
         )
     # One packaging lot for a list that names none: today's date and a number, unique per trial.
-    default_packaging_lot = f"PL{today:%Y%m%d}-{Kit.objects.filter(site__trial=trial).count() + 1}"
+    # Numbered by the trial's kit lists: two imports on one day must not share a packaging lot.
+    default_packaging_lot = f"PL{today:%Y%m%d}-{KitList.objects.filter(trial=trial).count() + 1}"
     errors: list[str] = []
     seen: dict[str, int] = {}
     planned: list[kitlist.PlannedKit] = []
@@ -794,7 +796,7 @@ def _kit_list_rows(*, csv_text: str, trial, today: datetime.date) -> list[kitlis
     return planned
 
 
-def kit_list_blinding_problems(planned: list[kitlist.PlannedKit], *, trial) -> tuple[list[str], list[str]]:
+def kit_list_blinding_problems(planned: list[kitlist.PlannedKit]) -> tuple[list[str], list[str]]:
     """What in a kit list would let a blinded person tell contents apart: (refusals, warnings).
     Numbers related to content (trend, runs, last digit), and packaging lots whose contents are
     not balanced once the kits already in those lots are counted."""
@@ -812,10 +814,9 @@ def kit_list_blinding_problems(planned: list[kitlist.PlannedKit], *, trial) -> t
         (refusals if finding.refused else warnings).append(str(text))
     lots = {kit.packaging_lot for kit in planned}
     already = [
-        kitlist.PlannedKit(row["kit_number"], row["kit_type"], row["content"], "", today_unused, row["packaging_lot"])
-        for today_unused in [datetime.date.min]
-        for row in Kit.objects.filter(packaging_lot__in=lots).values(
-            "kit_number", "kit_type", "content", "packaging_lot"
+        kitlist.PlannedKit(kit.kit_number, kit.kit_type, kit.content, kit.lot, kit.expiry, kit.packaging_lot)
+        for kit in Kit.objects.filter(packaging_lot__in=lots).only(
+            "kit_number", "kit_type", "content", "lot", "expiry", "packaging_lot"
         )
     ]
     for packaging_lot, kit_type, counts in kitlist.packaging_lot_problems([*already, *planned]):
@@ -888,7 +889,7 @@ def kits_import(*, csv_text: str, imported_by, trial) -> list[Kit]:
     Any error imports nothing."""
     today = timezone.now().date()
     planned = _kit_list_rows(csv_text=csv_text, trial=trial, today=today)
-    refusals, _warnings = kit_list_blinding_problems(planned, trial=trial)
+    refusals, _warnings = kit_list_blinding_problems(planned)
     if refusals:
         raise KitListInvalid(refusals)
     with audit_context(actor=imported_by, reason="kit list imported"):
