@@ -1,0 +1,273 @@
+"""Entering a case report form: the one function the web page and the API both call.
+
+`form_save` checks every item of the form (type, range, code list, whether it is shown, the
+protocol's cross-item checks), refuses with one `FormInvalid` naming each item's errors, and
+otherwise writes the values item by item inside an audit context: a value changed after it was
+saved needs a reason (the audit trigger refuses such an UPDATE without one, too). Required items
+do not block a save: until every shown required item is filled the form stays in progress."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from django.db import transaction
+from django.db.models import Max
+from django.utils.translation import get_language, gettext_lazy
+from django.utils.translation import gettext as _
+
+from crf.models import FormRecord, FormStatus, ItemValue
+from crf.values import ItemValueError, matches, normalise, typed
+from crf.values import label as values_label
+from enrollment.models import Participant
+from trialsite import access
+from trialsite.access import Capability
+from trialsite.audit import audit_context
+from trialsite.exceptions import TrialRuleError
+from trialsite.protocol_schema import FormSpec, ItemSpec, Protocol
+
+
+class FormInvalid(TrialRuleError):
+    """Every error of one save, by item code ("reason" for a missing reason for change)."""
+
+    default_message = gettext_lazy("The form has errors; see each item.")
+
+    def __init__(self, errors: dict[str, list[str]]):
+        self.errors = errors
+        super().__init__()
+
+    def as_dict(self) -> dict[str, list[str]]:
+        return {code: [str(message) for message in messages] for code, messages in self.errors.items()}
+
+
+class UnknownForm(TrialRuleError):
+    status_code = 404
+    default_message = gettext_lazy("The protocol has no such form at this visit.")
+
+
+@dataclass
+class SaveResult:
+    record: FormRecord
+    # The protocol's warnings the saved values raise: item, text, text_zh.
+    warnings: list[dict] = field(default_factory=list)
+    # Shown required items still empty: the form stays in progress until they are filled.
+    missing: list[str] = field(default_factory=list)
+
+
+def sees_unblinded(user, site_id: int, protocol: Protocol) -> bool:
+    """May the user see, enter and audit the form's unblinded-only items at this site?"""
+    return not protocol.blinded or access.can(user, Capability.VIEW_ALLOCATION, site_id)
+
+
+def items_for(form: FormSpec, unblinded: bool) -> list[ItemSpec]:
+    return [item for item in form.items if unblinded or not item.unblinded_only]
+
+
+def form_spec(protocol: Protocol, form_code: str, visit_code: str | None) -> FormSpec:
+    """The form, refused unless a visit form is carried at this visit or a log has no visit."""
+    form = protocol.form(form_code)
+    if form is None:
+        raise UnknownForm()
+    if form.kind == "visit" and (visit_code is None or not form.carried_at(visit_code)):
+        raise UnknownForm()
+    if form.kind == "log" and visit_code is not None:
+        raise UnknownForm()
+    return form
+
+
+def shown(form: FormSpec, item: ItemSpec, values: dict, _depth: int = 0) -> bool:
+    """Is `item` asked, given the values (a condition on a hidden item is false)?"""
+    if item.show_if is None:
+        return True
+    condition = form.item(item.show_if.item)
+    if condition is None or _depth > len(form.items):
+        return False
+    return shown(form, condition, values, _depth + 1) and matches(
+        condition, values.get(condition.code), item.show_if.equals
+    )
+
+
+def status_of(form: FormSpec, values: dict) -> str:
+    """Counted on the items every reader sees, so the status tells a blinded reader nothing."""
+    everyone = [item for item in form.items if not item.unblinded_only]
+    if all(values.get(item.code) is None for item in everyone):
+        return FormStatus.NOT_STARTED
+    if missing_items(form, values):
+        return FormStatus.IN_PROGRESS
+    return FormStatus.COMPLETE
+
+
+def missing_items(form: FormSpec, values: dict) -> list[str]:
+    return [
+        item.code
+        for item in form.items
+        if item.required and not item.unblinded_only and values.get(item.code) is None and shown(form, item, values)
+    ]
+
+
+def warnings_of(form: FormSpec, values: dict) -> list[dict]:
+    return [
+        {"item": warning.item, "text": warning.text, "text_zh": warning.text_zh or warning.text}
+        for warning in form.warnings
+        if shown(form, form.item(warning.item), values)
+        and any(matches(form.item(warning.item), values.get(warning.item), wanted) for wanted in warning.any_of)
+    ]
+
+
+def in_language(entry: dict, key: str = "text") -> str:
+    """A protocol text stored with its Chinese twin (`<key>_zh`) in the reader's language."""
+    if (get_language() or "").startswith("zh") and entry.get(f"{key}_zh"):
+        return entry[f"{key}_zh"]
+    return entry[key]
+
+
+def _check_message(check, default: str) -> str:
+    if (get_language() or "").startswith("zh") and check.message_zh:
+        return check.message_zh
+    return check.message or default
+
+
+def _cross_check_errors(form: FormSpec, values: dict, errors: dict) -> None:
+    for check in form.checks:
+        name, other_code = check.comparison
+        item, other = form.item(check.item), form.item(other_code)
+        first, second = typed(item, values.get(item.code)), typed(other, values.get(other.code))
+        if first is None or second is None or item.code in errors or other.code in errors:
+            continue
+        if not (shown(form, item, values) and shown(form, other, values)):
+            continue
+        label = values_label(other)
+        failed, default = {
+            "not_before": (first < second, _("Cannot be before %(other)s.") % {"other": label}),
+            "not_after": (first > second, _("Cannot be after %(other)s.") % {"other": label}),
+            "below": (first >= second, _("Must be below %(other)s.") % {"other": label}),
+            "above": (first <= second, _("Must be above %(other)s.") % {"other": label}),
+        }[name]
+        if failed:
+            errors.setdefault(item.code, []).append(_check_message(check, default))
+
+
+def stored_values(record: FormRecord | None) -> dict[str, ItemValue]:
+    if record is None or record.pk is None:
+        return {}
+    return {row.item_code: row for row in record.values.all()}
+
+
+def stored(row: ItemValue | None, item: ItemSpec):
+    if row is None:
+        return None
+    return row.unblinded_value if item.unblinded_only else row.value
+
+
+def form_save(
+    *,
+    user,
+    values: dict,
+    reason: str | None = None,
+    record: FormRecord | None = None,
+    participant: Participant | None = None,
+    form_code: str | None = None,
+    visit_code: str | None = None,
+) -> SaveResult:
+    """Save `values` (item code -> raw value; an absent item is left as it is, an empty one is
+    cleared) into `record`, or into the participant's form at `visit_code` (a visit form, made
+    on first save), or into a new entry of a log. Refused with FormInvalid listing every error."""
+    if record is not None:
+        participant, form_code, visit_code = record.participant, record.form_code, record.visit_code
+    protocol = participant.site.trial.protocol
+    form = form_spec(protocol, form_code, visit_code)
+    unblinded = sees_unblinded(user, participant.site_id, protocol)
+    with transaction.atomic():
+        # One writer per participant's forms at a time: a log's next entry number, and the
+        # values a save checks against, cannot change under it.
+        Participant.objects.select_for_update().filter(pk=participant.pk).first()
+        if record is None and form.kind == "visit":
+            record = FormRecord.objects.filter(
+                participant=participant, form_code=form.code, visit_code=visit_code
+            ).first()
+        if record is not None:
+            record = FormRecord.objects.get(pk=record.pk)
+        rows = stored_values(record)
+        before = {item.code: stored(rows.get(item.code), item) for item in form.items}
+        errors: dict[str, list] = {}
+        submitted = {}
+        for code, raw in values.items():
+            item = form.item(code)
+            if item is None or (item.unblinded_only and not unblinded):
+                # An unblinded-only item does not exist for a blinded user.
+                errors[code] = [_("Not an item of this form.")]
+                continue
+            code_list = protocol.code_list(item.code_list) if item.code_list else None
+            try:
+                submitted[code] = normalise(item, raw, code_list)
+            except ItemValueError as error:
+                errors[code] = [str(error)]
+        after = {**before, **submitted}
+        for item in form.items:
+            if after.get(item.code) is not None and item.code not in errors and not shown(form, item, after):
+                condition = form.item(item.show_if.item)
+                errors.setdefault(item.code, []).append(
+                    _("Leave this empty: it is asked only when %(item)s is %(value)s.")
+                    % {"item": values_label(condition), "value": value_words(protocol, condition, item.show_if.equals)}
+                )
+        _cross_check_errors(form, after, errors)
+        changed = [code for code in submitted if code in rows and submitted[code] != before[code]]
+        if changed and not (reason or "").strip():
+            errors["reason"] = [_("A reason is required to change a saved value.")]
+        new = [code for code in submitted if code not in rows and submitted[code] is not None]
+        if record is None and not new and not errors:
+            errors["non_field_errors"] = [_("Nothing to save: fill at least one item.")]
+        if errors:
+            raise FormInvalid(errors)
+        warnings = warnings_of(form, after)
+        with audit_context(actor=user, reason=(reason or "").strip()):
+            if record is None:
+                sequence = 1
+                if form.kind == "log":
+                    last = FormRecord.objects.filter(participant=participant, form_code=form.code).aggregate(
+                        last=Max("sequence")
+                    )["last"]
+                    sequence = (last or 0) + 1
+                record = FormRecord.objects.create(
+                    participant=participant,
+                    site_id=participant.site_id,
+                    form_code=form.code,
+                    visit_code=visit_code,
+                    sequence=sequence,
+                    protocol_version=_protocol_version(participant.site.trial),
+                    created_by=user,
+                )
+            column = {item.code: "unblinded_value" if item.unblinded_only else "value" for item in form.items}
+            ItemValue.objects.bulk_create(
+                ItemValue(
+                    record=record,
+                    participant=participant,
+                    site_id=participant.site_id,
+                    item_code=code,
+                    **{column[code]: submitted[code]},
+                )
+                for code in new
+            )
+            # One UPDATE per item, so the trail shows each item's old and new value and the reason.
+            for code in changed:
+                row = rows[code]
+                setattr(row, column[code], submitted[code])
+                row.save(update_fields=[column[code]])
+            record.status = status_of(form, after)
+            record.warnings = warnings
+            record.save(update_fields=["status", "warnings", "updated_at"])
+    return SaveResult(record=record, warnings=warnings, missing=missing_items(form, after))
+
+
+def _protocol_version(trial) -> str:
+    """The version in force (a loaded ProtocolVersion), else the file's own version string."""
+    current = getattr(trial, "current_version", None)
+    return current.version if current is not None else trial.protocol.trial.protocol_version
+
+
+def value_words(protocol: Protocol, item: ItemSpec, value) -> str:
+    """A value written in the protocol file (a condition's), in the reader's words."""
+    if item.type == "yes_no":
+        return _("yes") if value else _("no")
+    code_list = protocol.code_list(item.code_list) if item.code_list else None
+    entry = code_list.entry(value) if code_list else None
+    return in_language({"label": entry.label, "label_zh": entry.label_zh}, "label") if entry else str(value)
