@@ -94,6 +94,7 @@ INSTALLED_APPS = [
     "dosing",
     "dosing.reminders",
     "reports",
+    "crf",
 ]
 
 MIDDLEWARE = [

@@ -21,6 +21,7 @@ api_patterns = [
     path("", include("randomization.api_urls")),
     path("", include("dosing.api_urls")),
     path("", include("reports.api_urls")),
+    path("", include("crf.api_urls")),
 ]
 
 
@@ -50,4 +51,5 @@ urlpatterns = [
     path("", include("randomization.urls")),
     path("", include("dosing.urls")),
     path("", include("reports.urls")),
+    path("", include("crf.urls")),
 ]
