@@ -113,7 +113,7 @@ def load(participants: int) -> dict:
         StaffRole.objects.create(user=statistician, site=site, role="statistician")
         StaffRole.objects.create(user=investigator, site=site, role="investigator")
     arms = list(Arm.objects.filter(trial=trial).order_by("order"))
-    criteria = trial.eligibility["criteria"]
+    criteria = trial.protocol.eligibility.criteria
     rng = random.Random(20260101)  # synthetic data only
     start = datetime.date(2024, 1, 1)
     Visit = _visit_model()
@@ -179,8 +179,8 @@ def load(participants: int) -> dict:
                 {
                     "screening_id": i,
                     "site_id": site.pk,
-                    "criterion_code": c["code"],
-                    "answer": ("yes" if c["kind"] == "inclusion" else "no") if e or c["code"] != "EX1" else "yes",
+                    "criterion_code": c.code,
+                    "answer": ("yes" if c.kind == "inclusion" else "no") if e or c.code != "EX1" else "yes",
                 }
                 for i, _d, e in people
                 for c in criteria
@@ -249,7 +249,7 @@ def load(participants: int) -> dict:
 
 def _visit_model():
     try:
-        from dosing.models import Visit
+        from schedules.models import Visit
     except ImportError:
         return None
     return Visit

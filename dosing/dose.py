@@ -11,6 +11,7 @@ from decimal import ROUND_CEILING, ROUND_HALF_UP, Decimal
 from django.utils.translation import gettext_lazy as _
 
 from dosing.exceptions import VialPlanImpossible, WeightOutOfBounds
+from trialsite.protocol_schema import InfusionSpec, LabLimits, SafetySpec
 
 TENTH = Decimal("0.1")
 
@@ -36,10 +37,10 @@ def _decimal(value) -> Decimal:
     return value if isinstance(value, Decimal) else Decimal(str(value))
 
 
-def check_weight(*, weight_kg: Decimal, rules: dict) -> Decimal:
+def check_weight(*, weight_kg: Decimal, rules: InfusionSpec) -> Decimal:
     """A weight above the protocol minimum (exclusive) and up to its maximum (inclusive)."""
     weight = _decimal(weight_kg)
-    low, high = _decimal(rules.get("minimum_weight_kg", 0)), _decimal(rules.get("maximum_weight_kg", 250))
+    low, high = rules.minimum_weight_kg, rules.maximum_weight_kg
     if not weight.is_finite() or weight <= low or weight > high:
         raise WeightOutOfBounds(
             _("The body weight must be above %(low)s kg and at most %(high)s kg.") % {"low": low, "high": high}
@@ -79,24 +80,24 @@ def vial_plan(*, dose_mg: Decimal, vial_sizes_mg: list[int]) -> tuple[tuple[int,
     return tuple((size, -negated) for size, negated in zip(sizes, best[2], strict=True) if negated)
 
 
-def infusion_dose(*, weight_kg: Decimal, rules: dict) -> InfusionDose:
+def infusion_dose(*, weight_kg: Decimal, rules: InfusionSpec) -> InfusionDose:
     """mg/kg x weight, capped; the concentrate volume at the vial concentration, diluted to the
     protocol's final volume. `rules` is the protocol's `[dosing.infusion]`."""
     weight = check_weight(weight_kg=weight_kg, rules=rules)
-    dose = min(weight * _decimal(rules["mg_per_kg"]), _decimal(rules["max_dose_mg"]))
+    dose = min(weight * rules.mg_per_kg, rules.max_dose_mg)
     dose = dose.quantize(TENTH, rounding=ROUND_HALF_UP)
-    concentrate = (dose / _decimal(rules["concentration_mg_per_ml"])).quantize(TENTH, rounding=ROUND_HALF_UP)
+    concentrate = (dose / rules.concentration_mg_per_ml).quantize(TENTH, rounding=ROUND_HALF_UP)
     return InfusionDose(
         dose_mg=dose,
         concentrate_ml=concentrate,
-        vial_plan=vial_plan(dose_mg=dose, vial_sizes_mg=rules["vial_sizes_mg"]),
-        diluted_volume_ml=_decimal(rules["diluted_volume_ml"]).quantize(TENTH),
+        vial_plan=vial_plan(dose_mg=dose, vial_sizes_mg=list(rules.vial_sizes_mg)),
+        diluted_volume_ml=rules.diluted_volume_ml.quantize(TENTH),
     )
 
 
-def weight_change_flagged(*, weight_kg: Decimal, baseline_kg: Decimal, rules: dict) -> bool:
+def weight_change_flagged(*, weight_kg: Decimal, baseline_kg: Decimal, rules: InfusionSpec) -> bool:
     """More than the protocol's percentage away from the baseline (first dosing) weight."""
-    limit = _decimal(rules.get("weight_change_flag_percent", 10))
+    limit = rules.weight_change_flag_percent
     baseline = _decimal(baseline_kg)
     return abs(_decimal(weight_kg) - baseline) * 100 > limit * baseline
 
@@ -124,11 +125,11 @@ class Decision:
     reasons: list[str] = field(default_factory=list)
 
 
-def _breaches(values: dict[str, Decimal], conditions: dict) -> list[str]:
+def _breaches(values: dict[str, Decimal], limits: LabLimits) -> list[str]:
     """Each condition (`<lab>_below`, `<lab>_above`, `<lab>_between` [low, high] inclusive) that
     the values meet, in words."""
     reasons = []
-    for key, limit in conditions.items():
+    for key, limit in limits.conditions().items():
         lab, _sep, test = key.rpartition("_")
         value = values.get(lab)
         if value is None:
@@ -158,7 +159,7 @@ def _breaches(values: dict[str, Decimal], conditions: dict) -> list[str]:
 
 
 def infusion_decision(
-    *, first_dose: bool, neutrophils: int, platelets: int, alt_uln: Decimal, ast_uln: Decimal, rules: dict
+    *, first_dose: bool, neutrophils: int, platelets: int, alt_uln: Decimal, ast_uln: Decimal, rules: SafetySpec
 ) -> Decision:
     """Give, hold or stop, from the protocol's `[dosing.safety]`. At the first dose a breach of
     `do_not_give_if` holds the dose; later `stop_if` outranks `hold_if`."""
@@ -168,13 +169,13 @@ def infusion_decision(
         "alt_ast_uln": max(_decimal(alt_uln), _decimal(ast_uln)),
     }
     if first_dose:
-        reasons = _breaches(values, rules["first_dose"].get("do_not_give_if", {}))
+        reasons = _breaches(values, rules.first_dose.do_not_give_if)
         return Decision(HOLD, reasons) if reasons else Decision(GIVE)
-    later = rules["later_doses"]
-    stop_reasons = _breaches(values, later.get("stop_if", {}))
+    later = rules.later_doses
+    stop_reasons = _breaches(values, later.stop_if)
     if stop_reasons:
         return Decision(STOP, stop_reasons)
-    hold_reasons = _breaches(values, later.get("hold_if", {}))
+    hold_reasons = _breaches(values, later.hold_if)
     if hold_reasons:
         return Decision(HOLD, hold_reasons)
     return Decision(GIVE)

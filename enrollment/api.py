@@ -1,5 +1,6 @@
 """Enrollment over the API: the same services as the web forms."""
 
+from django.utils.translation import gettext as _
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import generics, serializers, status
 from rest_framework.response import Response
@@ -36,6 +37,8 @@ class ScreeningSerializer(serializers.ModelSerializer):
 
 
 class ScreeningCreateSerializer(serializers.Serializer):
+    # Needed only from someone who screens at several sites of the trial.
+    site = serializers.CharField(max_length=20, required=False)
     initials = serializers.CharField(max_length=4)
     date_of_birth = serializers.DateField()
     sex = serializers.ChoiceField(choices=Sex.choices)
@@ -110,14 +113,17 @@ class ScreeningIndex(generics.ListAPIView):
 
     @extend_schema(request=ScreeningCreateSerializer, responses={201: ScreeningSerializer})
     def post(self, request):
-        site = access.sites_for(request.user, Capability.SCREEN).select_related("trial").first()
-        if site is None:
-            access.require(request.user, Capability.SCREEN)
+        access.require(request.user, Capability.SCREEN)
         payload = ScreeningCreateSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
-        screening = services.screening_create(
-            site=site, screened_by=request.user, request=request, **payload.validated_data
-        )
+        fields = dict(payload.validated_data)
+        try:
+            site = access.choose_site(request.user, Capability.SCREEN, fields.pop("site", None))
+        except access.SiteNotChosen:
+            raise serializers.ValidationError(
+                {"site": [_("You work at several sites of this trial: name the site's code.")]}
+            ) from None
+        screening = services.screening_create(site=site, screened_by=request.user, request=request, **fields)
         return Response(ScreeningSerializer(screening).data, status=status.HTTP_201_CREATED)
 
 

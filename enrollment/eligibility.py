@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from django.utils.translation import get_language
 from django.utils.translation import gettext as _
 
+from trialsite.protocol_schema import CriterionSpec, EligibilitySpec
+
 
 @dataclass
 class Verdict:
@@ -32,16 +34,16 @@ def birthday(date_of_birth: datetime.date, years: int) -> datetime.date:
         return datetime.date(date_of_birth.year + years, 3, 1)
 
 
-def criterion_text(criterion: dict) -> str:
+def criterion_text(criterion: CriterionSpec) -> str:
     """The item in the reader's language: the protocol file carries an English and a Chinese text."""
-    if (get_language() or "").startswith("zh") and criterion.get("text_zh"):
-        return criterion["text_zh"]
-    return criterion["text"]
+    if (get_language() or "").startswith("zh") and criterion.text_zh:
+        return criterion.text_zh
+    return criterion.text
 
 
 def evaluate(
     *,
-    definition: dict,
+    eligibility: EligibilitySpec,
     date_of_birth: datetime.date,
     screening_date: datetime.date,
     consent_date: datetime.date | None,
@@ -49,40 +51,40 @@ def evaluate(
 ) -> Verdict:
     """The verdict in words. Unanswered items make it "incomplete" (never eligible); otherwise every
     failed rule is a reason, in protocol order: age, consent, then the criteria as listed."""
-    rules = definition["eligibility"]
+    rules = eligibility
     reasons, unanswered = [], []
     age = age_on(date_of_birth, screening_date)
     # "20 to 70 years inclusive": from the 20th birthday up to and including the 70th birthday;
     # the day after the 70th birthday is past 70.
-    too_young = screening_date < birthday(date_of_birth, rules["minimum_age_years"])
-    too_old = screening_date > birthday(date_of_birth, rules["maximum_age_years"])
+    too_young = screening_date < birthday(date_of_birth, rules.minimum_age_years)
+    too_old = screening_date > birthday(date_of_birth, rules.maximum_age_years)
     if too_young or too_old:
         reasons.append(
             {
                 "code": "AGE",
                 "text": _("Age %(age)d on the screening date is outside %(low)d to %(high)d years")
-                % {"age": age, "low": rules["minimum_age_years"], "high": rules["maximum_age_years"]},
+                % {"age": age, "low": rules.minimum_age_years, "high": rules.maximum_age_years},
             }
         )
     if consent_date is None or consent_date > screening_date:
         reasons.append({"code": "CONSENT", "text": _("Written consent is not dated on or before the screening date")})
-    for criterion in rules["criteria"]:
-        answer = answers.get(criterion["code"])
+    for criterion in rules.criteria:
+        answer = answers.get(criterion.code)
         if answer not in ("yes", "no"):
             unanswered.append(
-                {"code": criterion["code"], "text": _("Not answered: %(text)s") % {"text": criterion_text(criterion)}}
+                {"code": criterion.code, "text": _("Not answered: %(text)s") % {"text": criterion_text(criterion)}}
             )
-        elif criterion["kind"] == "inclusion" and answer != "yes":
+        elif criterion.kind == "inclusion" and answer != "yes":
             reasons.append(
                 {
-                    "code": criterion["code"],
+                    "code": criterion.code,
                     "text": _("Inclusion not met: %(text)s") % {"text": criterion_text(criterion)},
                 }
             )
-        elif criterion["kind"] == "exclusion" and answer != "no":
+        elif criterion.kind == "exclusion" and answer != "no":
             reasons.append(
                 {
-                    "code": criterion["code"],
+                    "code": criterion.code,
                     "text": _("Exclusion applies: %(text)s") % {"text": criterion_text(criterion)},
                 }
             )

@@ -16,26 +16,33 @@ class ScreeningForm(forms.Form):
     consent_version = forms.CharField(label=_("Consent version"), max_length=40)
     consent_date = DateField(label=_("Consent date"))
 
-    def __init__(self, *args, trial, **kwargs):
+    def __init__(self, *args, trial, sites=(), **kwargs):
         super().__init__(*args, **kwargs)
         chinese = (get_language() or "").startswith("zh")
-        self.criteria = trial.eligibility["criteria"]
+        if len(sites) > 1:
+            self.fields["site"] = forms.ChoiceField(
+                label=_("Site"),
+                choices=[("", _("Choose…"))] + [(site.code, f"{site.code} · {site.local_name}") for site in sites],
+            )
+            self.order_fields(["site"])
+        self.criteria = trial.protocol.eligibility.criteria
         for criterion in self.criteria:
-            label = criterion.get("text_zh") if chinese and criterion.get("text_zh") else criterion["text"]
+            label = criterion.text_zh if chinese and criterion.text_zh else criterion.text
             # No default: an item left unanswered makes the screening incomplete, never eligible.
-            self.fields[f"answer_{criterion['code']}"] = forms.ChoiceField(
-                label=f"{criterion['code']} · {label}",
+            self.fields[f"answer_{criterion.code}"] = forms.ChoiceField(
+                label=f"{criterion.code} · {label}",
                 choices=Answer.choices,
                 widget=forms.RadioSelect,
                 required=False,
             )
-        for factor in trial.randomization.get("factors", []):
-            self.fields[f"stratification_{factor['code']}"] = forms.ChoiceField(
-                label=factor.get("label", factor["code"]), choices=[(level, level) for level in factor["levels"]]
+        for factor in trial.protocol.randomization.factors:
+            self.fields[f"stratification_{factor.code}"] = forms.ChoiceField(
+                label=factor.label_zh if chinese and factor.label_zh else factor.label,
+                choices=[(level, level) for level in factor.levels],
             )
 
     def answers(self) -> dict:
-        return {c["code"]: self.cleaned_data.get(f"answer_{c['code']}") or None for c in self.criteria}
+        return {c.code: self.cleaned_data.get(f"answer_{c.code}") or None for c in self.criteria}
 
     def stratification(self) -> dict:
         return {

@@ -44,6 +44,7 @@ class Screening(Audited, models.Model):
         "stratification",
         "screened_by",
         "created_at",
+        "protocol_version",
         "updated_at",
     )
 
@@ -60,6 +61,10 @@ class Screening(Audited, models.Model):
     stratification = models.JSONField(default=dict, blank=True)
     screened_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
+    # The protocol version in force when the screening was recorded: the eligibility rules applied.
+    protocol_version = models.ForeignKey(
+        "trialsite.ProtocolVersion", on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
@@ -152,9 +157,10 @@ class Participant(Audited, models.Model):
 
     screening = models.OneToOneField(Screening, on_delete=models.PROTECT, primary_key=True, related_name="participant")
     site = models.ForeignKey(Site, on_delete=models.PROTECT, related_name="participants")
-    screening_number = models.CharField(_("screening number"), max_length=20, unique=True)
+    # Unique per site, so per trial (a site belongs to one trial): another trial's site NT numbers alike.
+    screening_number = models.CharField(_("screening number"), max_length=20)
     status = models.CharField(max_length=12, choices=ParticipantStatus.choices, default=ParticipantStatus.ENROLLED)
-    randomization_number = models.CharField(_("randomization number"), max_length=20, unique=True, null=True)
+    randomization_number = models.CharField(_("randomization number"), max_length=20, null=True)
     randomized_at = models.DateTimeField(null=True)
     eligibility_signature = models.OneToOneField(
         Signature, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
@@ -173,6 +179,10 @@ class Participant(Audited, models.Model):
             models.CheckConstraint(
                 condition=Q(randomization_number__isnull=True) | Q(randomized_at__isnull=False),
                 name="randomization_number_has_time",
+            ),
+            models.UniqueConstraint(fields=["site", "screening_number"], name="screening_number_unique_per_site"),
+            models.UniqueConstraint(
+                fields=["site", "randomization_number"], name="randomization_number_unique_per_site"
             ),
         ]
 

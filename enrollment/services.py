@@ -83,24 +83,24 @@ def _validate(
         raise InvalidScreening(_("The screening date cannot be in the future."), field="screening_date")
     if consent_date > screening_date:
         raise InvalidScreening(_("Consent must be signed on or before the screening date."), field="consent_date")
-    factors = site.trial.randomization.get("factors", [])
-    unknown = set(stratification or {}) - {factor["code"] for factor in factors}
+    factors = site.trial.protocol.randomization.factors
+    unknown = set(stratification or {}) - {factor.code for factor in factors}
     if unknown:
         raise InvalidScreening(
             _("The protocol has no stratification factor %(code)s.") % {"code": sorted(unknown)[0]},
             field="stratification",
         )
     for factor in factors:
-        if stratification.get(factor["code"]) not in factor["levels"]:
+        if stratification.get(factor.code) not in factor.levels:
             raise InvalidScreening(
-                _("Choose one of %(levels)s.") % {"levels": ", ".join(factor["levels"])},
-                field=f"stratification_{factor['code']}",
+                _("Choose one of %(levels)s.") % {"levels": ", ".join(factor.levels)},
+                field=f"stratification_{factor.code}",
             )
 
 
 def _verdict(screening: Screening, consent_date, answers) -> None:
     verdict = evaluate(
-        definition=screening.site.trial.definition,
+        eligibility=screening.site.trial.protocol.eligibility,
         date_of_birth=screening.date_of_birth,
         screening_date=screening.screening_date,
         consent_date=consent_date,
@@ -159,7 +159,7 @@ def screening_create(
         raise InvalidScreening(_("The hospital record number is required."), field="hospital_record_number")
     if Screening.objects.filter(site=site, hospital_record_number=hospital_record_number).exists():
         raise DuplicateRecordNumber()
-    known = {criterion["code"] for criterion in site.trial.eligibility["criteria"]}
+    known = {criterion.code for criterion in site.trial.protocol.eligibility.criteria}
     answers = {code: answers.get(code) for code in known}
     try:
         with audit_context(actor=screened_by, reason="Screening recorded"):
@@ -172,6 +172,7 @@ def screening_create(
                 screening_date=screening_date,
                 stratification=stratification,
                 screened_by=screened_by,
+                protocol_version_id=site.trial.current_version_id,
             )
             _verdict(screening, consent_date, answers)
             screening.save()

@@ -20,11 +20,13 @@ def _show(form, error: TrialRuleError) -> None:
 
 @login_required
 def screening_new(request):
-    sites = access.sites_for(request.user, Capability.SCREEN).select_related("trial")
-    site = sites.first()
-    if site is None:
+    sites = list(access.sites_for(request.user, Capability.SCREEN).select_related("trial").order_by("code"))
+    if not sites:
         access.require(request.user, Capability.SCREEN)
-    form = ScreeningForm(request.POST or None, trial=site.trial)
+    # A coordinator at several sites of the trial says where the patient is screened.
+    chosen = request.POST.get("site") or request.GET.get("site")
+    site = next((candidate for candidate in sites if candidate.code == chosen), sites[0])
+    form = ScreeningForm(request.POST or None, trial=site.trial, sites=sites)
     if request.method == "POST" and form.is_valid():
         try:
             screening = services.screening_create(
@@ -41,7 +43,7 @@ def screening_new(request):
             _show(form, error)
         else:
             return redirect("screening-detail", pk=screening.pk)
-    return render(request, "enrollment/screening_form.html", {"form": form, "site": site})
+    return render(request, "enrollment/screening_form.html", {"form": form, "site": site, "sites": sites})
 
 
 def _next_step(user, participant) -> dict | None:

@@ -840,7 +840,7 @@ class OdmWriter:
         self.trial = scope.trial
         self.study_oid = f"ST.{oid_part(self.trial.nct_id)}"
         self.mdv_oid = "MDV.1"
-        self.criteria = list(self.trial.eligibility.get("criteria", []))
+        self.criteria = list(self.trial.protocol.eligibility.criteria)
 
     def write(self, progress: ProgressCallback | None = None, *, use_sql: bool = True) -> int:
         """`use_sql` False builds the subjects in Python (the reference the SQL is tested against)."""
@@ -893,7 +893,7 @@ class OdmWriter:
         return subjects
 
     def _write_subjects_from_sql(self, counter: Progress) -> int:
-        sql, parameters = odm_subjects_query(self.scope, [criterion["code"] for criterion in self.criteria])
+        sql, parameters = odm_subjects_query(self.scope, [criterion.code for criterion in self.criteria])
         subjects = 0
         # A server-side cursor: the subjects are fetched a chunk at a time, and the progress
         # callback may use the connection between chunks.
@@ -932,7 +932,7 @@ class OdmWriter:
                 ("IT.UNANSWERED_CRITERIA", "Unanswered criteria", "text", 200, None),
             ],
             "IG.ELIGIBILITY": [
-                (f"IT.ELIG.{oid_part(c['code'])}", c["text"][:100], "text", 3, "CL.ANSWER") for c in self.criteria
+                (f"IT.ELIG.{oid_part(c.code)}", c.text[:100], "text", 3, "CL.ANSWER") for c in self.criteria
             ],
             "IG.RANDOMIZATION": [
                 ("IT.SCREENING_NUMBER", "Screening number", "text", 20, None),
@@ -1057,7 +1057,7 @@ class OdmWriter:
         eligibility_items = [
             (f"IT.ELIG.{oid_part(answer['criterion_code'])}", answer["answer"])
             for answer in answers
-            if answer["answer"] and any(c["code"] == answer["criterion_code"] for c in self.criteria)
+            if answer["answer"] and any(c.code == answer["criterion_code"] for c in self.criteria)
         ]
         w(f'<StudyEventData StudyEventOID="{self.STUDY_EVENT_SCREENING}"><FormData FormOID="F.SCREENING">')
         self._item_group("IG.SCREENING", screening_items)

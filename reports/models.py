@@ -57,6 +57,7 @@ class Export(Audited, models.Model):
         "row_count",
         "data_version",
         "error",
+        "trial",
         "created_at",
         "started_at",
         "finished_at",
@@ -65,6 +66,8 @@ class Export(Audited, models.Model):
     requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
     kind = models.CharField(max_length=20, choices=ExportKind.choices)
     format = models.CharField(max_length=4, choices=ExportFormat.choices)
+    # The trial the export was asked in: the worker builds it there, never across trials.
+    trial = models.ForeignKey("trialsite.Trial", on_delete=models.PROTECT, null=True, blank=True, related_name="+")
     # One site's report, or (NULL) every site the requester may report on.
     site = models.ForeignKey("trialsite.Site", on_delete=models.PROTECT, null=True, blank=True, related_name="+")
     site_ids = ArrayField(models.BigIntegerField(), default=list)

@@ -102,9 +102,17 @@ class ReportScope:
         return list(self.trial.arms.order_by("order"))
 
 
-def report_scope(user, *, site_id: int | None = None) -> ReportScope:
-    """The sites `user` may report on (all of them, or the one asked for), 404 otherwise."""
-    allowed = access.site_ids_with(user, Capability.EXPORT_REPORTS)
+def report_scope(user, *, site_id: int | None = None, trial: Trial | None = None) -> ReportScope:
+    """The sites `user` may report on in one trial (all of them, or the one asked for), 404
+    otherwise. The trial is the one named, or the one the request works in (trialsite.tenancy)."""
+    from trialsite import tenancy
+
+    trial = trial or tenancy.trial_for(user)
+    token = tenancy.activate(trial)
+    try:
+        allowed = access.site_ids_with(user, Capability.EXPORT_REPORTS)
+    finally:
+        tenancy.deactivate(token)
     if site_id is not None:
         if site_id not in allowed:
             raise Http404("Not found")
@@ -113,7 +121,7 @@ def report_scope(user, *, site_id: int | None = None) -> ReportScope:
     if not sites:
         raise Http404("Not found")
     unblinded = all(access.can(user, Capability.VIEW_ALLOCATION, site) for site in sites)
-    return ReportScope(user=user, trial=sites[0].trial, sites=sites, unblinded=unblinded)
+    return ReportScope(user=user, trial=trial, sites=sites, unblinded=unblinded)
 
 
 def data_version() -> int:
@@ -126,7 +134,7 @@ def data_version() -> int:
 
 
 def _visit_model():
-    from dosing.models import Visit
+    from schedules.models import Visit
 
     return Visit
 
@@ -260,14 +268,14 @@ def reason_labels(trial: Trial) -> dict[str, str]:
     which names that person's age."""
     from enrollment.eligibility import criterion_text
 
-    rules = trial.eligibility
+    rules = trial.protocol.eligibility
     labels = {
         "AGE": gettext("Age outside %(low)s to %(high)s years")
-        % {"low": rules.get("minimum_age_years", "?"), "high": rules.get("maximum_age_years", "?")},
+        % {"low": rules.minimum_age_years, "high": rules.maximum_age_years},
         "CONSENT": gettext("Written consent not dated on or before the screening date"),
     }
-    for criterion in rules.get("criteria", []):
-        labels[criterion["code"]] = criterion_text(criterion)
+    for criterion in rules.criteria:
+        labels[criterion.code] = criterion_text(criterion)
     return labels
 
 

@@ -74,6 +74,7 @@ def export_request(*, user, kind: str, format: str, site_id: int | None = None, 
             requested_by=user,
             kind=kind,
             format=format,
+            trial=scope.trial,
             site_id=site_id,
             site_ids=scope.site_ids,
             blinded=not scope.unblinded,
@@ -132,7 +133,7 @@ def export_run(*, export_id: int) -> bool:
     try:
         with translation.override(export.language):
             # The requester's permissions now, not when they asked: a revoked role exports nothing.
-            scope = selectors.report_scope(export.requested_by, site_id=export.site_id)
+            scope = selectors.report_scope(export.requested_by, site_id=export.site_id, trial=export.trial)
             version = selectors.data_version()
             _set(
                 export,

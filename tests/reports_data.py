@@ -78,7 +78,7 @@ def randomize(participant: Participant, *, by, when: datetime.datetime) -> str:
 
 def fail_screening(site, *, by, reasons: list[str], consented: bool = True) -> Screening:
     screening = factories.make_screening(site, by=by, eligible=False)
-    criteria = {criterion["code"]: criterion["text"] for criterion in site.trial.eligibility["criteria"]}
+    criteria = {criterion.code: criterion.text for criterion in site.trial.protocol.eligibility.criteria}
     with audit_context(actor=by, reason="test screen failure"):
         Screening.objects.filter(pk=screening.pk).update(
             reasons=[{"code": code, "text": criteria[code]} for code in reasons]

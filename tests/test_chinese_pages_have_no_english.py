@@ -203,7 +203,7 @@ def test_no_english_word_on_any_chinese_page(busy_demo, username):
     assert found == {}, "\n".join(f"{word!r} on {where}" for word, where in sorted(found.items()))
     if username not in ("statistician", "supply"):
         # The arms now have Chinese names: a blinded reader meets none of them either.
-        arm_names = [arm["name_zh"] for arm in busy_demo["trial"].definition["arms"]]
+        arm_names = [arm.name_zh for arm in busy_demo["trial"].protocol.arms]
         assert arm_names and not [(url, name) for url, html in pages for name in arm_names if name in html]
 
 

@@ -183,8 +183,7 @@ def test_one_content_short_reads_as_no_kits_without_naming_it(cast, site, client
 
 
 def test_participants_waiting_for_a_signature_are_the_pis_step(cast, site, client_for, trial):
-    if not trial.randomization.get("require_eligibility_signature"):
-        pytest.skip("the protocol does not ask for the signature first")
+    assert trial.protocol.randomization.require_eligibility_signature
     participant = factories.make_participant(site, by=cast.coordinator)
     if participant.eligibility_signature_id:
         from trialsite.audit import audit_context

@@ -1,5 +1,4 @@
 import itertools
-import tomllib
 from decimal import Decimal
 
 import pytest
@@ -10,11 +9,11 @@ from hypothesis import strategies as st
 
 from dosing.dose import adherence, infusion_decision, infusion_dose, vial_plan, weight_change_flagged
 from dosing.exceptions import VialPlanImpossible, WeightOutOfBounds
+from trialsite.protocol import check_file
 
-with open(settings.PROTOCOL_FILE, "rb") as protocol:
-    DOSING = tomllib.load(protocol)["dosing"]
-INFUSION = DOSING["infusion"]
-SAFETY = DOSING["safety"]
+DOSING = check_file(settings.PROTOCOL_FILE).dosing
+INFUSION = DOSING.infusion
+SAFETY = DOSING.safety
 TENTH_KG = Decimal("0.1")
 
 
@@ -148,7 +147,7 @@ def test_adherence_is_tablets_taken_per_day_elapsed():
 
 # --- The vial plan at every weight the protocol allows -----------------------------------------
 
-VIAL_SIZES = INFUSION["vial_sizes_mg"]
+VIAL_SIZES = list(INFUSION.vial_sizes_mg)
 
 
 def _covering_plans(dose: Decimal, sizes: list[int]) -> list[tuple[Decimal, int, dict[int, int]]]:
@@ -189,8 +188,8 @@ def test_the_issue_examples_least_waste_first_then_fewest_vials():
 
 
 def test_every_weight_the_protocol_allows_in_tenth_kg_steps_gets_the_best_plan():
-    low = Decimal(str(INFUSION["minimum_weight_kg"]))
-    high = Decimal(str(INFUSION["maximum_weight_kg"]))
+    low = INFUSION.minimum_weight_kg
+    high = INFUSION.maximum_weight_kg
     weight, checked = low + TENTH_KG, 0
     while weight <= high:
         dose = dose_for(str(weight))

@@ -14,7 +14,7 @@ from enrollment.models import Participant, Screening
 from tests import factories
 from trialsite.exceptions import PasswordIncorrect, ReasonRequired
 from trialsite.models import AuditEvent
-from trialsite.protocol import read_definition
+from trialsite.protocol import check_file
 
 SCREENED = datetime.date(2026, 11, 20)
 ALL_GOOD = {"IN1": "yes", "IN2": "yes", "EX1": "no", "EX2": "no", "EX3": "no"}
@@ -24,12 +24,12 @@ ALL_GOOD = {"IN1": "yes", "IN2": "yes", "EX1": "no", "EX2": "no", "EX3": "no"}
 def definition():
     from django.conf import settings
 
-    return read_definition(settings.PROTOCOL_FILE)
+    return check_file(settings.PROTOCOL_FILE).eligibility
 
 
 def verdict(definition, *, born=datetime.date(1970, 1, 1), consent=SCREENED, answers=None):
     return evaluate(
-        definition=definition,
+        eligibility=definition,
         date_of_birth=born,
         screening_date=SCREENED,
         consent_date=consent,

@@ -11,7 +11,6 @@ import pytest
 import time_machine
 from django.conf import settings
 from django.core import mail
-from django.core.exceptions import ValidationError
 
 from enrollment.models import Participant, ProtocolDeviation, Screening
 from randomization import services as randomization
@@ -19,7 +18,8 @@ from tests import dosing_factories as df
 from tests import factories
 from trialsite.audit import audit_context
 from trialsite.models import AuditEvent
-from trialsite.protocol import read_definition, validate_definition
+from trialsite.protocol import read_definition
+from trialsite.protocol_schema import ProtocolError, parse_protocol
 
 NOW = datetime.datetime(2026, 11, 21, 2, 0, tzinfo=datetime.UTC)
 ALL_GOOD = {"IN1": "yes", "IN2": "yes", "EX1": "no", "EX2": "no", "EX3": "no"}
@@ -99,15 +99,15 @@ def test_without_the_pis_signature_web_and_api_refuse_at_the_field(cast, site, l
 
 
 def test_the_signature_rule_is_a_protocol_setting(cast, site, locked_list, api_for):
-    definition = read_definition(settings.PROTOCOL_FILE)
-    assert definition["randomization"]["require_eligibility_signature"] is True
-    with pytest.raises(ValidationError, match="require_eligibility_signature"):
-        validate_definition(
+    definition, protocol = read_definition(settings.PROTOCOL_FILE)
+    assert protocol.randomization.require_eligibility_signature is True
+    with pytest.raises(ProtocolError, match=r"randomization.require_eligibility_signature: must be true or false"):
+        parse_protocol(
             {**definition, "randomization": {**definition["randomization"], "require_eligibility_signature": "yes"}}
         )
     # Another protocol without it: randomized without a signature.
     trial = site.trial
-    trial.definition = {**trial.definition, "randomization": {**trial.randomization}}
+    trial.definition = {**trial.definition, "randomization": dict(trial.definition["randomization"])}
     del trial.definition["randomization"]["require_eligibility_signature"]
     with audit_context(reason="test: another protocol"):
         trial.save(update_fields=["definition"])
@@ -268,7 +268,7 @@ def test_a_stratum_corrected_after_randomization_is_a_deviation_too(cast, site):
 
     trial = site.trial
     factor = {"code": "liver", "label": "Liver metastasis", "levels": ["yes", "no"]}
-    trial.definition = {**trial.definition, "randomization": {**trial.randomization, "factors": [factor]}}
+    trial.definition = {**trial.definition, "randomization": {**trial.definition["randomization"], "factors": [factor]}}
     with audit_context(reason="test: a protocol with a stratification factor"):
         trial.save(update_fields=["definition"])
     participant = df.randomized_participant(site, arm_code="TOC", by=cast.coordinator)

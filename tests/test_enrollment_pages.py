@@ -54,8 +54,8 @@ def test_the_form_shows_the_protocols_chinese_text_to_a_chinese_reader(cast, sit
     client = client_for(cast.coordinator)
     client.cookies[settings.LANGUAGE_COOKIE_NAME] = "zh-hans"
     page = client.get("/screening/new/", HTTP_ACCEPT_LANGUAGE="zh-hans").content.decode()
-    criterion = site.trial.eligibility["criteria"][0]
-    assert criterion["text_zh"] in page
+    criterion = site.trial.protocol.eligibility.criteria[0]
+    assert criterion.text_zh in page
     assert "筛选患者" in page and "保存并判断入选资格" in page
 
 

@@ -16,7 +16,7 @@ from enrollment.models import Consent, EligibilityAnswer, Participant, ProtocolD
 from tests import factories
 from trialsite.exceptions import Conflict, PasswordIncorrect, ReasonRequired
 from trialsite.models import AuditEvent, Signature
-from trialsite.protocol import read_definition
+from trialsite.protocol import check_file
 
 ALL_GOOD = {"IN1": "yes", "IN2": "yes", "EX1": "no", "EX2": "no", "EX3": "no"}
 SCREENED = datetime.date(2026, 11, 20)
@@ -26,12 +26,12 @@ NOW = datetime.datetime(2026, 11, 21, 2, 0, tzinfo=datetime.UTC)
 
 @pytest.fixture(scope="module")
 def definition():
-    return read_definition(settings.PROTOCOL_FILE)
+    return check_file(settings.PROTOCOL_FILE).eligibility
 
 
 def outcome(definition, *, born, screened, consent=None, answers=None):
     return evaluate(
-        definition=definition,
+        eligibility=definition,
         date_of_birth=born,
         screening_date=screened,
         consent_date=consent or screened,
@@ -89,8 +89,8 @@ def test_reasons_are_given_in_chinese_to_a_chinese_reader(definition):
         verdict = outcome(
             definition, born=datetime.date(1970, 1, 1), screened=SCREENED, answers={**ALL_GOOD, "EX3": "yes"}
         )
-    criterion = next(c for c in definition["eligibility"]["criteria"] if c["code"] == "EX3")
-    assert criterion["text_zh"] in verdict.reasons[0]["text"]
+    criterion = next(c for c in definition.criteria if c.code == "EX3")
+    assert criterion.text_zh in verdict.reasons[0]["text"]
 
 
 def screen(site, by, **overrides):

@@ -1,9 +1,17 @@
-import pytest
-from django.core.exceptions import ValidationError
-from django.core.management import call_command
+import shutil
+from pathlib import Path
 
-from trialsite.models import Trial
-from trialsite.protocol import load_protocol
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+
+from randomization import services as randomization_services
+from tests import factories
+from trialsite.models import ProtocolVersion, Site, Trial
+from trialsite.protocol import load_protocol, load_protocol_file
+from trialsite.protocol_schema import ProtocolError
+
+BROKEN = Path(__file__).parent / "protocols" / "broken.toml"
 
 
 def test_the_nct06442709_protocol_loads_with_four_arms_and_the_nantong_site(trial):
@@ -14,21 +22,30 @@ def test_the_nct06442709_protocol_loads_with_four_arms_and_the_nantong_site(tria
     assert trial.arms.get(code="ASA").kit_contents == {"INF": "placebo", "TAB": "active"}
     site = trial.sites.get()
     assert (site.code, site.time_zone) == ("NT", "Asia/Shanghai")
-    assert [criterion["code"] for criterion in trial.eligibility["criteria"]] == ["IN1", "IN2", "EX1", "EX2", "EX3"]
-    assert trial.randomization["block_sizes"] == [4, 8]
+    protocol = trial.protocol
+    assert [criterion.code for criterion in protocol.eligibility.criteria] == ["IN1", "IN2", "EX1", "EX2", "EX3"]
+    assert protocol.randomization.block_sizes == (4, 8)
+    assert trial.current_version.version == protocol.trial.protocol_version
+
+
+def test_the_typed_protocol_is_frozen(trial):
+    with pytest.raises(Exception, match="frozen"):
+        trial.protocol.dosing.infusion.mg_per_kg = 8
 
 
 def test_loading_twice_changes_nothing(trial, settings):
-    load_protocol(settings.PROTOCOL_FILE)
+    report = load_protocol_file(settings.PROTOCOL_FILE)
+    assert report.changes == []
     assert Trial.objects.count() == 1
     assert trial.arms.count() == 4
+    assert ProtocolVersion.objects.filter(trial=trial).count() == 1
 
 
 def test_a_broken_protocol_file_is_refused_with_the_place_of_the_mistake(tmp_path, settings, db):
     broken = settings.PROTOCOL_FILE.read_text().replace("block_sizes = [4, 8]", "block_sizes = [4, 6]")
     path = tmp_path / "broken.toml"
     path.write_text(broken)
-    with pytest.raises(ValidationError, match="block size 6 is not a multiple"):
+    with pytest.raises(ProtocolError, match=r"randomization.block_sizes\[1\]: block size 6 is not a multiple"):
         load_protocol(path)
     assert not Trial.objects.exists()
 
@@ -36,10 +53,157 @@ def test_a_broken_protocol_file_is_refused_with_the_place_of_the_mistake(tmp_pat
 def test_a_site_with_an_unknown_time_zone_is_refused(tmp_path, settings, db):
     path = tmp_path / "bad-zone.toml"
     path.write_text(settings.PROTOCOL_FILE.read_text().replace('"Asia/Shanghai"', '"Mars/Olympus"'))
-    with pytest.raises(ValidationError, match="unknown time zone Mars/Olympus"):
+    with pytest.raises(ProtocolError, match=r"sites\[0\].time_zone: unknown time zone Mars/Olympus"):
         load_protocol(path)
+
+
+# Each mistake planted in tests/protocols/broken.toml, by the path the error must name.
+EXPECTED_BROKEN = {
+    "trial.nct_id": "must match",
+    "trial.target_enrollment": "must be a positive integer",
+    "trial.sponsor_contact_email": "must be an e-mail address",
+    "sites[1].time_zone": "unknown time zone Moon/Tranquility",
+    "arms[0].ratio": "must be a positive integer",
+    "arms[1].kit_contents.TAB": "must be one of",
+    "arms[1].colour": "is not a key this system knows",
+    "eligibility.criteria[0].kind": "must be one of",
+    "eligibility.maximum_age_years": "is required",
+    "randomization.method": "must be one of",
+    "randomization.factors[0].levels": "must have at least 2 entries",
+    "dosing.infusion.vial_sizes_mg[2]": "must be a positive integer",
+    "dosing.infusion.mg_per_kg": "must be a number above 0",
+    "dosing.tablet.tablets_per_kit": "is required",
+    "reminders.quiet_hours.start": "must be a time of day as HH:MM",
+    "kits.types[1]": "must be a code",
+}
+
+
+def test_a_broken_third_protocol_names_every_mistake_by_its_path(db):
+    with pytest.raises(ProtocolError) as refused:
+        load_protocol(BROKEN)
+    errors = refused.value.errors
+    for path, message in EXPECTED_BROKEN.items():
+        matching = [error for error in errors if error.startswith(f"{path}: ")]
+        assert matching, f"no error names {path}: {errors}"
+        assert message in matching[0], matching[0]
+    # Nothing else: every error is one we planted, each named by a path.
+    assert len(errors) == len(EXPECTED_BROKEN), errors
+    assert not Trial.objects.exists()
+
+
+def test_check_validates_a_file_without_loading_it(db, settings, capsys):
+    call_command("load_protocol", str(settings.PROTOCOL_FILE), "--check")
+    out = capsys.readouterr().out
+    assert "valid. NCT06442709 version" in out
+    assert not Trial.objects.exists()
+    with pytest.raises(CommandError) as refused:
+        call_command("load_protocol", str(BROKEN), "--check")
+    assert f"{len(EXPECTED_BROKEN)} problem(s)" in str(refused.value)
+    assert "dosing.infusion.vial_sizes_mg[2]: must be a positive integer" in str(refused.value)
 
 
 def test_the_load_protocol_command_reports_what_it_loaded(db, capsys):
     call_command("load_protocol")
-    assert "Loaded NCT06442709: 4 arms, 1 site(s), target 100 participants" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "Loaded NCT06442709: 4 arms, 1 site(s), target 100 participants" in out
+    assert "protocol version" in out
+
+
+def _amended(settings, tmp_path, *replacements) -> Path:
+    text = settings.PROTOCOL_FILE.read_text()
+    for old, new in replacements:
+        assert old in text, old
+        text = text.replace(old, new, 1)
+    path = tmp_path / "amended.toml"
+    path.write_text(text)
+    return path
+
+
+def test_an_amendment_is_a_new_version_and_the_old_one_is_kept(trial, settings, tmp_path):
+    first = trial.current_version
+    path = _amended(
+        settings,
+        tmp_path,
+        ('protocol_version = "1.0"', 'protocol_version = "2.0"'),
+        ("target_enrollment = 100", "target_enrollment = 120"),
+    )
+    report = load_protocol_file(path)
+    trial.refresh_from_db()
+    assert report.new_version
+    assert trial.target_enrollment == 120
+    assert trial.current_version.version == "2.0"
+    assert list(trial.protocol_versions.values_list("version", flat=True)) == ["1.0", "2.0"]
+    assert ProtocolVersion.objects.get(pk=first.pk).definition["trial"]["target_enrollment"] == 100
+
+
+def test_a_used_arm_cannot_be_changed_and_the_refusal_says_what(trial, site, cast, settings, tmp_path):
+    randomization_list = randomization_services.list_generate(
+        trial=trial, seed="protocol", slots_per_stratum=8, created_by=cast.statistician
+    )
+    randomization_services.list_lock(
+        randomization_list=randomization_list, locked_by=cast.statistician, password=factories.PASSWORD
+    )
+    # Every arm used: four participants fill the first block of four or half a block of eight.
+    for _ in range(8):
+        participant = factories.make_participant(site, by=cast.coordinator)
+        randomization_services.participant_randomize(participant=participant, randomized_by=cast.coordinator)
+    path = _amended(
+        settings,
+        tmp_path,
+        ('protocol_version = "1.0"', 'protocol_version = "2.0"'),
+        ("ratio = 1", "ratio = 2"),
+        ("block_sizes = [4, 8]", "block_sizes = [5, 10]"),
+    )
+    with pytest.raises(ProtocolError) as refused:
+        load_protocol(path)
+    assert any("arms[0].ratio: arm TOC has randomized participants" in error for error in refused.value.errors)
+    trial.refresh_from_db()
+    assert trial.current_version.version == "1.0"
+    assert trial.arms.get(code="TOC").ratio == 1
+
+
+def test_a_screened_version_cannot_be_rewritten_in_place(trial, site, cast, settings, tmp_path):
+    factories.make_participant(site, by=cast.coordinator)
+    path = _amended(settings, tmp_path, ("target_enrollment = 100", "target_enrollment = 90"))
+    with pytest.raises(ProtocolError, match=r"trial.protocol_version: version 1.0 is already loaded with other"):
+        load_protocol(path)
+
+
+def test_a_second_trial_with_the_same_site_code_gets_its_own_site(trial, site, cast, settings, tmp_path):
+    """Loading another protocol that names site NT never moves NT's participants to it."""
+    participant = factories.make_participant(site, by=cast.coordinator)
+    path = _amended(settings, tmp_path, ('nct_id = "NCT06442709"', 'nct_id = "NCT09999999"'))
+    other = load_protocol(path)
+    assert other.pk != trial.pk
+    assert Site.objects.filter(code="NT").count() == 2
+    participant.refresh_from_db()
+    assert participant.site.trial_id == trial.pk
+    assert site.staff_roles.exists()
+    assert not other.sites.get().staff_roles.exists()
+
+
+def test_a_site_with_screenings_cannot_be_removed(trial, site, cast, settings, tmp_path):
+    factories.make_participant(site, by=cast.coordinator)
+    text = settings.PROTOCOL_FILE.read_text()
+    text = text.replace('code = "NT"', 'code = "SH"', 1)
+    path = tmp_path / "moved.toml"
+    path.write_text(text)
+    with pytest.raises(ProtocolError, match=r"sites: site NT has 1 screening\(s\) and cannot be removed"):
+        load_protocol(path)
+    assert trial.sites.filter(code="NT").exists()
+
+
+def test_roles_in_the_file_are_checked_against_known_capabilities(db, settings, tmp_path):
+    path = tmp_path / "roles.toml"
+    shutil.copy(settings.PROTOCOL_FILE, path)
+    with open(path, "a") as protocol_file:
+        protocol_file.write('\n[roles.investigator]\ncapabilities = ["view_participants", "see_everything"]\n')
+    with pytest.raises(
+        ProtocolError, match=r"roles.investigator.capabilities\[1\]: see_everything is not a capability"
+    ):
+        load_protocol(path)
+
+
+def test_records_say_which_protocol_version_they_were_captured_under(trial, site, cast):
+    participant = factories.make_participant(site, by=cast.coordinator)
+    assert participant.screening.protocol_version == trial.current_version

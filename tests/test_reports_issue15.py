@@ -16,10 +16,11 @@ import pytest
 import time_machine
 from django.utils import translation
 
-from dosing.models import Decision, DoseRecord, Visit, VisitStatus
+from dosing.models import Decision, DoseRecord
 from enrollment.models import Outcome, Participant, ParticipantStatus, Screening
 from enrollment.services import participant_withdraw
 from reports import charts, selectors
+from schedules.models import Visit, VisitStatus
 from tests import dosing_factories as df
 from tests import factories
 from tests import test_reports_exports as exports_tests
@@ -60,7 +61,7 @@ def fail_with(site, *, by, reasons: list[tuple[str, str]]) -> Screening:
 def many_reasons(data, site, cast):
     """On top of the report data: screen failures on every reason the protocol has, two of them
     on age (18 and 76), so the Excluded box of the CONSORT diagram is long."""
-    texts = {c["code"]: c["text"] for c in site.trial.eligibility["criteria"]}
+    texts = {c.code: c.text for c in site.trial.protocol.eligibility.criteria}
     fail_with(site, by=cast.coordinator, reasons=[("AGE", AGE_TEXT % 18)])
     fail_with(site, by=cast.coordinator, reasons=[("AGE", AGE_TEXT % 76), ("CONSENT", "Written consent missing")])
     for code, text in texts.items():

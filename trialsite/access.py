@@ -15,6 +15,7 @@ from django.http import Http404
 from django.utils.translation import gettext_lazy as _
 
 from trialsite.models import Role, Site, StaffRole
+from trialsite.tenancy import current_trial
 
 
 class Capability(models.TextChoices):
@@ -60,14 +61,19 @@ DEFAULT_ROLE_CAPABILITIES: dict[str, frozenset[str]] = {
 
 
 def role_capabilities(site: Site, role: str) -> frozenset[str]:
-    overrides = (site.trial.definition.get("roles") or {}).get(role)
-    if overrides is not None:
-        return frozenset(overrides["capabilities"])
-    return DEFAULT_ROLE_CAPABILITIES.get(role, frozenset())
+    protocol = site.trial.protocol
+    overrides = protocol.roles.get(role)
+    capabilities = (
+        frozenset(overrides.capabilities) if overrides is not None else DEFAULT_ROLE_CAPABILITIES.get(role, frozenset())
+    )
+    if not protocol.blinded:
+        # Open label: nobody is blinded, so every role may see the arm.
+        capabilities |= {Capability.VIEW_ALLOCATION}
+    return capabilities
 
 
-def _grants(user) -> dict[int, frozenset[str]]:
-    """Capabilities per site id for this user, computed once per user object (one query)."""
+def _all_grants(user) -> dict[int, tuple[int, frozenset[str]]]:
+    """(trial id, capabilities) per site id, every trial; computed once per user object (one query)."""
     if not getattr(user, "is_authenticated", False) or not user.is_active:
         return {}
     cached = getattr(user, "_trial_capabilities", None)
@@ -75,15 +81,30 @@ def _grants(user) -> dict[int, frozenset[str]]:
         cached = {}
         for staff_role in StaffRole.objects.filter(user=user).select_related("site__trial"):
             site_id = staff_role.site_id
-            cached[site_id] = cached.get(site_id, frozenset()) | role_capabilities(staff_role.site, staff_role.role)
+            previous = cached.get(site_id, (staff_role.site.trial_id, frozenset()))[1]
+            capabilities = previous | role_capabilities(staff_role.site, staff_role.role)
+            cached[site_id] = (staff_role.site.trial_id, capabilities)
         user._trial_capabilities = cached
     return cached
 
 
+def _grants(user) -> dict[int, frozenset[str]]:
+    """Capabilities per site id, at the sites of the trial this request works in (every trial
+    when the address names none: a user whose roles span trials is then refused by the
+    tenancy middleware before any view asks)."""
+    trial = current_trial()
+    return {
+        site_id: capabilities
+        for site_id, (trial_id, capabilities) in _all_grants(user).items()
+        if trial is None or trial_id == trial.pk
+    }
+
+
 def forget_grants(user) -> None:
     """Drop the cached capabilities, after roles change."""
-    if hasattr(user, "_trial_capabilities"):
-        del user._trial_capabilities
+    for name in ("_trial_capabilities", "_trial_ids"):
+        if hasattr(user, name):
+            delattr(user, name)
 
 
 def site_ids(user) -> set[int]:
@@ -115,10 +136,16 @@ def sites_for(user, capability: str) -> QuerySet[Site]:
     return Site.objects.filter(pk__in=site_ids_with(user, capability))
 
 
+def _staff_roles(user):
+    staff_roles = StaffRole.objects.filter(user=user)
+    trial = current_trial()
+    return staff_roles if trial is None else staff_roles.filter(site__trial=trial)
+
+
 def roles_of(user) -> set[str]:
     if not getattr(user, "is_authenticated", False):
         return set()
-    return set(StaffRole.objects.filter(user=user).values_list("role", flat=True))
+    return set(_staff_roles(user).values_list("role", flat=True))
 
 
 def scope(queryset: QuerySet, user, capability: str, site_field: str = "site") -> QuerySet:
@@ -152,7 +179,7 @@ def holds_blinded_role(user) -> bool:
     role, not per site: a coordinator who is also the site's statistician still works blinded."""
     if not getattr(user, "is_authenticated", False):
         return False
-    staff_roles = StaffRole.objects.filter(user=user).select_related("site__trial")
+    staff_roles = _staff_roles(user).select_related("site__trial")
     return any(
         Capability.VIEW_ALLOCATION not in role_capabilities(staff_role.site, staff_role.role)
         for staff_role in staff_roles
@@ -170,3 +197,24 @@ def users_with(capability: str, site: Site) -> Iterable:
     return (
         get_user_model().objects.filter(trial_roles__site=site, trial_roles__role__in=roles, is_active=True).distinct()
     )
+
+
+class SiteNotChosen(Exception):
+    """Several sites allow the action and none was named."""
+
+
+def choose_site(user, capability: str, code: str | None = None) -> Site:
+    """The site an action happens at, in the trial this request works in: the one named by
+    `code`, or the user's only site with `capability`. Http404 when the user has none (or names
+    one they cannot use); SiteNotChosen when several qualify and none is named."""
+    sites = list(sites_for(user, capability).select_related("trial").order_by("code"))
+    if code:
+        for site in sites:
+            if site.code == code:
+                return site
+        raise Http404("Not found")
+    if not sites:
+        raise Http404("Not found")
+    if len(sites) > 1:
+        raise SiteNotChosen()
+    return sites[0]

@@ -23,4 +23,11 @@ def navigation(request):
     ]
     if matching:
         max(matching, key=lambda entry: len(entry["url"]))["current"] = True
-    return {"navigation": entries, "user_capabilities": capabilities}
+    from trialsite import tenancy
+
+    return {
+        "navigation": entries,
+        "user_capabilities": capabilities,
+        "current_trial": tenancy.current_trial(),
+        "works_in_several_trials": len(tenancy.trial_ids_of(user)) > 1,
+    }

@@ -34,13 +34,18 @@ class SiteTimezoneMiddleware:
         zone = None
         user = getattr(request, "user", None)
         if user is not None and user.is_authenticated:
-            zone = request.session.get("site_time_zone")
-            if zone is None:
-                from trialsite.models import StaffRole
+            from trialsite.models import StaffRole
+            from trialsite.tenancy import current_trial
 
-                first = StaffRole.objects.filter(user=user).select_related("site").order_by("site__code").first()
+            # Per trial: the same person may work at a Shanghai site in one trial and elsewhere in another.
+            trial = current_trial()
+            key = f"site_time_zone:{trial.pk}" if trial else "site_time_zone"
+            zone = request.session.get(key)
+            if zone is None:
+                roles = StaffRole.objects.filter(user=user).select_related("site").order_by("site__code")
+                first = (roles if trial is None else roles.filter(site__trial=trial)).first()
                 zone = first.site.time_zone if first else settings.TIME_ZONE
-                request.session["site_time_zone"] = zone
+                request.session[key] = zone
         if zone:
             timezone.activate(zoneinfo.ZoneInfo(zone))
         else:
@@ -61,7 +66,7 @@ class ApiJsonErrorsMiddleware:
     def __call__(self, request):
         response = self.get_response(request)
         if (
-            request.path.startswith("/api/")
+            request.path_info.startswith("/api/")
             and response.status_code >= 400
             and response.get("Content-Type", "").startswith("text/html")
         ):
@@ -82,7 +87,7 @@ class TwoFactorMiddleware:
 
     def __call__(self, request):
         user = getattr(request, "user", None)
-        if user is None or not user.is_authenticated or request.path.startswith(self.OPEN_PREFIXES):
+        if user is None or not user.is_authenticated or request.path_info.startswith(self.OPEN_PREFIXES):
             return self.get_response(request)
         from trialsite import two_factor
 
@@ -101,7 +106,7 @@ class TwoFactorMiddleware:
         from django.urls import reverse
         from django.utils.http import urlencode
 
-        if request.path.startswith("/api/"):
+        if request.path_info.startswith("/api/"):
             return JsonResponse({"detail": str(message)}, status=403)
         return redirect(f"{reverse(url_name)}?{urlencode({'next': request.get_full_path()})}")
 
@@ -157,7 +162,7 @@ class RequestBodyGuardMiddleware:
         body = request.body
         if content_type == "application/x-www-form-urlencoded":
             return self._check_form(request, body)
-        if content_type == "application/json" and request.path.startswith("/api/"):
+        if content_type == "application/json" and request.path_info.startswith("/api/"):
             try:
                 data = json.loads(body.decode("utf-8"))
             except (UnicodeDecodeError, ValueError) as error:
@@ -229,7 +234,7 @@ class RequestBodyGuardMiddleware:
         return None
 
     def _answer(self, request, status, message, field=None):
-        if request.path.startswith("/api/"):
+        if request.path_info.startswith("/api/"):
             return JsonResponse({field or "detail": [str(message)] if field else str(message)}, status=status)
         return HttpResponse(
             f"<!doctype html><title>{status}</title><h1>{escape(str(message))}</h1>",

@@ -28,6 +28,7 @@ class Trial(Audited, models.Model):
         "target_enrollment",
         "definition_sha256",
         "loaded_at",
+        "current_version",
     )  # Not `definition`: the file may hold supply settings per content, for unblinded roles only.
 
     nct_id = models.CharField(max_length=20, unique=True)
@@ -39,34 +40,61 @@ class Trial(Audited, models.Model):
     definition = models.JSONField()
     definition_sha256 = models.CharField(max_length=64)
     loaded_at = models.DateTimeField(auto_now=True)
+    # The version in force: what new records are captured under.
+    current_version = models.ForeignKey(
+        "ProtocolVersion", on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
 
     def __str__(self) -> str:
         return self.nct_id
 
     @property
-    def eligibility(self) -> dict:
-        return self.definition["eligibility"]
+    def protocol(self):
+        """The loaded protocol as typed, frozen objects (trialsite.protocol_schema): the one way
+        code reads the trial's rules. Parsed once per file content and process."""
+        from trialsite.protocol_schema import protocol_for
 
-    @property
-    def visits(self) -> dict:
-        return self.definition["visits"]
+        memo = self.__dict__.get("_protocol_memo")
+        if memo is None or memo[0] is not self.definition:
+            memo = self.__dict__["_protocol_memo"] = (self.definition, protocol_for(self.definition))
+        return memo[1]
 
-    @property
-    def dosing(self) -> dict:
-        return self.definition["dosing"]
 
-    @property
-    def randomization(self) -> dict:
-        return self.definition["randomization"]
+class ProtocolVersion(Audited, models.Model):
+    """One loaded version of a trial's protocol file (the original or an amendment), kept for
+    good: records captured under it point here, and an auditor can read the rules that applied."""
+
+    audit_clinical_fields = ()
+    audit_blinded_visible = ("trial", "version", "effective_date", "sha256", "loaded_at", "loaded_by")
+
+    trial = models.ForeignKey(Trial, on_delete=models.PROTECT, related_name="protocol_versions")
+    version = models.CharField(max_length=40)
+    effective_date = models.DateField(null=True, blank=True)
+    # The whole parsed file (may hold supply settings: unblinded roles only, like Trial.definition).
+    definition = models.JSONField()
+    sha256 = models.CharField(max_length=64)
+    loaded_at = models.DateTimeField(auto_now_add=True)
+    loaded_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+
+    class Meta:
+        ordering = ["trial", "loaded_at", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["trial", "version"], name="protocol_version_unique_per_trial"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.trial_id} v{self.version}"
 
 
 def _name_in_language(record, section: str) -> str:
     from django.utils.translation import get_language
 
     if (get_language() or "").startswith("zh"):
-        for entry in (record.trial.definition or {}).get(section, []):
-            if entry.get("code") == record.code and entry.get("name_zh"):
-                return entry["name_zh"]
+        for entry in getattr(record.trial.protocol, section):
+            if entry.code == record.code and entry.name_zh:
+                return entry.name_zh
     return record.name
 
 
@@ -105,7 +133,7 @@ class Site(Audited, models.Model):
     audit_blinded_visible = ("trial", "code", "name", "time_zone", "last_randomization_number", "last_screening_number")
 
     trial = models.ForeignKey(Trial, on_delete=models.PROTECT, related_name="sites")
-    code = models.CharField(max_length=20, unique=True, help_text=_("Short code, e.g. NT"))
+    code = models.CharField(max_length=20, help_text=_("Short code, e.g. NT"))
     name = models.CharField(max_length=200)
     time_zone = models.CharField(max_length=64, validators=[validate_time_zone])
     # Randomization numbers are handed out per site (NT-0001, NT-0002, ...) by a counter
@@ -115,6 +143,8 @@ class Site(Audited, models.Model):
 
     class Meta:
         ordering = ["code"]
+        # Per trial: two trials may both have a site "NT" (the same hospital, two protocols).
+        constraints = [models.UniqueConstraint(fields=["trial", "code"], name="site_code_unique_per_trial")]
 
     def __str__(self) -> str:
         return f"{self.code} {self.name}"

@@ -1,122 +1,243 @@
-"""Loading a protocol definition file (TOML) into the database.
+"""Loading a protocol file (TOML) into the database, one trial per file.
 
-The file is checked before anything is written: a missing key, an unknown kit type or an arm
-whose kits do not cover every kit type is refused with the path of the offending entry."""
+The file is parsed and validated completely first (trialsite.protocol_schema): nothing is written
+unless every key is right. Loading then creates or updates the trial, keeps every version of the
+file, and refuses what would rewrite history: a site never moves to another trial or loses its
+participants, and an arm that has been used keeps its code, ratio and kit contents. Each refusal
+says exactly what it refused."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import tomllib
+from dataclasses import dataclass, field
 from pathlib import Path
-from zoneinfo import available_timezones
 
-from django.core.exceptions import ValidationError
 from django.db import transaction
+from django.db.models import ProtectedError
 
 from trialsite.audit import audit_context
-from trialsite.models import Arm, Site, Trial
+from trialsite.models import Arm, ProtocolVersion, Site, Trial
+from trialsite.protocol_schema import Protocol, ProtocolError, parse_protocol
 
-REQUIRED_SECTIONS = ("trial", "sites", "arms", "eligibility", "randomization", "visits", "dosing", "kits")
-TRIAL_KEYS = ("nct_id", "title", "sponsor", "sponsor_protocol_id", "sponsor_contact_email", "target_enrollment")
-
-
-def _require(mapping: dict, key: str, where: str):
-    if key not in mapping:
-        raise ValidationError(f"{where}: '{key}' is missing")
-    return mapping[key]
+__all__ = ["LoadReport", "ProtocolError", "check_file", "load_protocol", "read_definition"]
 
 
-def validate_definition(definition: dict) -> None:
-    for section in REQUIRED_SECTIONS:
-        _require(definition, section, "protocol")
-    for key in TRIAL_KEYS:
-        _require(definition["trial"], key, "[trial]")
-    kit_types = _require(definition["kits"], "types", "[kits]")
-    arm_codes = set()
-    for index, arm in enumerate(definition["arms"]):
-        where = f"[[arms]] #{index + 1}"
-        code = _require(arm, "code", where)
-        if code in arm_codes:
-            raise ValidationError(f"{where}: arm code {code} appears twice")
-        arm_codes.add(code)
-        contents = _require(arm, "kit_contents", where)
-        if set(contents) != set(kit_types):
-            raise ValidationError(f"{where}: kit_contents must name exactly the kit types {kit_types}")
-        if not set(contents.values()) <= {"active", "placebo"}:
-            raise ValidationError(f"{where}: kit contents are 'active' or 'placebo'")
-    if len(arm_codes) < 2:
-        raise ValidationError("[[arms]]: a randomized trial needs at least two arms")
-    total_ratio = sum(arm.get("ratio", 1) for arm in definition["arms"])
-    for block_size in _require(definition["randomization"], "block_sizes", "[randomization]"):
-        if block_size <= 0 or block_size % total_ratio:
-            raise ValidationError(
-                f"[randomization]: block size {block_size} is not a multiple of the allocation ratio total {total_ratio}"
+def read_definition(path: Path) -> tuple[dict, Protocol]:
+    """The raw document and its typed protocol, or ProtocolError naming each mistake's path."""
+    try:
+        with open(path, "rb") as protocol_file:
+            document = tomllib.load(protocol_file)
+    except tomllib.TOMLDecodeError as error:
+        raise ProtocolError([f"{Path(path).name}: not valid TOML: {error}"]) from None
+    return _json_safe(document), parse_protocol(document)
+
+
+def _json_safe(document):
+    """TOML dates become ISO text so the document can be stored as JSON and parsed again alike."""
+    if isinstance(document, dict):
+        return {key: _json_safe(value) for key, value in document.items()}
+    if isinstance(document, list):
+        return [_json_safe(value) for value in document]
+    if hasattr(document, "isoformat"):
+        return document.isoformat()
+    return document
+
+
+def check_file(path: Path) -> Protocol:
+    """Validate a protocol file without loading it (`load_protocol --check`)."""
+    return read_definition(path)[1]
+
+
+@dataclass
+class LoadReport:
+    trial: Trial
+    created: bool
+    version: ProtocolVersion
+    new_version: bool
+    changes: list[str] = field(default_factory=list)
+
+
+def _refusals(trial: Trial, protocol: Protocol) -> list[str]:
+    """What the new file would change that history forbids, in words, for an existing trial."""
+    from enrollment.models import Participant, Screening
+    from randomization.models import Slot
+
+    refusals = []
+    used_arm_ids = set(
+        Slot.objects.filter(randomization_list__trial=trial, participant__isnull=False).values_list("arm_id", flat=True)
+    )
+    anyone_randomized = bool(used_arm_ids)
+    new_arms = {arm.code: arm for arm in protocol.arms}
+    for arm in trial.arms.all():
+        spec = new_arms.get(arm.code)
+        if arm.pk not in used_arm_ids:
+            if spec is None and anyone_randomized:
+                refusals.append(f"arms: arm {arm.code} cannot be removed: the randomization list allocates to it")
+            continue
+        if spec is None:
+            refusals.append(f"arms: arm {arm.code} has randomized participants and cannot be removed")
+            continue
+        if spec.ratio != arm.ratio:
+            refusals.append(
+                f"arms[{protocol.arms.index(spec)}].ratio: arm {arm.code} has randomized participants;"
+                f" its ratio stays {arm.ratio} (a new ratio needs a new randomization list and trial design)"
             )
-    for index, site in enumerate(definition["sites"]):
-        where = f"[[sites]] #{index + 1}"
-        for key in ("code", "name", "time_zone"):
-            _require(site, key, where)
-        if site["time_zone"] not in available_timezones():
-            raise ValidationError(f"{where}: unknown time zone {site['time_zone']}")
-    codes = set()
-    for index, criterion in enumerate(_require(definition["eligibility"], "criteria", "[eligibility]")):
-        where = f"[[eligibility.criteria]] #{index + 1}"
-        code = _require(criterion, "code", where)
-        if code in codes:
-            raise ValidationError(f"{where}: criterion code {code} appears twice")
-        codes.add(code)
-        if _require(criterion, "kind", where) not in ("inclusion", "exclusion"):
-            raise ValidationError(f"{where}: kind is 'inclusion' or 'exclusion'")
-        _require(criterion, "text", where)
-    for key in ("minimum_age_years", "maximum_age_years"):
-        _require(definition["eligibility"], key, "[eligibility]")
-    if not isinstance(definition["randomization"].get("require_eligibility_signature", False), bool):
-        raise ValidationError("[randomization]: require_eligibility_signature is true or false")
-    for index, factor in enumerate(definition["randomization"].get("factors", [])):
-        where = f"[[randomization.factors]] #{index + 1}"
-        _require(factor, "code", where)
-        if len(_require(factor, "levels", where)) < 2:
-            raise ValidationError(f"{where}: a stratification factor needs at least two levels")
-
-
-def read_definition(path: Path) -> dict:
-    with open(path, "rb") as protocol_file:
-        try:
-            definition = tomllib.load(protocol_file)
-        except tomllib.TOMLDecodeError as error:
-            raise ValidationError(f"{path}: {error}") from None
-    validate_definition(definition)
-    return definition
+        if dict(spec.kit_contents) != dict(arm.kit_contents):
+            refusals.append(
+                f"arms[{protocol.arms.index(spec)}].kit_contents: arm {arm.code} has randomized participants;"
+                f" its kit contents stay {dict(arm.kit_contents)}"
+            )
+    if anyone_randomized:
+        known = set(trial.arms.values_list("code", flat=True))
+        for index, spec in enumerate(protocol.arms):
+            if spec.code not in known:
+                refusals.append(
+                    f"arms[{index}]: arm {spec.code} cannot be added once participants are randomized"
+                    " (the randomization list does not know it)"
+                )
+    new_sites = {site.code: site for site in protocol.sites}
+    for site in trial.sites.all():
+        spec = new_sites.get(site.code)
+        screened = Screening.objects.filter(site=site).count()
+        if spec is None and screened:
+            refusals.append(f"sites: site {site.code} has {screened} screening(s) and cannot be removed")
+        elif spec is not None and spec.time_zone != site.time_zone and Participant.objects.filter(site=site).exists():
+            refusals.append(
+                f"sites[{protocol.sites.index(spec)}].time_zone: site {site.code} has participants whose visit"
+                f" windows were set in {site.time_zone}; it stays {site.time_zone}"
+            )
+    return refusals
 
 
 def load_protocol(path: Path, *, actor=None) -> Trial:
-    """Create or update the trial, its arms and its sites from the file at `path`.
+    return load_protocol_file(path, actor=actor).trial
 
-    Arms of a trial that already has randomized participants are not touched by a reload: a
-    changed arm definition needs a new protocol version, not an edit in place."""
-    definition = read_definition(path)
-    digest = hashlib.sha256(json.dumps(definition, sort_keys=True).encode()).hexdigest()
-    trial_fields = {key: definition["trial"][key] for key in TRIAL_KEYS if key != "nct_id"}
+
+def load_protocol_file(path: Path, *, actor=None) -> LoadReport:
+    """Create or update the trial of the file at `path`; a changed file becomes a new protocol
+    version (or replaces the same version while nobody has been screened). Raises ProtocolError
+    listing every refusal; nothing is written then."""
+    document, protocol = read_definition(path)
+    digest = hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()
+    info = protocol.trial
+    trial_fields = {
+        "title": info.title,
+        "sponsor": info.sponsor,
+        "sponsor_protocol_id": info.sponsor_protocol_id,
+        "sponsor_contact_email": info.sponsor_contact_email,
+        "target_enrollment": info.target_enrollment,
+        "definition": document,
+        "definition_sha256": digest,
+    }
     with audit_context(actor=actor, reason=f"Protocol loaded from {Path(path).name}"), transaction.atomic():
-        trial, _ = Trial.objects.update_or_create(
-            nct_id=definition["trial"]["nct_id"],
-            defaults={**trial_fields, "definition": definition, "definition_sha256": digest},
-        )
-        for order, arm in enumerate(definition["arms"]):
-            Arm.objects.update_or_create(
+        trial = Trial.objects.select_for_update().filter(nct_id=info.nct_id).first()
+        created = trial is None
+        changes: list[str] = []
+        if not created:
+            refusals = _refusals(trial, protocol)
+            if refusals:
+                raise ProtocolError(refusals)
+        version = ProtocolVersion.objects.filter(trial=trial, version=info.protocol_version).first() if trial else None
+        new_version = False
+        if version is not None and version.sha256 != digest:
+            from enrollment.models import Screening
+
+            if Screening.objects.filter(site__trial=trial).exists():
+                raise ProtocolError(
+                    [
+                        f"trial.protocol_version: version {info.protocol_version} is already loaded with other"
+                        " content and participants were screened under it; an amendment needs a new version"
+                    ]
+                )
+        if created:
+            trial = Trial.objects.create(nct_id=info.nct_id, **trial_fields)
+            changes.append(f"trial {info.nct_id} created")
+        elif trial.definition_sha256 != digest:
+            for name, value in trial_fields.items():
+                setattr(trial, name, value)
+            trial.save()
+        if version is None:
+            previous = trial.current_version
+            if (
+                previous
+                and info.effective_date
+                and previous.effective_date
+                and info.effective_date < previous.effective_date
+            ):
+                raise ProtocolError(
+                    [
+                        f"trial.effective_date: {info.effective_date} is before the effective date"
+                        f" {previous.effective_date} of version {previous.version} in force"
+                    ]
+                )
+            version = ProtocolVersion.objects.create(
                 trial=trial,
-                code=arm["code"],
+                version=info.protocol_version,
+                effective_date=info.effective_date,
+                definition=document,
+                sha256=digest,
+                loaded_by=actor,
+            )
+            new_version = True
+            changes.append(f"protocol version {version.version} recorded")
+        elif version.sha256 != digest:
+            version.definition, version.sha256, version.effective_date = document, digest, info.effective_date
+            version.save()
+            changes.append(f"protocol version {version.version} replaced (nobody screened yet)")
+        if trial.current_version_id != version.pk:
+            trial.current_version = version
+            trial.save(update_fields=["current_version"])
+        for order, spec in enumerate(protocol.arms):
+            arm, arm_created = Arm.objects.get_or_create(
+                trial=trial,
+                code=spec.code,
                 defaults={
-                    "name": arm["name"],
-                    "ratio": arm.get("ratio", 1),
-                    "kit_contents": arm["kit_contents"],
+                    "name": spec.name,
+                    "ratio": spec.ratio,
+                    "kit_contents": dict(spec.kit_contents),
                     "order": order,
                 },
             )
-        for site in definition["sites"]:
-            Site.objects.update_or_create(
-                code=site["code"],
-                defaults={"trial": trial, "name": site["name"], "time_zone": site["time_zone"]},
+            wanted = {"name": spec.name, "ratio": spec.ratio, "kit_contents": dict(spec.kit_contents), "order": order}
+            if arm_created:
+                changes.append(f"arm {spec.code} added")
+            elif any(getattr(arm, name) != value for name, value in wanted.items()):
+                for name, value in wanted.items():
+                    setattr(arm, name, value)
+                arm.save()
+                changes.append(f"arm {spec.code} updated")
+        unused = trial.arms.exclude(code__in=[spec.code for spec in protocol.arms])
+        for arm in unused:
+            try:
+                arm.delete()
+            except ProtectedError:
+                raise ProtocolError(
+                    [f"arms: arm {arm.code} is in a randomization list; it cannot be removed from the file"]
+                ) from None
+            changes.append(f"arm {arm.code} removed")
+        for spec in protocol.sites:
+            # Looked up within this trial only: a site code another trial uses is another site.
+            site, site_created = Site.objects.get_or_create(
+                trial=trial, code=spec.code, defaults={"name": spec.name, "time_zone": spec.time_zone}
             )
-    return trial
+            if site_created:
+                changes.append(f"site {spec.code} added")
+            elif (site.name, site.time_zone) != (spec.name, spec.time_zone):
+                site.name, site.time_zone = spec.name, spec.time_zone
+                site.save(update_fields=["name", "time_zone"])
+                changes.append(f"site {spec.code} updated")
+        gone = trial.sites.exclude(code__in=[spec.code for spec in protocol.sites])
+        for site in gone:
+            # Only sites without screenings reach here (_refusals); their staff roles go with them.
+            try:
+                with transaction.atomic():
+                    site.staff_roles.all().delete()
+                    site.delete()
+            except ProtectedError:
+                raise ProtocolError(
+                    [f"sites: site {site.code} holds kits or other records; it cannot be removed from the file"]
+                ) from None
+            changes.append(f"site {site.code} removed")
+    return LoadReport(trial=trial, created=created, version=version, new_version=new_version, changes=changes)

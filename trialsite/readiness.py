@@ -138,7 +138,7 @@ def _kits_step(site: Site, viewer) -> Step:
 
 
 def _signature_step(site: Site, viewer) -> Step:
-    required = bool(site.trial.randomization.get("require_eligibility_signature", False))
+    required = site.trial.protocol.randomization.require_eligibility_signature
     if not required:
         return Step(SIGNATURE, _("Eligibility signature before randomization"), True, detail=_("not required"))
     done = access.users_with(Capability.SIGN_ELIGIBILITY, site).exists()
@@ -159,7 +159,7 @@ def _signature_step(site: Site, viewer) -> Step:
 def _waiting_step(site: Site, viewer) -> Step:
     from enrollment.models import Outcome, Participant, ParticipantStatus
 
-    if not site.trial.randomization.get("require_eligibility_signature", False):
+    if not site.trial.protocol.randomization.require_eligibility_signature:
         return Step(WAITING, _("Participants waiting for the PI's eligibility signature"), True, detail="0")
     waiting = Participant.objects.filter(
         site=site,
@@ -228,12 +228,15 @@ STEP_BUILDERS = {
 }
 
 
-def checklists_for(user) -> list[Checklist]:
-    """One checklist per role the user holds, each for that role's site."""
+def checklists_for(user, *, trial=None) -> list[Checklist]:
+    """One checklist per role the user holds (in `trial`, when given), each for that role's site."""
     from trialsite.models import StaffRole
 
     checklists = []
-    for staff_role in StaffRole.objects.filter(user=user).select_related("site__trial").order_by("site__code", "role"):
+    staff_roles = StaffRole.objects.filter(user=user).select_related("site__trial").order_by("site__code", "role")
+    if trial is not None:
+        staff_roles = staff_roles.filter(site__trial=trial)
+    for staff_role in staff_roles:
         keys = STEPS_FOR_ROLE.get(staff_role.role, ())
         if not keys:
             continue

@@ -112,7 +112,22 @@ class ApiTokenAuthentication(authentication.BaseAuthentication):
             key = words[1].decode("ascii")
         except UnicodeDecodeError:
             raise exceptions.AuthenticationFailed(_("This token is not valid.")) from None
-        return self.authenticate_key(key)
+        user, token = self.authenticate_key(key)
+        self._require_chosen_trial(user, request)
+        return user, token
+
+    @staticmethod
+    def _require_chosen_trial(user, request) -> None:
+        """As trialsite.tenancy's middleware does for a signed-in browser (which knows the user
+        before the view; a token is read only here): an account with roles in several trials
+        names the trial in the address."""
+        from trialsite import tenancy
+
+        if tenancy.current_trial() is None and not tenancy.is_personal(request.path_info):
+            if len(tenancy.trial_ids_of(user)) > 1:
+                raise exceptions.ParseError(
+                    _("You work in more than one trial. Choose one: put /t/<NCT id> before the address.")
+                )
 
     def authenticate_key(self, key: str):
         stored = ApiTokenKey.objects.select_related("token__user").filter(key_hash=key_hash(key)).first()

@@ -37,6 +37,7 @@ class FaviconView(RedirectView):
 
 urlpatterns = [
     path("", views.home, name="home"),
+    path("trials/", views.trials, name="trials"),
     path("favicon.ico", FaviconView.as_view(), name="favicon"),
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),

@@ -5,23 +5,45 @@ from django.shortcuts import render
 from django.utils.translation import gettext as _
 from django.views.decorators.debug import sensitive_post_parameters
 
-from trialsite import access, selectors
+from trialsite import access, selectors, tenancy
 from trialsite.access import Capability
 from trialsite.models import StaffRole
 
 
 @login_required
 def home(request: HttpRequest) -> HttpResponse:
-    staff_roles = (
-        StaffRole.objects.filter(user=request.user).select_related("site__trial").order_by("site__code", "role")
-    )
+    """The day's start in the trial the address names (or the user's only trial); someone
+    working in several trials who named none chooses one first."""
+    trial = tenancy.current_trial()
+    if trial is None and len(tenancy.trial_ids_of(request.user)) > 1:
+        return trials(request)
+    staff_roles = StaffRole.objects.filter(user=request.user).select_related("site__trial").order_by("site__code", "role")
+    if trial is not None:
+        staff_roles = staff_roles.filter(site__trial=trial)
     from trialsite import readiness
 
     return render(
         request,
         "trialsite/home.html",
-        {"staff_roles": staff_roles, "checklists": readiness.checklists_for(request.user)},
+        {"staff_roles": staff_roles, "checklists": readiness.checklists_for(request.user, trial=trial)},
     )
+
+
+@login_required
+def trials(request: HttpRequest) -> HttpResponse:
+    """The trials the user works in, each with their roles there: where they choose one."""
+    by_trial: dict = {}
+    for staff_role in (
+        StaffRole.objects.filter(user=request.user)
+        .select_related("site__trial")
+        .order_by("site__trial__nct_id", "site__code", "role")
+    ):
+        by_trial.setdefault(staff_role.site.trial, []).append(staff_role)
+    entries = [
+        {"trial": trial, "url": tenancy.trial_url(trial), "staff_roles": staff_roles}
+        for trial, staff_roles in by_trial.items()
+    ]
+    return render(request, "trialsite/trials.html", {"entries": entries})
 
 
 @login_required

@@ -41,7 +41,7 @@ def reasons_in_words(record, trial) -> list[str]:
         platelets=record.platelets,
         alt_uln=record.alt_uln,
         ast_uln=record.ast_uln,
-        rules=trial.dosing["safety"],
+        rules=trial.protocol.dosing.safety,
     )
     if hasattr(record, "first_dose") and record.visit.repeat_labs.exists():
         # The visit-day labs of a dose decided again later: their own verdict, not the record's.

@@ -34,7 +34,7 @@ def verdict_reasons(screening) -> list[str]:
         return []
     consent = screening.consents.order_by("-signed_on", "-id").first()
     verdict = evaluate(
-        definition=screening.site.trial.definition,
+        eligibility=screening.site.trial.protocol.eligibility,
         date_of_birth=screening.date_of_birth,
         screening_date=screening.screening_date,
         consent_date=consent.signed_on if consent else None,

@@ -40,7 +40,7 @@ class Command(BaseCommand):
         if trials.count() != 1:
             raise CommandError("Name the trial with --trial (or load exactly one protocol).")
         trial = trials.get()
-        kit_types = list((trial.definition.get("kits") or {}).get("types", []))
+        kit_types = list(trial.protocol.kit_types)
         lots = dict(lot_argument(text) for text in lot)
         missing = [f"{t}:{c}" for t in kit_types for c in kitlist.CONTENTS if (t, c) not in lots]
         if missing:

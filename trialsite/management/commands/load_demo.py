@@ -135,7 +135,7 @@ class Command(BaseCommand):
                 lots=lots,
                 created_by=supply,
             )
-        per_content = int((site.trial.definition.get("kits") or {}).get("resupply_target") or 8)
+        per_content = site.trial.protocol.kits.resupply_target
         shipment = services.shipment_create(
             site=site, per_content={kit_type: per_content for kit_type in sorted(contents)}, shipped_by=supply
         )

@@ -1,24 +1,42 @@
 from pathlib import Path
 
 from django.conf import settings
-from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
-from trialsite.protocol import load_protocol
+from trialsite.protocol import ProtocolError, check_file, load_protocol_file
 
 
 class Command(BaseCommand):
-    help = "Load (or reload) a protocol definition file: the trial, its arms, sites and rules."
+    help = (
+        "Load (or reload) a protocol file: the trial, its arms, sites and rules. With --check, only "
+        "validate the file and list every mistake by its path; nothing is written."
+    )
 
     def add_arguments(self, parser):
         parser.add_argument("path", nargs="?", default=str(settings.PROTOCOL_FILE))
+        parser.add_argument("--check", action="store_true", help="Validate the file without loading it.")
 
-    def handle(self, *args, path, **options):
+    def handle(self, *args, path, check, **options):
         try:
-            trial = load_protocol(Path(path))
-        except (OSError, ValidationError) as error:
-            raise CommandError(str(error)) from None
+            if check:
+                protocol = check_file(Path(path))
+            else:
+                report = load_protocol_file(Path(path))
+        except OSError as error:
+            raise CommandError(f"{path}: {error.strerror}") from None
+        except ProtocolError as error:
+            raise CommandError(f"{path}: {len(error.errors)} problem(s)\n" + "\n".join(error.errors)) from None
+        if check:
+            self.stdout.write(
+                f"{path}: valid. {protocol.trial.nct_id} version {protocol.trial.protocol_version}: "
+                f"{len(protocol.arms)} arms, {len(protocol.sites)} site(s), "
+                f"randomization by {protocol.randomization.method.replace('_', ' ')}"
+            )
+            return
+        trial = report.trial
         self.stdout.write(
             f"Loaded {trial.nct_id}: {trial.arms.count()} arms, {trial.sites.count()} site(s), "
             f"target {trial.target_enrollment} participants"
         )
+        for change in report.changes:
+            self.stdout.write(f"  {change}")
