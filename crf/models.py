@@ -37,9 +37,11 @@ class FormRecord(Audited, models.Model):
         "updated_at",
     )
 
-    participant = models.ForeignKey(Participant, on_delete=models.PROTECT, related_name="form_records")
+    participant = models.ForeignKey(
+        Participant, on_delete=models.PROTECT, related_name="form_records", verbose_name=_("participant")
+    )
     # The row's site, copied from its participant, so site scoping and the audit trail need no join.
-    site = models.ForeignKey(Site, on_delete=models.PROTECT, related_name="+")
+    site = models.ForeignKey(Site, on_delete=models.PROTECT, related_name="+", verbose_name=_("site"))
     form_code = models.CharField(_("form"), max_length=20)
     visit_code = models.CharField(_("visit"), max_length=20, null=True, blank=True)
     sequence = models.PositiveIntegerField(_("entry"), default=1)
@@ -48,7 +50,9 @@ class FormRecord(Audited, models.Model):
     protocol_version = models.CharField(_("protocol version"), max_length=40, blank=True)
     # The protocol's warnings raised by the saved values (non-blocking), as item, text and text_zh.
     warnings = models.JSONField(_("warnings"), default=list, blank=True)
-    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+", verbose_name=_("entered by")
+    )
     created_at = models.DateTimeField(_("created at"), auto_now_add=True)
     updated_at = models.DateTimeField(_("updated at"), auto_now=True)
 
@@ -85,9 +89,11 @@ class ItemValue(Audited, models.Model):
     audit_clinical_fields = ("value", "unblinded_value")
     audit_blinded_visible = ("record", "participant", "site", "item_code", "value")
 
-    record = models.ForeignKey(FormRecord, on_delete=models.PROTECT, related_name="values")
-    participant = models.ForeignKey(Participant, on_delete=models.PROTECT, related_name="+")
-    site = models.ForeignKey(Site, on_delete=models.PROTECT, related_name="+")
+    record = models.ForeignKey(FormRecord, on_delete=models.PROTECT, related_name="values", verbose_name=_("form"))
+    participant = models.ForeignKey(
+        Participant, on_delete=models.PROTECT, related_name="+", verbose_name=_("participant")
+    )
+    site = models.ForeignKey(Site, on_delete=models.PROTECT, related_name="+", verbose_name=_("site"))
     item_code = models.CharField(_("item"), max_length=20)
     value = models.JSONField(_("value"), null=True, blank=True)
     unblinded_value = models.JSONField(_("unblinded value"), null=True, blank=True)

@@ -96,6 +96,8 @@ class ItemView:
     text: str
     choices: list[tuple[str, str]]
     condition: tuple | None
+    # The longest input the box takes (a number's digits: 20 is plenty).
+    max_length: int = 20
 
 
 def record_view(user, participant: Participant, form: FormSpec, record: FormRecord | None) -> dict:
@@ -126,6 +128,7 @@ def record_view(user, participant: Participant, form: FormSpec, record: FormReco
                 text=as_text(item, values[item.code]),
                 choices=choices,
                 condition=condition,
+                max_length=item.max_length if item.type == "text" else 20,
             )
         )
     return {

@@ -73,6 +73,9 @@ def make_world(trial, site, cast) -> dict:
     unsigned = factories.make_participant(site, by=cast.coordinator, signed=False)
 
     api_token, _key = tokens.token_issue(user=everyone, name="sweep", second_factor=True)
+    from crf.services import form_save
+
+    form_save(user=cast.coordinator, participant=participant, form_code="conmeds", values={"drug_name": "Paracetamol"})
     return {
         "api_token": api_token.pk,
         "unsigned_participant": unsigned.pk,
@@ -107,7 +110,13 @@ def record_id(route: str, world) -> int:
     raise AssertionError(f"no record known for {route}: add its prefix to RECORD_FOR_PREFIX")
 
 
+# The case report forms' routes name a form of the protocol, a visit and a log entry.
+CRF_PARTS = {"<str:form_code>/<str:visit_code>": "vitals/C1", "<str:form_code>": "conmeds", "<int:sequence>": "1"}
+
+
 def fill(route: str, pk: int) -> str:
+    for part, value in CRF_PARTS.items():
+        route = route.replace(part, value)
     return "/" + re.sub(r"<int:pk>", str(pk), route)
 
 
