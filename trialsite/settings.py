@@ -277,6 +277,7 @@ SPECTACULAR_SETTINGS = {
         "VisitStatusEnum": "dosing.models.VisitStatus",
         "KitStatusEnum": "dosing.models.KitStatus",
         "LabCountUnitEnum": "dosing.labs.CountUnit",
+        "FormStatusEnum": "crf.models.FormStatus",
     },
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
