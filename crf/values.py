@@ -44,6 +44,9 @@ def normalise(item: ItemSpec, raw, code_list: CodeListSpec | None):
         if not isinstance(raw, str):
             raise ItemValueError(_("Enter text."))
         text = raw.strip()
+        if "\x00" in text:
+            # PostgreSQL cannot store it: a 500 otherwise.
+            raise ItemValueError(_("Enter text without a NUL character."))
         if len(text) > item.max_length:
             raise ItemValueError(_("At most %(count)s characters.") % {"count": item.max_length})
         return text
@@ -73,7 +76,8 @@ def normalise(item: ItemSpec, raw, code_list: CodeListSpec | None):
         number = Decimal(str(raw).strip())
     except InvalidOperation:
         raise ItemValueError(_("Enter a number.")) from None
-    if not number.is_finite():
+    # 1e999999999 is a number too, and int() of it would not finish; no measurement needs more.
+    if not number.is_finite() or number.adjusted() > 15 or number.as_tuple().exponent < -10:
         raise ItemValueError(_("Enter a number."))
     if item.type == "integer" and number != number.to_integral_value():
         raise ItemValueError(_("Enter a whole number."))

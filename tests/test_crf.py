@@ -459,3 +459,24 @@ def test_a_chinese_reader_gets_the_labels_units_and_errors_in_chinese(participan
     assert '<ul class="errorlist" id="errors-systolic"><li>不能高于260 毫米汞柱。</li></ul>' in page
     page = client.get(f"/participants/{participant.pk}/logs/conmeds/new/", HTTP_ACCEPT_LANGUAGE="zh-hans").content
     assert "仅当仍在使用为否时填写。" in page.decode()
+
+
+def test_numbers_no_measurement_needs_and_nul_characters_are_refused_at_the_item(participant, cast):
+    with pytest.raises(services.FormInvalid) as refused:
+        services.form_save(
+            user=cast.coordinator,
+            participant=participant,
+            form_code="conmeds",
+            values={**ASPIRIN_LIKE, "drug_name": "War\x00farin"},
+        )
+    assert refused.value.as_dict() == {"drug_name": ["Enter text without a NUL character."]}
+    for huge in ("1e999999999", "0.00000000001", "NaN", "Infinity", True):
+        with pytest.raises(services.FormInvalid) as refused:
+            services.form_save(
+                user=cast.coordinator,
+                participant=participant,
+                form_code="vitals",
+                visit_code="C1",
+                values={"height": huge},
+            )
+        assert refused.value.as_dict() == {"height": ["Enter a number."]}
