@@ -139,11 +139,11 @@ def main() -> int:
     from django.core.management import call_command
     from django.db import connection
 
-    from dosing.models import Visit
     from dosing.reminders.models import Reminder
     from enrollment.models import Participant
     from randomization import services
     from randomization.models import Slot
+    from schedules.models import Visit
     from tests import factories
     from trialsite import audit
     from trialsite.models import Role, Site, Trial

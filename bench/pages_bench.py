@@ -103,8 +103,8 @@ def build_site(screenings: int) -> dict:
 
 def pages(world: dict) -> list[tuple[str, str, str]]:
     """(what, who reads it, address) for every page of the walks."""
-    from dosing.models import Visit
     from enrollment.models import Participant
+    from schedules.models import Visit
 
     randomized = Participant.objects.filter(randomization_number__isnull=False).order_by("-pk").first()
     signed = Participant.objects.filter(randomization_number__isnull=True, eligibility_signature__isnull=False).first()

@@ -16,9 +16,10 @@ from rest_framework.views import APIView
 from dosing import selectors, services
 from dosing.exceptions import KitListInvalid, NoKitAvailable
 from dosing.labs import CountUnit, count_per_mm3
-from dosing.models import DoseRecord, Kit, KitContent, KitType, RepeatLabs, Shipment, Visit
+from dosing.models import DoseRecord, Kit, KitContent, KitType, RepeatLabs, Shipment
 from dosing.views import MAX_KIT_LIST_BYTES
 from enrollment.models import Participant
+from schedules.models import Visit
 from trialsite import access
 from trialsite.access import Capability
 from trialsite.exceptions import TrialRuleError

@@ -7,8 +7,8 @@ from __future__ import annotations
 from django.db.models import F, Q
 from django.utils.translation import gettext_noop
 
-from dosing.models import Visit, VisitStatus
 from dosing.reminders.models import Reminder
+from schedules.models import Visit, VisitStatus
 
 
 def visits_end_for_withdrawal(*, participant_ids=None) -> int:

@@ -14,8 +14,9 @@ from django.http import Http404
 from django.utils import timezone
 
 from dosing.dose import adherence
-from dosing.models import DoseRecord, Kit, KitContent, KitStatus, KitType, Shipment, Visit, VisitKind, VisitStatus
+from dosing.models import DoseRecord, Kit, KitContent, KitStatus, KitType, Shipment
 from enrollment.models import Participant
+from schedules.models import Visit, VisitKind, VisitStatus
 from trialsite import access
 from trialsite.access import Capability
 from trialsite.models import Site

@@ -11,11 +11,11 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
-from dosing.services import visit_schedule_create
 from enrollment.models import Outcome, Participant, ParticipantStatus
 from enrollment.services import lock_screening_and_participant
 from randomization import generator
 from randomization.models import RandomizationList, Slot, Unblinding
+from schedules.services import visit_schedule_create
 from trialsite import access, two_factor
 from trialsite.access import Capability
 from trialsite.audit import audit_context

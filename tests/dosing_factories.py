@@ -9,9 +9,9 @@ import itertools
 from django.utils import timezone
 
 from dosing.models import Kit
-from dosing.services import visit_schedule_create
 from enrollment.models import Participant, ParticipantStatus
 from randomization.models import RandomizationList, Slot
+from schedules.services import visit_schedule_create
 from tests import factories
 from trialsite.audit import audit_context
 from trialsite.models import Site

@@ -11,7 +11,8 @@ import pytest
 import time_machine
 
 from dosing.labs import CountUnit, LabValueInvalid, count_per_mm3
-from dosing.models import DoseRecord, Kit, KitStatus, RepeatLabs, Visit
+from dosing.models import DoseRecord, Kit, KitStatus, RepeatLabs
+from schedules.models import Visit
 from tests import dosing_factories as df
 from trialsite.models import AuditEvent
 

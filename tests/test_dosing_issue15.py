@@ -8,10 +8,11 @@ import pytest
 import time_machine
 
 from dosing import services
-from dosing.models import DoseRecord, Kit, Visit, VisitStatus
+from dosing.models import DoseRecord, Kit
 from dosing.reminders import services as reminder_services
 from dosing.reminders.models import Reminder
 from enrollment.services import participant_withdraw
+from schedules.models import Visit, VisitStatus
 from tests import dosing_factories as df
 from trialsite.audit import audit_context
 

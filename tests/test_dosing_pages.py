@@ -10,7 +10,8 @@ import time_machine
 from django.core.files.uploadedfile import SimpleUploadedFile
 
 from dosing import services
-from dosing.models import Kit, KitStatus, Visit, VisitStatus
+from dosing.models import Kit, KitStatus
+from schedules.models import Visit, VisitStatus
 from tests import dosing_factories as df
 
 DAY0 = datetime.date(2026, 11, 3)

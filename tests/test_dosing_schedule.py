@@ -3,12 +3,14 @@ import datetime
 import pytest
 from django.db import IntegrityError
 
-from dosing.models import Visit, VisitKind, VisitStatus
-from dosing.services import visit_plan, visit_reschedule, visit_schedule_create
+from dosing.services import visit_reschedule
+from schedules.models import Visit, VisitKind, VisitStatus
+from schedules.services import visit_plan, visit_schedule_create
 from tests import factories
 from trialsite.audit import audit_context
 from trialsite.exceptions import ReasonRequired
 from trialsite.models import AuditEvent, Role
+from trialsite.protocol_schema import ScheduleSpec
 
 DAY0 = datetime.date(2026, 11, 3)
 
@@ -75,29 +77,28 @@ def test_end_of_treatment_is_one_cycle_after_the_last_and_follow_ups_every_3_mon
     )
 
 
-def test_follow_ups_from_a_month_end_land_on_the_last_day_of_shorter_months():
-    plan = visit_plan(
-        visits_rules={
-            "cycle_length_days": 28,
-            "window_before_days": 3,
-            "window_after_days": 3,
-            "cycles": 1,
-            "follow_up_interval_months": 3,
-            "follow_up_visits": 1,
-        },
-        day0=datetime.date(2026, 11, 2),
+def schedule_of(**treatment) -> ScheduleSpec:
+    """A schedule with the given treatment cycles, 3-day windows and an end of treatment one cycle
+    after the last."""
+    return ScheduleSpec.model_validate(
+        {
+            "treatment": {"window_before_days": 3, "window_after_days": 3, **treatment},
+            "end_of_treatment": {"window_before_days": 3, "window_after_days": 3},
+            "follow_up": {"visits": 1, "interval_months": 3, "window_before_days": 3, "window_after_days": 3},
+        }
     )
-    assert plan[1]["target_date"] == datetime.date(2026, 11, 30)
-    assert plan[2]["target_date"] == datetime.date(2027, 2, 28)
+
+
+def test_follow_ups_from_a_month_end_land_on_the_last_day_of_shorter_months():
+    plan = visit_plan(schedule=schedule_of(cycles=1, interval_days=28), day0=datetime.date(2026, 11, 2))
+    assert plan[1].target_date == datetime.date(2026, 11, 30)
+    assert plan[2].target_date == datetime.date(2027, 2, 28)
 
 
 def test_the_number_of_cycles_comes_from_the_protocol():
-    plan = visit_plan(
-        visits_rules={"cycle_length_days": 21, "window_before_days": 2, "window_after_days": 2, "cycles": 3},
-        day0=DAY0,
-    )
-    assert [v["code"] for v in plan] == ["C1", "C2", "C3", "EOT"]
-    assert plan[3]["target_date"] == DAY0 + datetime.timedelta(days=63)
+    plan = visit_plan(schedule=schedule_of(cycles=3, interval_days=21), day0=DAY0)
+    assert [v.code for v in plan] == ["C1", "C2", "C3", "EOT", "FU1"]
+    assert plan[3].target_date == DAY0 + datetime.timedelta(days=63)
 
 
 def test_creating_the_schedule_is_audited_with_the_callers_reason(participant, coordinator):

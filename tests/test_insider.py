@@ -43,13 +43,14 @@ from rest_framework.test import APIClient
 
 from dosing import services as dosing
 from dosing.exceptions import KitListInvalid, NoKitAvailable
-from dosing.models import Kit, KitStatus, Shipment, Visit, VisitStatus
+from dosing.models import Kit, KitStatus, Shipment
 from dosing.reminders import services as reminders
 from enrollment.models import Participant
 from randomization import services as randomization
 from randomization.models import Slot
 from reports import services as report_services
 from reports.models import Export
+from schedules.models import Visit, VisitStatus
 from tests import factories
 from trialsite import selectors
 from trialsite.models import Role

@@ -14,7 +14,8 @@ from django.core.management.base import CommandError
 
 from dosing import kitlist, services
 from dosing.exceptions import KitListInvalid, NoKitAvailable
-from dosing.models import Kit, KitList, KitStatus, Shipment, Visit
+from dosing.models import Kit, KitList, KitStatus, Shipment
+from schedules.models import Visit
 from tests import dosing_factories as df
 from trialsite.audit import audit_context
 

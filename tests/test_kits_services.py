@@ -15,7 +15,8 @@ from dosing.exceptions import (
     OutOfWindowReasonRequired,
     VisitNotOpen,
 )
-from dosing.models import Decision, Kit, KitStatus, Visit, VisitStatus
+from dosing.models import Decision, Kit, KitStatus
+from schedules.models import Visit, VisitStatus
 from tests import dosing_factories as df
 from trialsite.audit import audit_context
 from trialsite.models import AuditEvent

@@ -36,7 +36,7 @@ def contactable(cast, site):
         with audit_context(actor=cast.coordinator, reason="agreed to reminders"):
             Participant.objects.filter(pk=participant.pk).update(contact_consent=True, contact_email="p@example.org")
         participant.refresh_from_db()
-        from dosing.services import visit_schedule_create
+        from schedules.services import visit_schedule_create
 
         with audit_context(actor=cast.coordinator, reason="schedule"):
             visit_schedule_create(participant=participant, day0=DAY0)

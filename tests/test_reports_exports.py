@@ -470,10 +470,10 @@ def test_the_csv_and_odm_built_by_postgresql_equal_those_built_from_the_python_r
 ):
     """For CSV and ODM PostgreSQL formats the large listings; XLSX and PDF use the Python rows.
     Both must give the same bytes, including the edge cases each cell has."""
-    from dosing.models import Visit
-    from dosing.services import visit_schedule_create
     from enrollment.models import Screening
     from reports import exports, selectors
+    from schedules.models import Visit
+    from schedules.services import visit_schedule_create
 
     coordinator = cast.coordinator
     leap = factories.make_screening(

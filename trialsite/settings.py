@@ -91,6 +91,7 @@ INSTALLED_APPS = [
     "trialsite",
     "enrollment",
     "randomization",
+    "schedules",
     "dosing",
     "dosing.reminders",
     "reports",

@@ -52,7 +52,7 @@ class Reminder(Audited, models.Model):
 
     participant = models.ForeignKey(Participant, on_delete=models.PROTECT, related_name="reminders")
     site = models.ForeignKey(Site, on_delete=models.PROTECT, related_name="+")
-    visit = models.ForeignKey("dosing.Visit", on_delete=models.PROTECT, related_name="reminders")
+    visit = models.ForeignKey("schedules.Visit", on_delete=models.PROTECT, related_name="reminders")
     kind = models.CharField(max_length=12, choices=Kind.choices)
     audience = models.CharField(max_length=12, choices=Audience.choices)
     channel = models.CharField(max_length=12, default="email")

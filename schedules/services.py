@@ -1,0 +1,146 @@
+"""The visit schedule as data: a participant's plan is made from the protocol's `[schedule]`
+(`visit_plan`, pure) and written at randomization (`visit_schedule_create`); staff add
+unscheduled visits on demand (`unscheduled_visit_add`). Every write runs in an audit context.
+The codes come from the protocol's patterns; none is written here."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+
+from dateutil.relativedelta import relativedelta
+from django.db import transaction
+from django.db.models import Max
+
+from enrollment.models import Participant, ParticipantStatus
+from schedules.exceptions import UnscheduledVisitDateInvalid, UnscheduledVisitNotPossible, UnscheduledVisitsNotAllowed
+from schedules.models import Visit, VisitKind
+from schedules.signals import visits_created
+from trialsite.audit import audit_context
+from trialsite.exceptions import ReasonRequired
+from trialsite.protocol_schema import ScheduleSpec, VisitWindow, visit_code
+
+
+@dataclasses.dataclass(frozen=True)
+class PlannedVisit:
+    sequence: int
+    code: str
+    kind: str
+    cycle: int | None
+    target_date: datetime.date
+    window_start: datetime.date
+    window_end: datetime.date
+
+    def fields(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _planned(code, kind, target, rules: VisitWindow, day0, cycle=None) -> dict:
+    # No window opens before day 0: nothing of the trial happens before randomization.
+    return {
+        "code": code,
+        "kind": kind,
+        "cycle": cycle,
+        "target_date": target,
+        "window_start": max(target - datetime.timedelta(days=rules.window_before_days), day0),
+        "window_end": target + datetime.timedelta(days=rules.window_after_days),
+    }
+
+
+def visit_plan(*, schedule: ScheduleSpec, day0: datetime.date) -> list[PlannedVisit]:
+    """The planned visits of a participant randomized on `day0`, in date order.
+
+    - Treatment cycle n: day (n-1) x `interval_days`; cycle 1 is day 0.
+    - End of treatment: `days_after_last_cycle` (default one interval) after the last cycle.
+    - Follow-up k: k x `interval_months` calendar months after the end-of-treatment target date,
+      each counted from it (so from the 31st, the last day of a shorter month, without drifting).
+    - Each assessment: every `interval_weeks` from day 0, while treatment lasts (before the
+      end-of-treatment visit) or through follow-up (up to the last visit of the plan).
+    """
+    treatment = schedule.treatment
+    kind = VisitKind.DOSING if treatment.dosing else VisitKind.CYCLE
+    visits = [
+        _planned(
+            visit_code(treatment.code, cycle),
+            kind,
+            day0 + datetime.timedelta(days=(cycle - 1) * treatment.interval_days),
+            treatment,
+            day0,
+            cycle=cycle,
+        )
+        for cycle in range(1, treatment.cycles + 1)
+    ]
+    end = schedule.end_of_treatment
+    last_cycle = visits[-1]["target_date"]
+    end_date = last_cycle + datetime.timedelta(days=end.days_after_last_cycle or treatment.interval_days)
+    closing = [_planned(end.code, VisitKind.END_OF_TREATMENT, end_date, end, day0)]
+    follow_up = schedule.follow_up
+    for number in range(1, follow_up.visits + 1):
+        target = end_date + relativedelta(months=number * follow_up.interval_months)
+        closing.append(_planned(visit_code(follow_up.code, number), VisitKind.FOLLOW_UP, target, follow_up, day0))
+    last_date = closing[-1]["target_date"]
+    for assessment in schedule.assessments:
+        number = 1
+        while True:
+            target = day0 + datetime.timedelta(weeks=number * assessment.interval_weeks)
+            if target >= end_date if assessment.during == "treatment" else target > last_date:
+                break
+            visits.append(_planned(visit_code(assessment.code, number), VisitKind.ASSESSMENT, target, assessment, day0))
+            number += 1
+    # Stable: on one date a cycle comes before an assessment, as listed above.
+    ordered = sorted(visits, key=lambda visit: visit["target_date"]) + closing
+    return [PlannedVisit(sequence=sequence, **visit) for sequence, visit in enumerate(ordered, start=1)]
+
+
+def visit_schedule_create(*, participant: Participant, day0: datetime.date) -> list[Visit]:
+    """Create the participant's visit plan from their trial's protocol. Called inside the
+    randomization transaction and its audit context; the savepoint keeps the plan
+    all-or-nothing when called on its own. Receivers of `visits_created` (the reminders) write
+    in the same transaction, so none can be lost."""
+    with transaction.atomic():
+        plan = visit_plan(schedule=participant.site.trial.protocol.schedule, day0=day0)
+        visits = Visit.objects.bulk_create(
+            [Visit(participant=participant, site_id=participant.site_id, **visit.fields()) for visit in plan]
+        )
+        visits_created.send(sender=Visit, visits=visits, participant=participant)
+        return visits
+
+
+def unscheduled_visit_add(*, participant: Participant, visit_date: datetime.date, added_by, reason: str) -> Visit:
+    """Add an unscheduled visit on `visit_date` (its window is that day), numbered after the
+    participant's earlier unscheduled visits and placed after the plan. The reason (an adverse
+    event, a repeat check) is the audit trail's. Refused when the protocol does not allow
+    unscheduled visits or the participant is not randomized and in the trial."""
+    reason = (reason or "").strip()
+    if not reason:
+        raise ReasonRequired(field="reason")
+    with audit_context(actor=added_by, reason=f"unscheduled visit: {reason}"), transaction.atomic():
+        # The participant row serialises two additions at once, so each gets its own number.
+        participant = (
+            Participant.objects.select_for_update(of=("self",)).select_related("site__trial").get(pk=participant.pk)
+        )
+        rules = participant.site.trial.protocol.schedule.unscheduled
+        if not rules.allowed:
+            raise UnscheduledVisitsNotAllowed()
+        if participant.status != ParticipantStatus.RANDOMIZED:
+            raise UnscheduledVisitNotPossible()
+        visits = Visit.objects.filter(participant=participant)
+        # The first visit's window opens on the randomization day.
+        day0 = visits.order_by("sequence").values_list("window_start", flat=True).first()
+        if day0 is None:
+            raise UnscheduledVisitNotPossible()
+        if visit_date < day0:
+            raise UnscheduledVisitDateInvalid()
+        number = visits.filter(kind=VisitKind.UNSCHEDULED).count() + 1
+        visit = Visit.objects.create(
+            participant=participant,
+            site_id=participant.site_id,
+            sequence=visits.aggregate(last=Max("sequence"))["last"] + 1,
+            code=visit_code(rules.code, number),
+            kind=VisitKind.UNSCHEDULED,
+            target_date=visit_date,
+            window_start=visit_date,
+            window_end=visit_date,
+        )
+        visits_created.send(sender=Visit, visits=[visit], participant=participant)
+        return visit
