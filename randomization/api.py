@@ -8,7 +8,7 @@ from rest_framework.views import APIView
 from enrollment.models import Participant
 from randomization import selectors, services
 from randomization.models import RandomizationList
-from trialsite import access
+from trialsite import access, tenancy
 from trialsite.access import Capability
 from trialsite.models import Trial
 
@@ -20,6 +20,7 @@ class RandomizationListSerializer(serializers.ModelSerializer):
             "id",
             "version",
             "source",
+            "method",
             "sha256",
             "block_sizes",
             "slots_per_stratum",
@@ -32,7 +33,8 @@ class RandomizationListSerializer(serializers.ModelSerializer):
 
 class GenerateSerializer(serializers.Serializer):
     seed = serializers.CharField(max_length=200, write_only=True)
-    slots_per_stratum = serializers.IntegerField(min_value=1, max_value=100_000)
+    # Not used by minimization (its list has no slots in advance).
+    slots_per_stratum = serializers.IntegerField(min_value=1, max_value=100_000, required=False)
     reason = serializers.CharField(required=False, allow_blank=True, max_length=2000)
 
 
@@ -64,7 +66,7 @@ class UnblindedSerializer(serializers.Serializer):
 
 def _trial_for(user) -> Trial:
     access.require(user, Capability.MANAGE_RANDOMIZATION)
-    return Trial.objects.filter(sites__in=access.site_ids_with(user, Capability.MANAGE_RANDOMIZATION)).first()
+    return tenancy.trial_for(user)
 
 
 class ListIndex(generics.ListAPIView):

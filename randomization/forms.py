@@ -12,6 +12,12 @@ class GenerateForm(forms.Form):
         widget=forms.Textarea(attrs={"rows": 2}),
     )
 
+    def __init__(self, *args, pre_generates_slots: bool = True, **kwargs):
+        super().__init__(*args, **kwargs)
+        if not pre_generates_slots:
+            # Minimization: the list is the seed alone; its slots come one per allocation.
+            del self.fields["slots_per_stratum"]
+
 
 class ImportForm(forms.Form):
     csv_file = forms.FileField(label=_("CSV file (stratum,sequence,block,block_size,arm)"))

@@ -110,8 +110,8 @@ def protocol_strata(trial, sites=None) -> list[str]:
     """Every stratum of the trial: site codes crossed with the levels of each configured factor."""
     site_codes = [site.code for site in (sites if sites is not None else trial.sites.order_by("code"))]
     strata = site_codes
-    for factor in trial.randomization.get("factors", []):
-        strata = [f"{stratum}|{factor['code']}={level}" for stratum in strata for level in factor["levels"]]
+    for factor in trial.protocol.randomization.factors:
+        strata = [f"{stratum}|{factor.code}={level}" for stratum in strata for level in factor.levels]
     return strata
 
 
@@ -119,8 +119,8 @@ def stratum_of(participant) -> str:
     """The participant's stratum key: their site, then each factor's level in protocol order."""
     key = participant.site.code
     levels = participant.screening.stratification or {}
-    for factor in participant.site.trial.randomization.get("factors", []):
-        key += f"|{factor['code']}={levels.get(factor['code'], '')}"
+    for factor in participant.site.trial.protocol.randomization.factors:
+        key += f"|{factor.code}={levels.get(factor.code, '')}"
     return key
 
 

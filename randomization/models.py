@@ -24,12 +24,17 @@ class RandomizationList(Audited, models.Model):
         GENERATED = "generated", _("Generated in the application")
         IMPORTED = "imported", _("Imported from CSV")
 
+    class Method(models.TextChoices):
+        PERMUTED_BLOCKS = "stratified_permuted_blocks", _("Stratified permuted blocks")
+        MINIMIZATION = "minimization", _("Minimization")
+
     audit_site_column = None
     # Not seed (regenerates the list) nor sha256 (checks a guessed seed offline).
     audit_blinded_visible = (
         "trial",
         "version",
         "source",
+        "method",
         "block_sizes",
         "slots_per_stratum",
         "reason",
@@ -43,6 +48,10 @@ class RandomizationList(Audited, models.Model):
     trial = models.ForeignKey(Trial, on_delete=models.PROTECT, related_name="randomization_lists")
     version = models.PositiveIntegerField()
     source = models.CharField(max_length=10, choices=Source.choices)
+    # The protocol's method when the list was made. A minimization list has a seed and no slots
+    # in advance: each allocation adds its slot, already filled (the locked-list guard allows
+    # exactly that, and only for this method).
+    method = models.CharField(max_length=30, choices=Method.choices, default=Method.PERMUTED_BLOCKS)
     # The secret seed of a generated list; never shown to a blinded user.
     seed = models.CharField(max_length=200, blank=True)
     block_sizes = models.JSONField(default=list)
@@ -76,7 +85,8 @@ class RandomizationList(Audited, models.Model):
 
 
 class Slot(Audited, models.Model):
-    """One line of a list: the `sequence`-th allocation of a stratum."""
+    """One line of a list: the `sequence`-th allocation of a stratum; in a minimization list, the
+    `sequence`-th allocation of the list (block and block_size 0), created when it is made."""
 
     audit_subject_column = "participant_id"
     # Not arm, nor what places a slot in its block (sequence, block, block_size): with the

@@ -76,13 +76,45 @@ def randomization_basis(participant: Participant) -> dict:
     signature = participant.eligibility_signature
     return {
         "site": participant.site,
-        "factors": [
-            (factor.get("label", factor["code"]), levels.get(factor["code"], ""))
-            for factor in trial.randomization.get("factors", [])
-        ],
+        "factors": [(factor.label, levels.get(factor.code, "")) for factor in trial.protocol.randomization.factors],
         "verdict": participant.screening.get_outcome_display(),
         "eligible": participant.screening.outcome == "eligible",
         "signature": signature,
         "signer": (signature.signer.get_full_name() or signature.signer.get_username()) if signature else "",
         "signature_required": signature_required(trial),
     }
+
+
+def margins(randomization_list) -> list[dict]:
+    """Per minimization factor and level (the site included when it is a factor): allocations
+    in all and per arm, as recorded in the slots' stratum keys. What minimization balances;
+    the per-arm counts are for unblinded users only, like `balance`."""
+    from collections import Counter
+
+    from django.db.models import Count
+
+    from randomization import methods
+
+    _arms, weights, _probability = methods.minimization_rules(randomization_list.trial.protocol)
+    per_arm: Counter = Counter()
+    totals: Counter = Counter()
+    rows = (
+        Slot.objects.filter(randomization_list=randomization_list, participant__isnull=False)
+        .order_by()
+        .values("stratum", "arm__code")
+        .annotate(allocations=Count("id"))
+    )
+    for row in rows:
+        levels = methods.stratum_levels(row["stratum"])
+        for factor in weights:
+            per_arm[(factor, levels.get(factor, ""), row["arm__code"])] += row["allocations"]
+            totals[(factor, levels.get(factor, ""))] += row["allocations"]
+    return [
+        {
+            "factor": factor,
+            "level": level,
+            "allocations": count,
+            "arms": {arm: allocations for (f, lv, arm), allocations in per_arm.items() if (f, lv) == (factor, level)},
+        }
+        for (factor, level), count in sorted(totals.items())
+    ]

@@ -13,7 +13,8 @@ from django.utils.translation import gettext_lazy
 
 from enrollment.models import Outcome, Participant, ParticipantStatus
 from enrollment.services import lock_screening_and_participant
-from randomization import generator
+from randomization import generator, methods
+from randomization.methods import StratumExhausted
 from randomization.models import RandomizationList, Slot, Unblinding
 from schedules.services import visit_schedule_create
 from trialsite import access, two_factor
@@ -59,13 +60,6 @@ class NoActiveList(TrialRuleError):
     default_message = gettext_lazy("There is no locked randomization list to randomize from yet.")
 
 
-class StratumExhausted(Conflict):
-    default_message = gettext_lazy(
-        "The randomization list has no free slot left for this participant's stratum; "
-        "the statistician has been alerted."
-    )
-
-
 class ListLocked(Conflict):
     default_message = gettext_lazy("This list is locked and cannot change.")
 
@@ -84,17 +78,19 @@ def _next_version(trial: Trial, reason: str) -> int:
     return version
 
 
-def _store(*, trial, slots, source, seed, slots_per_stratum, created_by, reason) -> RandomizationList:
+def _store(*, trial, slots, source, seed, slots_per_stratum, created_by, reason, method=None) -> RandomizationList:
     arms = {arm.code: arm for arm in trial.arms.all()}
     sites = {site.code: site for site in trial.sites.all()}
+    method = method or methods.method_for(trial, methods.BLOCKS)
     randomization_list = RandomizationList.objects.create(
         trial=trial,
         version=_next_version(trial, reason),
         source=source,
+        method=method.name,
         seed=seed,
-        block_sizes=trial.randomization["block_sizes"],
+        block_sizes=list(trial.protocol.randomization.block_sizes),
         slots_per_stratum=slots_per_stratum,
-        sha256=generator.digest(slots),
+        sha256=method.rules_digest(slots),
         reason=reason or "",
         created_by=created_by,
     )
@@ -120,20 +116,19 @@ def _store(*, trial, slots, source, seed, slots_per_stratum, created_by, reason)
 
 
 def list_generate(
-    *, trial: Trial, seed: str, slots_per_stratum: int, created_by, reason: str = ""
+    *, trial: Trial, seed: str, slots_per_stratum: int | None = None, created_by, reason: str = ""
 ) -> RandomizationList:
+    """A new list version by the protocol's method: permuted blocks generate every slot now from
+    the seed; minimization keeps only the seed, and each allocation adds its slot when made
+    (`slots_per_stratum` is then not used and recorded as 0)."""
     if not (seed or "").strip():
         raise InvalidList(_("A seed is required."), field="seed")
-    if not 1 <= slots_per_stratum <= 100_000:
+    method = methods.method_for(trial)
+    if not method.pre_generates_slots:
+        slots_per_stratum = 0
+    elif slots_per_stratum is None or not 1 <= slots_per_stratum <= 100_000:
         raise InvalidList(_("Slots per stratum must be between 1 and 100,000."), field="slots_per_stratum")
-    arms = [(arm.code, arm.ratio) for arm in trial.arms.order_by("order")]
-    slots = generator.generate(
-        seed=seed,
-        strata=generator.protocol_strata(trial),
-        size=slots_per_stratum,
-        arms=arms,
-        block_sizes=trial.randomization["block_sizes"],
-    )
+    slots = method.plan(seed=seed, slots_per_stratum=slots_per_stratum)
     with audit_context(actor=created_by, reason=reason or "randomization list generated"):
         return _store(
             trial=trial,
@@ -143,11 +138,20 @@ def list_generate(
             slots_per_stratum=slots_per_stratum,
             created_by=created_by,
             reason=reason,
+            method=method,
         )
 
 
 def list_import(*, trial: Trial, csv_text: str, created_by, reason: str = "") -> RandomizationList:
     """A statistician's CSV (stratum,sequence,block,block_size,arm); every problem names its line."""
+    if not methods.method_for(trial).pre_generates_slots:
+        raise InvalidList(
+            _(
+                "This trial randomizes by minimization: each arm is computed when its participant is "
+                "randomized, so there is no list to import."
+            ),
+            field="csv_file",
+        )
     arms = set(trial.arms.values_list("code", flat=True))
     strata = set(generator.protocol_strata(trial))
     # newline="" lets the csv module read \r, \r\n and quoted line breaks itself, as its
@@ -239,7 +243,7 @@ def list_lock(*, randomization_list: RandomizationList, locked_by, password: str
 
 def signature_required(trial: Trial) -> bool:
     """Whether this trial's protocol wants the PI's eligibility signature before randomization."""
-    return bool(trial.randomization.get("require_eligibility_signature", False))
+    return trial.protocol.randomization.require_eligibility_signature
 
 
 def _check_randomizable(participant: Participant) -> None:
@@ -277,7 +281,9 @@ def participant_randomize(*, participant: Participant, randomized_by, request=No
     correction of the eligibility it rests on meanwhile), then a transaction-scoped
     advisory lock per stratum serializes allocations within one stratum, so slots are taken
     strictly in sequence order even when a transaction rolls back; different strata proceed in
-    parallel. The slot row is locked too, and unique constraints back it all up."""
+    parallel. The slot row is locked too, and unique constraints back it all up. A minimization
+    list serializes every allocation of the trial on the list's row instead (each depends on
+    all the earlier ones) and creates the filled slot (randomization/methods.py)."""
     try:
         return _allocate(participant=participant, randomized_by=randomized_by)
     except StratumExhausted as exhausted:
@@ -294,26 +300,21 @@ def _allocate(*, participant: Participant, randomized_by) -> Participant:
         if participant is None:
             raise NotEligible()
         _check_randomizable(participant)
-        active = RandomizationList.objects.filter(trial=participant.site.trial, is_active=True).first()
-        if active is None:
-            raise NoActiveList()
         stratum = generator.stratum_of(participant)
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [f"randomization:{active.pk}:{stratum}"])
-        slot = (
-            Slot.objects.select_for_update()
-            .filter(randomization_list=active, stratum=stratum, participant__isnull=True)
-            .order_by("sequence")
-            .first()
-        )
+        slot = None
+        # Twice at most: a minimization allocation that finds its list retired by a newer
+        # version (locked meanwhile) looks up the active list again.
+        for _attempt in range(2):
+            active = RandomizationList.objects.filter(trial=participant.site.trial, is_active=True).first()
+            if active is None:
+                raise NoActiveList()
+            method = methods.method_for(participant.site.trial, active.method)
+            slot = method.allocate(active=active, participant=participant, stratum=stratum)
+            if slot is not None:
+                break
         if slot is None:
-            exhausted = StratumExhausted()
-            exhausted.stratum = stratum
-            raise exhausted
-        now = timezone.now()
-        slot.participant = participant
-        slot.allocated_at = now
-        slot.save(update_fields=["participant", "allocated_at"])
+            raise NoActiveList()
+        now = slot.allocated_at
         with connection.cursor() as cursor:
             cursor.execute(
                 "UPDATE trialsite_site SET last_randomization_number = last_randomization_number + 1 "

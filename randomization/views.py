@@ -5,12 +5,11 @@ from django.utils.translation import gettext as _
 from django.views.decorators.debug import sensitive_post_parameters
 
 from enrollment.models import Participant
-from randomization import codebreak, selectors, services
+from randomization import codebreak, methods, selectors, services
 from randomization.forms import GenerateForm, ImportForm, PasswordForm, SealedSheetOpenedForm, UnblindForm
-from trialsite import access
+from trialsite import access, tenancy
 from trialsite.access import Capability
 from trialsite.exceptions import TrialRuleError
-from trialsite.models import Trial
 
 
 def _form_error(form, error: TrialRuleError) -> None:
@@ -74,8 +73,11 @@ def participant_unblind(request, pk: int):
 @login_required
 def list_index(request):
     access.require(request.user, Capability.MANAGE_RANDOMIZATION)
-    trial = Trial.objects.filter(sites__in=access.site_ids_with(request.user, Capability.MANAGE_RANDOMIZATION)).first()
-    generate_form = GenerateForm(request.POST if request.POST.get("action") == "generate" else None)
+    trial = tenancy.trial_for(request.user)
+    pre_generates_slots = trial is None or methods.method_for(trial).pre_generates_slots
+    generate_form = GenerateForm(
+        request.POST if request.POST.get("action") == "generate" else None, pre_generates_slots=pre_generates_slots
+    )
     import_form = ImportForm(
         request.POST if request.POST.get("action") == "import" else None,
         request.FILES if request.POST.get("action") == "import" else None,
@@ -86,7 +88,7 @@ def list_index(request):
                 created = services.list_generate(trial=trial, created_by=request.user, **generate_form.cleaned_data)
                 messages.success(request, _("List version %(version)s generated.") % {"version": created.version})
                 return redirect("randomization-list-detail", pk=created.pk)
-            if request.POST.get("action") == "import" and import_form.is_valid():
+            if request.POST.get("action") == "import" and pre_generates_slots and import_form.is_valid():
                 created = services.list_import(
                     trial=trial,
                     created_by=request.user,
@@ -104,6 +106,7 @@ def list_index(request):
             "lists": selectors.lists_for(request.user),
             "generate_form": generate_form,
             "import_form": import_form,
+            "minimization": not pre_generates_slots,
             "may_print_sheets": codebreak.sites_to_print_for(request.user).exists(),
         },
     )
@@ -132,6 +135,8 @@ def list_detail(request, pk: int):
         {
             "randomization_list": randomization_list,
             "balance": selectors.balance(randomization_list),
+            "minimization": randomization_list.method == randomization_list.Method.MINIMIZATION,
+            "margins": selectors.margins(randomization_list),
             "arms": randomization_list.trial.arms.order_by("order"),
             "may_see_arms": access.can(request.user, Capability.VIEW_ALLOCATION),
             "form": form,

@@ -21,11 +21,16 @@ class Command(BaseCommand):
         if trials.count() != 1:
             raise CommandError("Name the trial with --trial (or load exactly one protocol).")
         trial = trials.get()
+        if trial.protocol.randomization.method != "stratified_permuted_blocks":
+            raise CommandError(
+                "This trial randomizes by minimization: there is no list to print in advance. "
+                "`manage.py randomization_audit` re-derives every allocation from the seed."
+            )
         if size <= 0:
             raise CommandError("--size must be a positive number of slots per stratum")
         chosen = [stratum.strip() for stratum in strata.split(",")] if strata else generator.protocol_strata(trial)
         arms = [(arm.code, arm.ratio) for arm in trial.arms.order_by("order")]
         slots = generator.generate(
-            seed=seed, strata=chosen, size=size, arms=arms, block_sizes=trial.randomization["block_sizes"]
+            seed=seed, strata=chosen, size=size, arms=arms, block_sizes=list(trial.protocol.randomization.block_sizes)
         )
         self.stdout.write(generator.as_csv(slots), ending="")
