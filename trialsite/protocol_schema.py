@@ -143,70 +143,116 @@ class Section(BaseModel):
 
 
 class TrialInfo(Section):
-    nct_id: Annotated[str, BeforeValidator(_text)] = Field(pattern=r"^NCT\d{8}$")
-    title: Text
-    sponsor: Text
-    sponsor_protocol_id: Text
-    sponsor_contact_email: Email
-    target_enrollment: PositiveInt
-    design: Text = "Interventional, randomized"
-    # "single": participants blinded, staff blinded unless their role views allocation;
-    # "none": open label, every role may see the arm.
-    masking: Literal["single", "none"] = "single"
-    protocol_version: Text = "1.0"
-    effective_date: Date | None = None
+    nct_id: Annotated[str, BeforeValidator(_text)] = Field(
+        pattern=r"^NCT\d{8}$",
+        description=(
+            "The trial's ClinicalTrials.gov number (NCT and eight digits); the trial's address is /t/<NCT id>/."
+        ),
+    )
+    title: Text = Field(description="The trial's official title, as registered.")
+    sponsor: Text = Field(description="The sponsoring institution.")
+    sponsor_protocol_id: Text = Field(description="The sponsor's own number for this protocol.")
+    sponsor_contact_email: Email = Field(description="Whom an emergency unblinding is reported to (without the arm).")
+    target_enrollment: PositiveInt = Field(description="How many participants the trial plans to randomize.")
+    design: Text = Field(
+        "Interventional, randomized", description="The design in words, as registered (shown, not interpreted)."
+    )
+    masking: Literal["single", "none"] = Field(
+        "single",
+        description=(
+            '"single": participants blinded, staff blinded unless their role views allocation; "none": open label, '
+            "every role may see the arm."
+        ),
+    )
+    protocol_version: Text = Field(
+        "1.0",
+        description=(
+            "This file's version; each amendment is a new version, and records say under which version they were "
+            "captured."
+        ),
+    )
+    effective_date: Date | None = Field(
+        None, description="The day this version takes effect; never before the version in force."
+    )
 
 
 class SiteSpec(Section):
-    code: Code
-    name: Text
-    name_zh: Text | None = None
-    time_zone: TimeZone
+    code: Code = Field(
+        description="The site's code; it starts screening and randomization numbers (S-NT-0001, NT-0001)."
+    )
+    name: Text = Field(description="The site's name.")
+    name_zh: Text | None = Field(None, description="The site's name in Chinese.")
+    time_zone: TimeZone = Field(
+        description="The site's time zone (such as Asia/Shanghai): visit windows and reminders follow its clock."
+    )
 
 
 class ArmSpec(Section):
-    code: Code
-    name: Text
-    name_zh: Text | None = None
-    ratio: PositiveInt = 1
-    # Per kit type, what this arm's kit of that type holds.
-    kit_contents: dict[Code, Literal["active", "placebo"]] = Field(default_factory=dict)
+    code: Code = Field(description="The arm's code, seen only by those who may see allocation.")
+    name: Text = Field(description="The arm's name.")
+    name_zh: Text | None = Field(None, description="The arm's name in Chinese.")
+    ratio: PositiveInt = Field(1, description="The arm's share of the allocation ratio (2 and 1 make 2:1).")
+    kit_contents: dict[Code, Literal["active", "placebo"]] = Field(
+        default_factory=dict,
+        description=(
+            "Per kit type, what this arm's kit of that type holds. Blinded: every kit type; open label: the types the "
+            "arm gets."
+        ),
+    )
 
 
 class CriterionSpec(Section):
-    code: Code
-    kind: Literal["inclusion", "exclusion"]
-    text: Text
-    text_zh: Text | None = None
+    code: Code = Field(description="The criterion's code (IN1, EX1).")
+    kind: Literal["inclusion", "exclusion"] = Field(description="Inclusion: must be met; exclusion: must not be met.")
+    text: Text = Field(description="The criterion as the screening form asks it.")
+    text_zh: Text | None = Field(None, description="The criterion in Chinese.")
 
 
 class EligibilitySpec(Section):
-    minimum_age_years: PositiveInt
-    maximum_age_years: PositiveInt
-    consent_required: Boolean = True
-    criteria: tuple[CriterionSpec, ...]
+    minimum_age_years: PositiveInt = Field(description="The youngest age, in years, that may enroll.")
+    maximum_age_years: PositiveInt = Field(description="The oldest age, in years, that may enroll.")
+    consent_required: Boolean = Field(
+        True, description="Whether consent must be signed, on or before the screening date."
+    )
+    criteria: tuple[CriterionSpec, ...] = Field(
+        description="The inclusion and exclusion criteria: one Yes/No each at screening."
+    )
 
 
 class FactorSpec(Section):
-    code: Code
-    label: Text
-    label_zh: Text | None = None
-    levels: tuple[Code, ...] = Field(min_length=2)
-    # Minimization only: how much an imbalance on this factor counts.
-    weight: PositiveNumber = Decimal(1)
+    code: Code = Field(description="The factor's code; its level is recorded at screening.")
+    label: Text = Field(description="The factor as the screening form names it.")
+    label_zh: Text | None = Field(None, description="The factor's name in Chinese.")
+    levels: tuple[Code, ...] = Field(min_length=2, description="The factor's levels (codes, at least two).")
+    weight: PositiveNumber = Field(
+        Decimal(1), description="Minimization only: how much an imbalance on this factor counts."
+    )
 
 
 class RandomizationSpec(Section):
-    method: Literal["stratified_permuted_blocks", "minimization"] = "stratified_permuted_blocks"
-    # Permuted blocks: sizes, each a multiple of the ratio total, drawn at random per block.
-    block_sizes: tuple[PositiveInt, ...] = ()
-    # The site is a stratum (blocks) or a minimization factor.
-    stratify_by_site: Boolean = True
-    site_weight: PositiveNumber = Decimal(1)
-    # Minimization: the chance of taking the arm that minimizes imbalance (Pocock-Simon's p).
-    probability: PositiveNumber = Decimal("0.8")
-    require_eligibility_signature: Boolean = False
-    factors: tuple[FactorSpec, ...] = ()
+    method: Literal["stratified_permuted_blocks", "minimization"] = Field(
+        "stratified_permuted_blocks",
+        description=(
+            "Permuted blocks within strata (a list made in advance) or minimization (each arm computed at "
+            "randomization)."
+        ),
+    )
+    block_sizes: tuple[PositiveInt, ...] = Field(
+        (), description="Permuted blocks: sizes, each a multiple of the ratio total, drawn at random per block."
+    )
+    stratify_by_site: Boolean = Field(True, description="The site is a stratum (blocks) or a minimization factor.")
+    site_weight: PositiveNumber = Field(Decimal(1), description="Minimization: the weight of the site as a factor.")
+    probability: PositiveNumber = Field(
+        Decimal("0.8"),
+        description="Minimization: the chance of taking the arm that minimizes imbalance (Pocock-Simon's p), 0.5 to 1.",
+    )
+    require_eligibility_signature: Boolean = Field(
+        False,
+        description="Whether the principal investigator must sign the eligibility before randomization (web or API).",
+    )
+    factors: tuple[FactorSpec, ...] = Field(
+        (), description="Stratification (blocks) or minimization factors besides the site, recorded at screening."
+    )
 
 
 # Visit.code holds at most this many characters.
@@ -261,53 +307,66 @@ def _patterns_clash(first: str, second: str) -> bool:
 
 
 class VisitWindow(Section):
-    # Days before and after the target date during which the visit may take place. No window
-    # opens before day 0 (the randomization day): nothing happens before randomization.
-    window_before_days: NonNegativeInt = 0
-    window_after_days: NonNegativeInt = 0
+    window_before_days: NonNegativeInt = Field(
+        0,
+        description=(
+            "Days before the target date the visit may take place. No window opens before day 0 (the randomization "
+            "day)."
+        ),
+    )
+    window_after_days: NonNegativeInt = Field(0, description="Days after the target date the visit may take place.")
 
 
 class TreatmentCyclesSpec(VisitWindow):
     """Cycle 1 on day 0, then one cycle every `interval_days`."""
 
-    code: VisitCodePattern = "C{n}"
-    cycles: PositiveInt
-    interval_days: PositiveInt
-    # Whether a dose is given (and kits assigned) at each cycle's visit.
-    dosing: Boolean = True
+    code: VisitCodePattern = Field(
+        "C{n}", description="The cycles' visit codes, {n} where the cycle's number goes (C{n} makes C1, C2, ...)."
+    )
+    cycles: PositiveInt = Field(description="How many treatment cycles.")
+    interval_days: PositiveInt = Field(description="Days from one cycle to the next; cycle 1 is on day 0.")
+    dosing: Boolean = Field(True, description="Whether a dose is given (and kits assigned) at each cycle's visit.")
 
 
 class EndOfTreatmentSpec(VisitWindow):
-    code: VisitCode = "EOT"
-    # Days after the last cycle's target date; one cycle interval when not given.
-    days_after_last_cycle: PositiveInt | None = None
+    code: VisitCode = Field("EOT", description="The end-of-treatment visit's code.")
+    days_after_last_cycle: PositiveInt | None = Field(
+        None, description="Days after the last cycle's target date; one cycle interval when not given."
+    )
 
 
 class FollowUpSpec(VisitWindow):
     """Follow-up visit k is k x `interval_months` calendar months after the end-of-treatment
     target date (from the 31st, the last day of a shorter month)."""
 
-    code: VisitCodePattern = "FU{n}"
-    visits: NonNegativeInt = 0
-    interval_months: PositiveInt = 3
+    code: VisitCodePattern = Field(
+        "FU{n}", description="The follow-up visits' codes, {n} where the visit's number goes."
+    )
+    visits: NonNegativeInt = Field(0, description="How many follow-up visits (0: none).")
+    interval_months: PositiveInt = Field(3, description="Calendar months from one follow-up visit to the next.")
 
 
 class AssessmentSpec(VisitWindow):
     """A visit every `interval_weeks` from day 0 (e.g. tumour imaging), during treatment (before
     the end-of-treatment visit) or also through follow-up (up to the last follow-up visit)."""
 
-    code: VisitCodePattern
-    name: Text
-    name_zh: Text | None = None
-    interval_weeks: PositiveInt
-    during: Literal["treatment", "treatment_and_follow_up"] = "treatment"
+    code: VisitCodePattern = Field(description="The assessment visits' codes, {n} where the number goes (IMG{n}).")
+    name: Text = Field(description="The assessment's name (e.g. Tumour imaging).")
+    name_zh: Text | None = Field(None, description="The assessment's name in Chinese.")
+    interval_weeks: PositiveInt = Field(description="Weeks from one assessment to the next, from day 0.")
+    during: Literal["treatment", "treatment_and_follow_up"] = Field(
+        "treatment",
+        description=(
+            '"treatment": before the end-of-treatment visit; "treatment_and_follow_up": up to the last follow-up visit.'
+        ),
+    )
 
 
 class UnscheduledSpec(Section):
     """Visits staff add on demand (an adverse event, a missed lab), numbered in the order added."""
 
-    allowed: Boolean = False
-    code: VisitCodePattern = "U{n}"
+    allowed: Boolean = Field(False, description="Whether staff may add unscheduled visits to a randomized participant.")
+    code: VisitCodePattern = Field("U{n}", description="Their codes, {n} numbered in the order added.")
 
 
 class ScheduleSpec(Section):
@@ -315,11 +374,11 @@ class ScheduleSpec(Section):
     every N weeks and whether unscheduled visits may be added. Codes must never clash: a code
     names one visit of a participant."""
 
-    treatment: TreatmentCyclesSpec
-    end_of_treatment: EndOfTreatmentSpec = EndOfTreatmentSpec()
-    follow_up: FollowUpSpec = FollowUpSpec()
-    assessments: tuple[AssessmentSpec, ...] = ()
-    unscheduled: UnscheduledSpec = UnscheduledSpec()
+    treatment: TreatmentCyclesSpec = Field(description="The treatment cycles.")
+    end_of_treatment: EndOfTreatmentSpec = Field(EndOfTreatmentSpec(), description="The end-of-treatment visit.")
+    follow_up: FollowUpSpec = Field(FollowUpSpec(), description="The follow-up visits after the end of treatment.")
+    assessments: tuple[AssessmentSpec, ...] = Field((), description="Visits every N weeks, such as tumour imaging.")
+    unscheduled: UnscheduledSpec = Field(UnscheduledSpec(), description="Visits staff add on demand.")
 
     # Each check names the entry it is on (`schedule.follow_up: ...`) and sees only the entries
     # above it that were valid, so one mistake is reported once.
@@ -387,23 +446,32 @@ class ScheduleSpec(Section):
 
 
 class InfusionSpec(Section):
-    mg_per_kg: PositiveNumber
-    max_dose_mg: PositiveNumber
-    concentration_mg_per_ml: PositiveNumber
-    vial_sizes_mg: tuple[PositiveInt, ...] = Field(min_length=1)
-    diluted_volume_ml: PositiveNumber
-    minimum_weight_kg: NonNegativeNumber = Decimal(0)
-    maximum_weight_kg: PositiveNumber = Decimal(250)
-    weight_change_flag_percent: PositiveNumber = Decimal(10)
-    # The kit type that carries the infusion.
-    kit_type: Code = "INF"
+    mg_per_kg: PositiveNumber = Field(description="The dose per kilogram of body weight (mg).")
+    max_dose_mg: PositiveNumber = Field(description="The largest dose, whatever the weight (mg).")
+    concentration_mg_per_ml: PositiveNumber = Field(description="The concentrate's strength (mg per mL).")
+    vial_sizes_mg: tuple[PositiveInt, ...] = Field(
+        min_length=1, description="The vial sizes available (mg), from which each dose's vials are chosen."
+    )
+    diluted_volume_ml: PositiveNumber = Field(description="The volume after dilution (mL).")
+    minimum_weight_kg: NonNegativeNumber = Field(
+        Decimal(0), description="The lightest weight accepted at a dosing visit (kg)."
+    )
+    maximum_weight_kg: PositiveNumber = Field(
+        Decimal(250), description="The heaviest weight accepted at a dosing visit (kg)."
+    )
+    weight_change_flag_percent: PositiveNumber = Field(
+        Decimal(10), description="A weight more than this percentage away from the first dosing weight is flagged."
+    )
+    kit_type: Code = Field("INF", description="The kit type that carries the infusion.")
 
 
 class TabletSpec(Section):
-    tablet_mg: PositiveNumber
-    tablets_per_day: PositiveInt = 1
-    tablets_per_kit: PositiveInt
-    kit_type: Code = "TAB"
+    tablet_mg: PositiveNumber = Field(description="The strength of one tablet (mg).")
+    tablets_per_day: PositiveInt = Field(1, description="Tablets to take each day.")
+    tablets_per_kit: PositiveInt = Field(
+        description="Tablets in one kit; adherence counts the returned tablets against it."
+    )
+    kit_type: Code = Field("TAB", description="The kit type that carries the tablets.")
 
 
 LabRange = tuple[NonNegativeNumber, NonNegativeNumber]
@@ -412,11 +480,15 @@ LabRange = tuple[NonNegativeNumber, NonNegativeNumber]
 class LabLimits(Section):
     """Conditions on the pre-dose labs: counts per mm3, liver enzymes as multiples of ULN."""
 
-    neutrophils_below: NonNegativeNumber | None = None
-    platelets_below: NonNegativeNumber | None = None
-    alt_ast_uln_above: NonNegativeNumber | None = None
-    neutrophils_between: LabRange | None = None
-    platelets_between: LabRange | None = None
+    neutrophils_below: NonNegativeNumber | None = Field(None, description="Neutrophils below this count (per mm³).")
+    platelets_below: NonNegativeNumber | None = Field(None, description="Platelets below this count (per mm³).")
+    alt_ast_uln_above: NonNegativeNumber | None = Field(
+        None, description="ALT or AST above this multiple of the upper limit of normal."
+    )
+    neutrophils_between: LabRange | None = Field(
+        None, description="Neutrophils from low to high, both included (per mm³)."
+    )
+    platelets_between: LabRange | None = Field(None, description="Platelets from low to high, both included (per mm³).")
 
     def conditions(self) -> dict[str, Any]:
         """The set conditions as `<lab>_<test>` -> limit, in the file's order."""
@@ -424,48 +496,70 @@ class LabLimits(Section):
 
 
 class FirstDoseGate(Section):
-    do_not_give_if: LabLimits = LabLimits()
+    do_not_give_if: LabLimits = Field(LabLimits(), description="Labs that rule out the first infusion.")
 
 
 class LaterDoseGate(Section):
-    hold_if: LabLimits = LabLimits()
-    stop_if: LabLimits = LabLimits()
+    hold_if: LabLimits = Field(
+        LabLimits(),
+        description="Labs that hold a later infusion (repeat labs within the window may turn it into a dose).",
+    )
+    stop_if: LabLimits = Field(LabLimits(), description="Labs that stop treatment.")
 
 
 class SafetySpec(Section):
-    first_dose: FirstDoseGate = FirstDoseGate()
-    later_doses: LaterDoseGate = LaterDoseGate()
+    first_dose: FirstDoseGate = Field(FirstDoseGate(), description="The lab gate before the first infusion.")
+    later_doses: LaterDoseGate = Field(LaterDoseGate(), description="The lab gates before every later infusion.")
 
 
 class DosingSpec(Section):
-    infusion: InfusionSpec | None = None
-    tablet: TabletSpec | None = None
-    safety: SafetySpec = SafetySpec()
+    infusion: InfusionSpec | None = Field(None, description="The weight-based infusion, when the trial gives one.")
+    tablet: TabletSpec | None = Field(None, description="The daily tablets, when the trial gives them.")
+    safety: SafetySpec = Field(SafetySpec(), description="Lab gates before each infusion.")
 
 
 class KitsSpec(Section):
-    types: tuple[Code, ...] = Field(min_length=1)
-    storage: Text = "Room temperature"
-    low_stock_threshold: NonNegativeInt = 4
-    resupply_trigger: NonNegativeInt = 4
-    resupply_target: PositiveInt = 8
-    # The supply page warns of kits whose true expiry falls within this many days.
-    expiry_warning_days: PositiveInt = 60
+    types: tuple[Code, ...] = Field(
+        min_length=1, description="The kit types (codes such as INF, TAB) that arms' kit_contents name."
+    )
+    storage: Text = Field("Room temperature", description="How kits are stored, as shown to the pharmacy.")
+    low_stock_threshold: NonNegativeInt = Field(
+        4, description="Kits per content at a site below which the supply page warns."
+    )
+    resupply_trigger: NonNegativeInt = Field(
+        4,
+        description=(
+            "When a site's kits of any content (there or on their way) fall below this, every content is topped up to "
+            "resupply_target in one mixed shipment."
+        ),
+    )
+    resupply_target: PositiveInt = Field(
+        8, description="Kits per content a resupply tops a site up to; a new site's initial shipment."
+    )
+    expiry_warning_days: PositiveInt = Field(
+        60, description="The supply page warns of kits whose true expiry falls within this many days."
+    )
 
 
 class QuietHours(Section):
-    start: Clock
-    end: Clock
+    start: Clock = Field(description="When the quiet hours begin (the site's clock).")
+    end: Clock = Field(description="When they end; a participant's reminder due in them is sent then.")
 
 
 class RemindersSpec(Section):
-    days_before_window: tuple[PositiveInt, ...] = (7, 1)
-    send_time: Clock = datetime.time(9, 0)
-    quiet_hours: QuietHours = QuietHours(start="21:00", end="08:00")
+    days_before_window: tuple[PositiveInt, ...] = Field(
+        (7, 1), description="Days before a visit's window opens when a reminder is due (the reminders are for 7 and 1)."
+    )
+    send_time: Clock = Field(datetime.time(9, 0), description="The time of day reminders are due (the site's clock).")
+    quiet_hours: QuietHours = Field(
+        QuietHours(start="21:00", end="08:00"), description="Hours in which no reminder is sent to a participant."
+    )
 
 
 class RoleSpec(Section):
-    capabilities: tuple[Code, ...]
+    capabilities: tuple[Code, ...] = Field(
+        description="The role's capabilities in this trial, replacing its default ones."
+    )
 
 
 # --- Case report forms (crf app) ---------------------------------------------------------------
@@ -501,13 +595,13 @@ Scalar = Annotated[bool | int | str, BeforeValidator(_scalar)]
 
 class CodeListEntry(Section):
     code: Code
-    label: Text
-    label_zh: Text | None = None
+    label: Text = Field(description="The value as the form shows it.")
+    label_zh: Text | None = Field(None, description="The value in Chinese.")
 
 
 class CodeListSpec(Section):
-    code: Code
-    entries: tuple[CodeListEntry, ...] = Field(min_length=1)
+    code: Code = Field(description="The list's code, named by choice items' code_list.")
+    entries: tuple[CodeListEntry, ...] = Field(min_length=1, description="The values, in the order offered.")
 
     def entry(self, code) -> CodeListEntry | None:
         return next((entry for entry in self.entries if entry.code == code), None)
@@ -516,40 +610,44 @@ class CodeListSpec(Section):
 class ShowIf(Section):
     """Show the item only when another item of the form has this value (yes/no: true or false)."""
 
-    item: Code
-    equals: Scalar
+    item: Code = Field(description="The other item of the form that decides.")
+    equals: Scalar = Field(description="The value of that item that shows this one (true or false for a yes/no item).")
 
 
 class ItemSpec(Section):
-    code: Code
-    label: Text
-    label_zh: Text | None = None
-    type: Literal["text", "integer", "decimal", "date", "choice", "yes_no"]
-    unit: Text | None = None
-    unit_zh: Text | None = None
-    min: Number | None = None
-    max: Number | None = None
-    # Text items: the longest answer accepted.
-    max_length: PositiveInt = 200
-    # Required to complete the form when the item is shown; an empty one leaves the form in progress.
-    required: Boolean = False
-    code_list: Code | None = None
-    show_if: ShowIf | None = None
-    # Only users who may see allocation see, enter or read (in the audit trail) this item.
-    unblinded_only: Boolean = False
+    code: Code = Field(description="The item's code, once per form.")
+    label: Text = Field(description="The item's label on the form.")
+    label_zh: Text | None = Field(None, description="The label in Chinese.")
+    type: Literal["text", "integer", "decimal", "date", "choice", "yes_no"] = Field(
+        description="What the item holds; a choice takes a value of its code list."
+    )
+    unit: Text | None = Field(None, description="Integer and decimal items: the unit shown after the value.")
+    unit_zh: Text | None = Field(None, description="The unit in Chinese.")
+    min: Number | None = Field(None, description="Integer and decimal items: the smallest value accepted.")
+    max: Number | None = Field(None, description="Integer and decimal items: the largest value accepted.")
+    max_length: PositiveInt = Field(200, description="Text items: the longest answer accepted.")
+    required: Boolean = Field(
+        False,
+        description="Required to complete the form when the item is shown; an empty one leaves the form in progress.",
+    )
+    code_list: Code | None = Field(None, description="Choice items: the code list of their values.")
+    show_if: ShowIf | None = Field(None, description="When the item shows (and is required): another item's value.")
+    unblinded_only: Boolean = Field(
+        False, description="Only users who may see allocation see, enter or read (in the audit trail) this item."
+    )
 
 
 class CrossCheckSpec(Section):
     """One comparison of two items, when both are filled and shown. Exactly one of the four
     comparisons: dates (`not_before`, `not_after`) or numbers (`below`, `above`)."""
 
-    item: Code
-    not_before: Code | None = None
-    not_after: Code | None = None
-    below: Code | None = None
-    above: Code | None = None
-    message: Text | None = None
-    message_zh: Text | None = None
+    item: Code = Field(description="The item checked.")
+    not_before: Code | None = Field(None, description="A date item this date may not be before.")
+    not_after: Code | None = Field(None, description="A date item this date may not be after.")
+    below: Code | None = Field(None, description="A number item this number must be below.")
+    above: Code | None = Field(None, description="A number item this number must be above.")
+    message: Text | None = Field(None, description="What the form says at the item when the check fails.")
+    message_zh: Text | None = Field(None, description="The message in Chinese.")
 
     @property
     def comparison(self) -> tuple[str, str] | None:
@@ -562,22 +660,27 @@ class CrossCheckSpec(Section):
 class FormWarningSpec(Section):
     """A non-blocking warning, recorded with the form, when `item` takes one of `any_of`."""
 
-    item: Code
-    any_of: tuple[Scalar, ...] = Field(min_length=1)
-    text: Text
-    text_zh: Text | None = None
+    item: Code = Field(description="The item whose value raises the warning.")
+    any_of: tuple[Scalar, ...] = Field(min_length=1, description="The values that raise it.")
+    text: Text = Field(description="The warning.")
+    text_zh: Text | None = Field(None, description="The warning in Chinese.")
 
 
 class FormSpec(Section):
-    code: Code
-    name: Text
-    name_zh: Text | None = None
-    # "visit": one record per listed visit; "log": repeating records of the participant (con-meds).
-    kind: Literal["visit", "log"]
-    visits: tuple[VisitCodeOrPattern, ...] = ()
-    items: tuple[ItemSpec, ...] = Field(min_length=1)
-    checks: tuple[CrossCheckSpec, ...] = ()
-    warnings: tuple[FormWarningSpec, ...] = ()
+    code: Code = Field(description="The form's code.")
+    name: Text = Field(description="The form's name.")
+    name_zh: Text | None = Field(None, description="The form's name in Chinese.")
+    kind: Literal["visit", "log"] = Field(
+        description='"visit": one record per listed visit; "log": repeating records of the participant (con-meds).'
+    )
+    visits: tuple[VisitCodeOrPattern, ...] = Field(
+        (), description="Visit forms: the visit codes that carry the form (C1) or prefix patterns (C*)."
+    )
+    items: tuple[ItemSpec, ...] = Field(min_length=1, description="The form's items, in order.")
+    checks: tuple[CrossCheckSpec, ...] = Field(
+        (), description="Comparisons of two items; a failing one blocks the save."
+    )
+    warnings: tuple[FormWarningSpec, ...] = Field((), description="Warnings that never block a save and are recorded.")
 
     def item(self, code: str) -> ItemSpec | None:
         return next((item for item in self.items if item.code == code), None)
@@ -680,18 +783,20 @@ def _form_cross_checks(protocol: Protocol) -> list[str]:
 class Protocol(Section):
     """The whole protocol file. Build it with `parse_protocol`, read it through `Trial.protocol`."""
 
-    trial: TrialInfo
-    sites: tuple[SiteSpec, ...] = Field(min_length=1)
-    arms: tuple[ArmSpec, ...] = Field(min_length=2)
-    eligibility: EligibilitySpec
-    randomization: RandomizationSpec
-    schedule: ScheduleSpec
-    dosing: DosingSpec = DosingSpec()
-    kits: KitsSpec | None = None
-    reminders: RemindersSpec = RemindersSpec()
-    roles: dict[Code, RoleSpec] = Field(default_factory=dict)
-    code_lists: tuple[CodeListSpec, ...] = ()
-    forms: tuple[FormSpec, ...] = ()
+    trial: TrialInfo = Field(description="The trial: registry number, title, sponsor, masking and this file's version.")
+    sites: tuple[SiteSpec, ...] = Field(min_length=1, description="The sites that screen and randomize.")
+    arms: tuple[ArmSpec, ...] = Field(min_length=2, description="The arms, their ratio and what their kits hold.")
+    eligibility: EligibilitySpec = Field(description="Age limits, consent and the inclusion and exclusion criteria.")
+    randomization: RandomizationSpec = Field(description="How participants are allocated to arms.")
+    schedule: ScheduleSpec = Field(description="The visit schedule from the randomization day.")
+    dosing: DosingSpec = Field(DosingSpec(), description="The study medication: infusion, tablets and lab gates.")
+    kits: KitsSpec | None = Field(None, description="Kit types, storage and resupply; a blinded trial needs them.")
+    reminders: RemindersSpec = Field(RemindersSpec(), description="When visit reminders are sent.")
+    roles: dict[Code, RoleSpec] = Field(
+        default_factory=dict, description="Per role, capabilities replacing the defaults."
+    )
+    code_lists: tuple[CodeListSpec, ...] = Field((), description="Lists of coded values for choice items.")
+    forms: tuple[FormSpec, ...] = Field((), description="The case report forms.")
 
     @property
     def blinded(self) -> bool:
