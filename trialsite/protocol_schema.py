@@ -76,7 +76,17 @@ def _code(value):
     if not isinstance(value, str) or not CODE_PATTERN.match(value):
         raise PydanticCustomError(
             "code",
-            "must be a code: a letter, then up to 19 letters, digits or underscores (got {value!r})",
+            "must be a code: a letter, then up to 19 letters, digits or underscores (got {value})",
+            {"value": value},
+        )
+    return value
+
+
+def _coded_value(value):
+    if not isinstance(value, str) or not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,19}$", value):
+        raise PydanticCustomError(
+            "coded_value",
+            "must be a coded value: up to 20 letters, digits, '_', '.', '+' or '-' (got {value})",
             {"value": value},
         )
     return value
@@ -124,6 +134,7 @@ def _date(value):
     return value
 
 
+CodedValue = Annotated[str, BeforeValidator(_coded_value)]
 PositiveInt = Annotated[int, BeforeValidator(_positive_integer)]
 NonNegativeInt = Annotated[int, BeforeValidator(_non_negative_integer)]
 Number = Annotated[Decimal, BeforeValidator(_number)]
@@ -594,7 +605,9 @@ Scalar = Annotated[bool | int | str, BeforeValidator(_scalar)]
 
 
 class CodeListEntry(Section):
-    code: Code
+    code: CodedValue = Field(
+        description='The value stored: a grade or score may be digits ("0".."4"), as in CDISC code lists.'
+    )
     label: Text = Field(description="The value as the form shows it.")
     label_zh: Text | None = Field(None, description="The value in Chinese.")
 
@@ -889,12 +902,17 @@ def _cross_checks(protocol: Protocol) -> list[str]:
     if len(set(protocol.kit_types)) != len(protocol.kit_types):
         errors.append("kits.types: a kit type appears twice")
     for index, arm in enumerate(protocol.arms):
-        if set(arm.kit_contents) != set(protocol.kit_types):
+        if protocol.blinded and set(arm.kit_contents) != set(protocol.kit_types):
+            # Blinded: every participant gets a kit of every type, so the kits hide the arm.
             errors.append(
                 f"arms[{index}].kit_contents: must name exactly the kit types {list(protocol.kit_types)}"
                 f" (names {sorted(arm.kit_contents)})"
             )
-    if protocol.kit_types:
+        unknown = sorted(set(arm.kit_contents) - set(protocol.kit_types))
+        if not protocol.blinded and unknown:
+            # Open label: an arm may get no kit of a type (observation gets none at all).
+            errors.append(f"arms[{index}].kit_contents: {', '.join(unknown)} is not one of kits.types")
+    if protocol.kit_types and protocol.blinded:
         patterns = {tuple(sorted(arm.kit_contents.items())) for arm in protocol.arms}
         if len(patterns) != len(protocol.arms):
             errors.append("arms: two arms have the same kit contents, so kits could not tell them apart")
