@@ -92,10 +92,17 @@ def margins(randomization_list) -> list[dict]:
     from collections import Counter
 
     from django.db.models import Count
+    from django.utils.translation import get_language
+    from django.utils.translation import gettext as _
 
     from randomization import methods
 
-    _arms, weights, _probability = methods.minimization_rules(randomization_list.trial.protocol)
+    protocol = randomization_list.trial.protocol
+    _arms, weights, _probability = methods.minimization_rules(protocol)
+    chinese = (get_language() or "").startswith("zh")
+    labels = {methods.SITE_FACTOR: _("Site")}
+    for spec in protocol.randomization.factors:
+        labels[spec.code] = (spec.label_zh if chinese else None) or spec.label
     per_arm: Counter = Counter()
     totals: Counter = Counter()
     rows = (
@@ -112,6 +119,7 @@ def margins(randomization_list) -> list[dict]:
     return [
         {
             "factor": factor,
+            "factor_label": labels.get(factor, factor),
             "level": level,
             "allocations": count,
             "arms": {arm: allocations for (f, lv, arm), allocations in per_arm.items() if (f, lv) == (factor, level)},

@@ -388,6 +388,13 @@ def test_the_list_pages_say_minimization_and_make_a_list_without_slots(cast, cli
     assert created.method == "minimization" and not created.slots.exists()
     detail = client.get(f"/randomization/lists/{created.pk}/")
     assert b"no slot is generated in advance" in detail.content
+    participant = enrol(trial.sites.get(code="NT"), cast.coordinator, {"liver": "yes", "ecog": "e0"})
+    created = services.list_lock(randomization_list=created, locked_by=cast.statistician, password=factories.PASSWORD)
+    services.participant_randomize(participant=participant, randomized_by=cast.coordinator)
+    margins = client.get(f"/randomization/lists/{created.pk}/").content.decode()
+    assert "Liver metastasis" in margins and "ECOG performance status" in margins and "<td>Site</td>" in margins
+    chinese = client.get(f"/randomization/lists/{created.pk}/", HTTP_ACCEPT_LANGUAGE="zh-hans").content.decode()
+    assert "最小化" in chinese and "no slot is generated" not in chinese
 
 
 def test_the_api_makes_a_minimization_list_from_a_seed_alone(cast, api_for, trial, tmp_path):
