@@ -256,7 +256,11 @@ def _visit_model():
 
 
 def visit_rows(Visit, enrolled, site, rng):
-    """Cycle visits every 28 days from randomization (6 on average: the trial is under way)."""
+    """Cycle visits every 28 days from randomization (6 on average: the trial is under way),
+    coded by the protocol's pattern."""
+    from trialsite.protocol_schema import visit_code
+
+    pattern = site.trial.protocol.schedule.treatment.code
     today = datetime.date(2026, 1, 1)
     for index, day in enrolled:
         planned = 1 + index % 12
@@ -269,7 +273,7 @@ def visit_rows(Visit, enrolled, site, rng):
                 "participant_id": index,
                 "site_id": site.pk,
                 "sequence": cycle,
-                "code": f"C{cycle:02d}",
+                "code": visit_code(pattern, cycle),
                 "kind": "dosing",
                 "cycle": cycle,
                 "target_date": target,

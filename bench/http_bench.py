@@ -162,7 +162,7 @@ def kit_section(server, cast, options) -> None:
         participant = participant_randomize(
             participant=factories.make_participant(site, by=coordinator), randomized_by=coordinator
         )
-        visits.append(participant.visits.get(code="C1"))
+        visits.append(participant.visits.order_by("sequence").first())
         tokens.append(cast["tokens"][(Role.COORDINATOR, site.code)])
     for site in sites:
         for kit_type in ("INF", "TAB"):

@@ -1,7 +1,7 @@
 """Page load of every page the role walks of issue 16 visit: server time (median and p95) and
 query count per page, in process through django.test.Client with the production-like settings
 (DEBUG off), on a realistic site: the demo plus a few hundred screenings, half of them randomized,
-with C1 recorded and kits dispensed for most. Runs against a scratch database.
+with the first cycle recorded and kits dispensed for most. Runs against a scratch database.
 
     .venv/bin/python bench/pages_bench.py [--screenings 300] [--runs 30]
 
@@ -26,7 +26,7 @@ ALL_GOOD = {"IN1": "yes", "IN2": "yes", "EX1": "no", "EX2": "no", "EX3": "no"}
 
 def build_site(screenings: int) -> dict:
     """The demo, then `screenings` more patients: one in ten a screen failure, the eligible ones
-    signed, two in three of those randomized, C1 recorded for most of the randomized."""
+    signed, two in three of those randomized, the first cycle recorded for most of the randomized."""
     import os
 
     from django.conf import settings
@@ -119,7 +119,7 @@ def pages(world: dict) -> list[tuple[str, str, str]]:
         ("participant page", "coordinator", f"/participants/{randomized.pk}/"),
         ("randomize confirm", "coordinator", f"/participants/{signed.pk}/randomize/"),
         ("visit record", "coordinator", f"/visits/{next_visit.pk}/record/"),
-        ("visit page (C1)", "coordinator", f"/visits/{held.pk}/"),
+        ("visit page (first cycle)", "coordinator", f"/visits/{held.pk}/"),
         ("awaiting signature", "investigator", "/participants/awaiting-signature/"),
         ("unblind form", "investigator", f"/participants/{randomized.pk}/unblind/"),
         ("pharmacy", "pharmacist", "/pharmacy/"),

@@ -28,4 +28,5 @@ urlpatterns = [
     path("supply/stock/", api.SupplyStock.as_view(), name="api-supply-stock"),
     path("supply/shipments/", api.ShipmentCreate.as_view(), name="api-supply-shipments"),
     path("", include("dosing.reminders.api_urls")),
+    path("", include("schedules.api_urls")),
 ]

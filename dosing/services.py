@@ -197,7 +197,7 @@ def visit_record(
                 recorded_by=recorded_by,
             )
             if decision.decision == Decision.STOP:
-                # Treatment ends: the remaining dosing visits will not happen; EOT and follow-up stay.
+                # Treatment ends: the remaining dosing visits will not happen; end of treatment and follow-up stay.
                 Visit.objects.filter(
                     participant=participant, kind=VisitKind.DOSING, status=VisitStatus.SCHEDULED
                 ).update(status=VisitStatus.CANCELLED)
@@ -215,7 +215,7 @@ def visit_record(
 
 
 def _stop_treatment(participant: Participant) -> None:
-    # Treatment ends: the remaining dosing visits will not happen; EOT and follow-up stay.
+    # Treatment ends: the remaining dosing visits will not happen; end of treatment and follow-up stay.
     Visit.objects.filter(participant=participant, kind=VisitKind.DOSING, status=VisitStatus.SCHEDULED).update(
         status=VisitStatus.CANCELLED
     )

@@ -27,4 +27,6 @@ urlpatterns = [
         name="kit-destroy",
     ),
     path("", include("dosing.reminders.urls")),
+    # The schedule's pages sit beside the visits' (the site URLconf lists apps, not routes).
+    path("", include("schedules.urls")),
 ]

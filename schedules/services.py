@@ -73,22 +73,20 @@ def visit_plan(*, schedule: ScheduleSpec, day0: datetime.date) -> list[PlannedVi
     end = schedule.end_of_treatment
     last_cycle = visits[-1]["target_date"]
     end_date = last_cycle + datetime.timedelta(days=end.days_after_last_cycle or treatment.interval_days)
-    closing = [_planned(end.code, VisitKind.END_OF_TREATMENT, end_date, end, day0)]
+    visits.append(_planned(end.code, VisitKind.END_OF_TREATMENT, end_date, end, day0))
     follow_up = schedule.follow_up
-    for number in range(1, follow_up.visits + 1):
+    for number in range(1, follow_up.visits + 1 if follow_up else 1):
         target = end_date + relativedelta(months=number * follow_up.interval_months)
-        closing.append(_planned(visit_code(follow_up.code, number), VisitKind.FOLLOW_UP, target, follow_up, day0))
-    last_date = closing[-1]["target_date"]
+        visits.append(_planned(visit_code(follow_up.code, number), VisitKind.FOLLOW_UP, target, follow_up, day0))
+    last_date = visits[-1]["target_date"]
     for assessment in schedule.assessments:
+        until = end_date - datetime.timedelta(days=1) if assessment.during == "treatment" else last_date
         number = 1
-        while True:
-            target = day0 + datetime.timedelta(weeks=number * assessment.interval_weeks)
-            if target >= end_date if assessment.during == "treatment" else target > last_date:
-                break
+        while (target := day0 + datetime.timedelta(weeks=number * assessment.interval_weeks)) <= until:
             visits.append(_planned(visit_code(assessment.code, number), VisitKind.ASSESSMENT, target, assessment, day0))
             number += 1
-    # Stable: on one date a cycle comes before an assessment, as listed above.
-    ordered = sorted(visits, key=lambda visit: visit["target_date"]) + closing
+    # Stable: on one date a cycle or the end of treatment comes before an assessment.
+    ordered = sorted(visits, key=lambda visit: visit["target_date"])
     return [PlannedVisit(sequence=sequence, **visit) for sequence, visit in enumerate(ordered, start=1)]
 
 

@@ -177,7 +177,7 @@ def test_every_trial_table_has_its_audit_trigger_as_declared(db, trigger_name):
 def test_every_model_of_the_trial_apps_is_audited():
     from django.apps import apps
 
-    trial_apps = {"trialsite", "enrollment", "randomization", "dosing", "reports", "crf"}
+    trial_apps = {"trialsite", "enrollment", "randomization", "schedules", "dosing", "reports", "crf"}
     unaudited = {
         model._meta.label
         for model in apps.get_models()

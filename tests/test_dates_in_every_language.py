@@ -110,7 +110,7 @@ def test_no_form_declares_a_date_field_of_its_own():
     root = pathlib.Path(settings.BASE_DIR)
     offenders = [
         str(path.relative_to(root))
-        for app in ("enrollment", "dosing", "randomization", "reports", "trialsite")
+        for app in ("enrollment", "schedules", "dosing", "randomization", "reports", "trialsite")
         for path in (root / app).rglob("forms.py")
         if re.search(r"forms\.(DateField|DateInput)\(", path.read_text())
     ]

@@ -82,9 +82,15 @@ def schedule_of(**treatment) -> ScheduleSpec:
     after the last."""
     return ScheduleSpec.model_validate(
         {
-            "treatment": {"window_before_days": 3, "window_after_days": 3, **treatment},
-            "end_of_treatment": {"window_before_days": 3, "window_after_days": 3},
-            "follow_up": {"visits": 1, "interval_months": 3, "window_before_days": 3, "window_after_days": 3},
+            "treatment": {"code": "C{n}", "window_before_days": 3, "window_after_days": 3, **treatment},
+            "end_of_treatment": {"code": "EOT", "window_before_days": 3, "window_after_days": 3},
+            "follow_up": {
+                "code": "FU{n}",
+                "visits": 1,
+                "interval_months": 3,
+                "window_before_days": 3,
+                "window_after_days": 3,
+            },
         }
     )
 

@@ -68,7 +68,7 @@ def test_exports_quote_every_trigger_and_leave_numbers_and_other_text_alone():
 
 def test_no_module_keeps_its_own_copy_of_the_trigger_characters():
     copies = []
-    for package in ("trialsite", "enrollment", "randomization", "dosing", "reports"):
+    for package in ("trialsite", "enrollment", "randomization", "schedules", "dosing", "reports"):
         for path in sorted((ROOT / package).rglob("*.py")):
             if path == ROOT / "trialsite" / "text.py":
                 continue

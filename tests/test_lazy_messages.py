@@ -67,7 +67,7 @@ def module_level_gettext_calls(path: pathlib.Path) -> list[str]:
 
 
 def test_no_message_is_translated_at_import():
-    packages = ("trialsite", "enrollment", "randomization", "dosing", "reports")
+    packages = ("trialsite", "enrollment", "randomization", "schedules", "dosing", "reports")
     found = [
         call
         for package in packages

@@ -282,7 +282,7 @@ def _visit_code(value):
 
 
 def _visit_code_pattern(value):
-    """A visit code with `{n}` where the visit's number goes: "C{n}" makes C1, C2, ..."""
+    """A visit code with `{n}` where the visit's number goes: "V{n}" makes V1, V2, ..."""
     if (
         not isinstance(value, str)
         or value.count("{n}") != 1
@@ -291,7 +291,7 @@ def _visit_code_pattern(value):
     ):
         raise PydanticCustomError(
             "visit_code_pattern",
-            "must be a visit code with {n} once where the number goes, such as C{n}, at most"
+            "must be a visit code with {n} once where the number goes, such as V{n}, at most"
             f" {VISIT_CODE_LENGTH - 3} characters besides it (got {{value}})",
             {"value": value},
         )
@@ -303,7 +303,7 @@ VisitCodePattern = Annotated[str, BeforeValidator(_visit_code_pattern)]
 
 
 def visit_code(pattern: str, number: int) -> str:
-    """The code of visit `number` of a pattern: ("FU{n}", 2) -> "FU2"."""
+    """The code of visit `number` of a pattern: ("V{n}", 2) -> "V2"."""
     return pattern.replace("{n}", str(number))
 
 
@@ -331,8 +331,9 @@ class VisitWindow(Section):
 class TreatmentCyclesSpec(VisitWindow):
     """Cycle 1 on day 0, then one cycle every `interval_days`."""
 
+    # No default for any code: the trial's file names its visits, the code names none.
     code: VisitCodePattern = Field(
-        "C{n}", description="The cycles' visit codes, {n} where the cycle's number goes (C{n} makes C1, C2, ...)."
+        description="The cycles' visit codes, {n} where the cycle's number goes (V{n} makes V1, V2, ...)."
     )
     cycles: PositiveInt = Field(description="How many treatment cycles.")
     interval_days: PositiveInt = Field(description="Days from one cycle to the next; cycle 1 is on day 0.")
@@ -340,7 +341,7 @@ class TreatmentCyclesSpec(VisitWindow):
 
 
 class EndOfTreatmentSpec(VisitWindow):
-    code: VisitCode = Field("EOT", description="The end-of-treatment visit's code.")
+    code: VisitCode = Field(description="The end-of-treatment visit's code.")
     days_after_last_cycle: PositiveInt | None = Field(
         None, description="Days after the last cycle's target date; one cycle interval when not given."
     )
@@ -350,9 +351,7 @@ class FollowUpSpec(VisitWindow):
     """Follow-up visit k is k x `interval_months` calendar months after the end-of-treatment
     target date (from the 31st, the last day of a shorter month)."""
 
-    code: VisitCodePattern = Field(
-        "FU{n}", description="The follow-up visits' codes, {n} where the visit's number goes."
-    )
+    code: VisitCodePattern = Field(description="The follow-up visits' codes, {n} where the visit's number goes.")
     visits: NonNegativeInt = Field(0, description="How many follow-up visits (0: none).")
     interval_months: PositiveInt = Field(3, description="Calendar months from one follow-up visit to the next.")
 
@@ -377,7 +376,9 @@ class UnscheduledSpec(Section):
     """Visits staff add on demand (an adverse event, a missed lab), numbered in the order added."""
 
     allowed: Boolean = Field(False, description="Whether staff may add unscheduled visits to a randomized participant.")
-    code: VisitCodePattern = Field("U{n}", description="Their codes, {n} numbered in the order added.")
+    code: VisitCodePattern | None = Field(
+        None, description="Their codes, {n} numbered in the order added; required when allowed."
+    )
 
 
 class ScheduleSpec(Section):
@@ -386,8 +387,8 @@ class ScheduleSpec(Section):
     names one visit of a participant."""
 
     treatment: TreatmentCyclesSpec = Field(description="The treatment cycles.")
-    end_of_treatment: EndOfTreatmentSpec = Field(EndOfTreatmentSpec(), description="The end-of-treatment visit.")
-    follow_up: FollowUpSpec = Field(FollowUpSpec(), description="The follow-up visits after the end of treatment.")
+    end_of_treatment: EndOfTreatmentSpec = Field(description="The end-of-treatment visit.")
+    follow_up: FollowUpSpec | None = Field(None, description="The follow-up visits after the end of treatment.")
     assessments: tuple[AssessmentSpec, ...] = Field((), description="Visits every N weeks, such as tumour imaging.")
     unscheduled: UnscheduledSpec = Field(UnscheduledSpec(), description="Visits staff add on demand.")
 
@@ -448,6 +449,8 @@ class ScheduleSpec(Section):
     @field_validator("unscheduled")
     @classmethod
     def _unscheduled_codes_are_their_own(cls, value, info: ValidationInfo):
+        if value.allowed and value.code is None:
+            raise PydanticCustomError("visit_code_missing", "code is required when unscheduled visits are allowed")
         clash = cls._clashes(value.code, info) if value.allowed else None
         if clash:
             raise PydanticCustomError(

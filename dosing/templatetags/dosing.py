@@ -1,6 +1,7 @@
 from django import template
 
 from dosing import selectors
+from enrollment.models import ParticipantStatus
 from trialsite import access
 from trialsite.access import Capability
 
@@ -14,10 +15,15 @@ def dosing_panel(context, participant) -> dict:
     visits = list(selectors.visits_for(user, participant))
     # The next due visit (the first still scheduled) gets the primary Record button.
     next_due = next((visit for visit in visits if visit.status == "scheduled"), None)
+    may_record = access.can(user, Capability.RECORD_VISITS, participant.site_id)
     return {
         "visits": visits,
         "next_due_id": next_due.pk if next_due else None,
-        "may_record": access.can(user, Capability.RECORD_VISITS, participant.site_id),
+        "may_record": may_record,
+        # Only while the participant is in the trial, and only if the protocol allows them.
+        "may_add_unscheduled": may_record
+        and participant.status == ParticipantStatus.RANDOMIZED
+        and participant.site.trial.protocol.schedule.unscheduled.allowed,
     }
 
 
