@@ -29,9 +29,8 @@ def value(participant: Participant, form: str, visit_code: str | None, item: str
 
 
 def _visit_codes(participant: Participant) -> list[str]:
-    """The participant's visits, in plan order. Read from dosing's visit plan for now; the one
-    place to change when visit plans move to their own app."""
-    from dosing.models import Visit
+    """The participant's visits (the schedules app's plan, with any unscheduled ones), in order."""
+    from schedules.models import Visit
 
     return list(Visit.objects.filter(participant=participant).order_by("sequence").values_list("code", flat=True))
 
