@@ -20,7 +20,7 @@ from dosing.models import DoseRecord, Kit, KitContent, KitType, RepeatLabs, Ship
 from dosing.views import MAX_KIT_LIST_BYTES
 from enrollment.models import Participant
 from schedules.models import Visit
-from trialsite import access
+from trialsite import access, tenancy
 from trialsite.access import Capability
 from trialsite.exceptions import TrialRuleError
 
@@ -588,7 +588,7 @@ class KitImport(APIView):
             text = upload.read().decode("utf-8")
         except UnicodeDecodeError:
             raise KitListInvalid(["The file is not UTF-8 text."]) from None
-        trial = selectors.supply_sites(request.user).select_related("trial").first().trial
+        trial = tenancy.trial_for(request.user)
         kits = services.kits_import(csv_text=text, imported_by=request.user, trial=trial)
         return Response({"imported": len(kits)}, status=status.HTTP_201_CREATED)
 
@@ -613,7 +613,7 @@ class KitListGenerate(APIView):
         selectors.require_supply(request.user)
         data = KitListGenerateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        trial = selectors.supply_sites(request.user).select_related("trial").first().trial
+        trial = tenancy.trial_for(request.user)
         lots = {(lot["kit_type"], lot["content"]): (lot["lot"], lot["expiry"]) for lot in data.validated_data["lots"]}
         missing = [
             f"{kit_type} {content}"

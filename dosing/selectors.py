@@ -43,7 +43,7 @@ BLINDED_KIT_FIELDS = (
 
 
 def kit_types(trial) -> list[str]:
-    return list((trial.definition.get("kits") or {}).get("types", KitType.values))
+    return list(trial.protocol.kit_types)
 
 
 def visits_for(user, participant: Participant) -> QuerySet[Visit]:
@@ -178,8 +178,8 @@ def stock_by_site(user, *, today: datetime.date | None = None) -> list[StockLine
     )
     sites = list(Site.objects.filter(pk__in=site_ids).select_related("trial").order_by("code"))
     # Not in the protocol file today: `[kits].expiry_warning_days` may set it, 60 days otherwise.
-    kit_rules = (sites[0].trial.definition.get("kits") or {}) if sites else {}
-    warning_days = int(kit_rules.get("expiry_warning_days", 60))
+    kit_rules = sites[0].trial.protocol.kits if sites else None
+    warning_days = kit_rules.expiry_warning_days if kit_rules else 60
     soon = today + datetime.timedelta(days=warning_days)
     counts = (
         Kit.objects.filter(site_id__in=site_ids)
@@ -195,9 +195,9 @@ def stock_by_site(user, *, today: datetime.date | None = None) -> list[StockLine
     by_key = {(row["site_id"], row["kit_type"], row["content"]): row for row in counts}
     lines = []
     for site in sites:
-        kits = site.trial.definition.get("kits") or {}
-        threshold = int(kits.get("low_stock_threshold", 0))
-        for kit_type in kits.get("types", KitType.values):
+        kits = site.trial.protocol.kits
+        threshold = kits.low_stock_threshold if kits else 0
+        for kit_type in site.trial.protocol.kit_types:
             for content in ("active", "placebo"):
                 row = by_key.get((site.pk, kit_type, content), {})
                 available = row.get("available", 0)
@@ -267,7 +267,7 @@ def participant_accountability(user) -> list[ParticipantAccountability]:
     rows: dict[int, ParticipantAccountability] = {}
     kits = list(kit_accountability(user).filter(status__in=[KitStatus.DISPENSED, KitStatus.RETURNED]))
     for kit in kits:
-        per_kit = int(kit.site.trial.dosing["tablet"]["tablets_per_kit"])
+        per_kit = kit.site.trial.protocol.dosing.tablet.tablets_per_kit
         row = rows.setdefault(kit.participant_id, ParticipantAccountability(kit.participant, 0, 0, 0, 0, 0, 0, None))
         row.dispensed += 1
         if kit.status == KitStatus.RETURNED:
@@ -289,7 +289,7 @@ def participant_accountability(user) -> list[ParticipantAccountability]:
 def kit_adherence(kit: Kit) -> Decimal | None:
     if kit.kit_type != KitType.TABLET or kit.tablets_returned is None or kit.dispensed_at is None:
         return None
-    per_kit = int(kit.site.trial.dosing["tablet"]["tablets_per_kit"])
+    per_kit = kit.site.trial.protocol.dosing.tablet.tablets_per_kit
     days = (kit.returned_on - timezone.localtime(kit.dispensed_at, kit.site.zone).date()).days
     return adherence(tablets_taken=per_kit - kit.tablets_returned, days_elapsed=days)
 

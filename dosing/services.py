@@ -142,7 +142,7 @@ def visit_record(
         visit.recorded_by = recorded_by
         visit.recorded_at = timezone.now()
         outcome = VisitOutcome(visit=visit)
-        rules = visit.site.trial.dosing
+        rules = visit.site.trial.protocol.dosing
         if visit.is_dosing:
             if treatment_stopped(participant):
                 raise TreatmentStopped()
@@ -159,7 +159,7 @@ def visit_record(
             ]
             if missing:
                 raise DosingValueRequired(field=missing[0])
-            dose = infusion_dose(weight_kg=weight_kg, rules=rules["infusion"])
+            dose = infusion_dose(weight_kg=weight_kg, rules=rules.infusion)
             previous = DoseRecord.objects.filter(participant=participant).order_by("visit__sequence")
             baseline = previous.first()
             first_dose = not previous.filter(decision=Decision.GIVE).exists()
@@ -169,7 +169,7 @@ def visit_record(
                 platelets=platelets,
                 alt_uln=alt_uln,
                 ast_uln=ast_uln,
-                rules=rules["safety"],
+                rules=rules.safety,
             )
             baseline_kg = baseline.weight_kg if baseline else Decimal(weight_kg)
             visit.weight_kg = weight_kg
@@ -188,7 +188,7 @@ def visit_record(
                 weight_kg=weight_kg,
                 baseline_weight_kg=baseline_kg,
                 weight_change_flagged=weight_change_flagged(
-                    weight_kg=weight_kg, baseline_kg=baseline_kg, rules=rules["infusion"]
+                    weight_kg=weight_kg, baseline_kg=baseline_kg, rules=rules.infusion
                 ),
                 dose_mg=dose.dose_mg,
                 concentrate_ml=dose.concentrate_ml,
@@ -209,7 +209,7 @@ def visit_record(
                     outcome.kits = list(visit.kits.all())
         else:
             if weight_kg is not None:
-                visit.weight_kg = check_weight(weight_kg=weight_kg, rules=rules["infusion"])
+                visit.weight_kg = check_weight(weight_kg=weight_kg, rules=rules.infusion)
             visit.save()
     return outcome
 
@@ -271,7 +271,7 @@ def visit_repeat_labs(
             platelets=platelets,
             alt_uln=alt_uln,
             ast_uln=ast_uln,
-            rules=visit.site.trial.dosing["safety"],
+            rules=visit.site.trial.protocol.dosing.safety,
         )
         RepeatLabs.objects.create(
             visit=visit,
@@ -385,14 +385,12 @@ def kit_contents_by_type(trial) -> dict[str, set[str]]:
     """Which contents each kit type comes in for this trial's arms ({"INF": {"active", "placebo"}}),
     from the loaded protocol (no query: a kit assignment asks it for every kit type it checks)."""
     contents: dict[str, set[str]] = {}
-    for arm in trial.definition.get("arms", []):
-        for kit_type, content in (arm.get("kit_contents") or {}).items():
+    for arm in trial.protocol.arms:
+        for kit_type, content in arm.kit_contents.items():
             contents.setdefault(kit_type, set()).add(content)
     return contents
 
 
-def _supply_rules(trial) -> dict:
-    return trial.definition.get("kits") or {}
 
 
 def _lots_serving_every_content(*, site, kit_type: str, lasting_until: datetime.date) -> list[str]:
@@ -558,7 +556,7 @@ def kit_return(*, kit: Kit, returned_by, returned_on: datetime.date, tablets_ret
         kit = _locked(kit)
         if kit.status != S.DISPENSED:
             raise IllegalKitTransition(_("Only a dispensed kit can be returned."))
-        per_kit = int(Site.objects.get(pk=kit.site_id).trial.dosing["tablet"]["tablets_per_kit"])
+        per_kit = Site.objects.get(pk=kit.site_id).trial.protocol.dosing.tablet.tablets_per_kit
         if kit.kit_type == KitType.TABLET:
             if tablets_returned is None or not 0 <= tablets_returned <= per_kit:
                 raise KitReturnInvalid(
@@ -636,7 +634,7 @@ KIT_NUMBER = re.compile(r"^[A-Z0-9][A-Z0-9-]{3,19}$")
 
 def _kit_list_rows(*, csv_text: str, trial, today: datetime.date) -> list[kitlist.PlannedKit]:
     """Parse and check every line of a kit list; every error is named with its line number."""
-    types = set(_supply_rules(trial).get("types", KitType.values))
+    types = set(trial.protocol.kit_types)
     reader = csv.reader(io.StringIO(csv_text.lstrip("\ufeff"), newline=""))
     try:
         rows = list(reader)
@@ -854,7 +852,7 @@ def kit_list_generate(
         if not lot or len(lot) > 40:
             raise TrialRuleError(_("Give every manufacturing lot (up to 40 characters)."), field="lots")
     seed = seed or secrets.token_hex(32)
-    kit_types = [kit_type for kit_type in _supply_rules(trial).get("types", KitType.values)]
+    kit_types = list(trial.protocol.kit_types)
     planned = kitlist.generate(
         seed=seed, packaging_lot=packaging_lot, kits_per_type=kits_per_type, lots=lots, kit_types=kit_types
     )
@@ -936,9 +934,8 @@ def resupply_plan(site) -> dict[str, int]:
     site or on their way fall below the trigger level (`kits.resupply_trigger`, otherwise
     `low_stock_threshold`), `kits.resupply_target` kits of every content of every kit type.
     Empty when nothing is needed. Nothing in a shipment depends on which content ran low."""
-    rules = _supply_rules(site.trial)
-    trigger = int(rules.get("resupply_trigger", rules.get("low_stock_threshold", 0)))
-    target = int(rules.get("resupply_target", 0))
+    rules = site.trial.protocol.kits
+    trigger, target = (rules.resupply_trigger, rules.resupply_target) if rules else (0, 0)
     if target <= 0:
         return {}
     today = _site_today(site)

@@ -26,7 +26,7 @@ from dosing.forms import (
     VisitRecordForm,
 )
 from dosing.models import Decision, Kit, Shipment
-from trialsite import access
+from trialsite import access, tenancy
 from trialsite.access import Capability
 from trialsite.exceptions import TrialRuleError
 
@@ -295,7 +295,7 @@ def accountability(request: HttpRequest) -> HttpResponse:
 def supply(request: HttpRequest) -> HttpResponse:
     selectors.require_supply(request.user)
     sites = selectors.supply_sites(request.user).select_related("trial")
-    trial = sites.first().trial
+    trial = tenancy.trial_for(request.user)
     kit_types = selectors.kit_types(trial)
     import_form = KitImportForm()
     ship_form = ShipmentForm(sites=sites, kit_types=kit_types)

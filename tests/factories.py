@@ -62,12 +62,13 @@ def make_screening(
             reasons=[] if eligible else [{"code": "EX1", "text": "Liver disease"}],
             stratification=stratification or {},
             screened_by=by,
+            protocol_version_id=site.trial.current_version_id,
         )
         Consent.objects.create(screening=screening, site=site, version="1.0", signed_on=screening_date, obtained_by=by)
-        for criterion in site.trial.eligibility["criteria"]:
-            wanted = Answer.YES if criterion["kind"] == "inclusion" else Answer.NO
+        for criterion in site.trial.protocol.eligibility.criteria:
+            wanted = Answer.YES if criterion.kind == "inclusion" else Answer.NO
             EligibilityAnswer.objects.create(
-                screening=screening, site=site, criterion_code=criterion["code"], answer=wanted
+                screening=screening, site=site, criterion_code=criterion.code, answer=wanted
             )
     return screening
 

@@ -32,24 +32,16 @@ from trialsite.models import Role, StaffRole
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_SEND_TIME = "09:00"
 # Transient failures are retried with backoff up to this many attempts, then marked failed.
 MAX_ATTEMPTS = 8
-DEFAULT_QUIET_HOURS = {"start": "21:00", "end": "08:00"}
-
-
-def _clock(text: str) -> datetime.time:
-    hours, minutes = text.split(":")
-    return datetime.time(int(hours), int(minutes))
-
 
 def reminder_rules(trial) -> dict:
-    rules = trial.definition.get("reminders", {})
+    rules = trial.protocol.reminders
     return {
-        "days_before_window": rules.get("days_before_window", [7, 1]),
-        "send_time": _clock(rules.get("send_time", DEFAULT_SEND_TIME)),
-        "quiet_start": _clock(rules.get("quiet_hours", DEFAULT_QUIET_HOURS)["start"]),
-        "quiet_end": _clock(rules.get("quiet_hours", DEFAULT_QUIET_HOURS)["end"]),
+        "days_before_window": list(rules.days_before_window),
+        "send_time": rules.send_time,
+        "quiet_start": rules.quiet_hours.start,
+        "quiet_end": rules.quiet_hours.end,
     }
 
 
