@@ -105,6 +105,9 @@ class CeleryWorker:
         )
         if host.startswith("/"):
             url = f"postgres://{database['USER']}@/{database['NAME']}?host={host}"
+        # os.environ carries PYTEST_XDIST_WORKER: under `make test` the worker then reads its
+        # queue under this pytest process's Redis key prefix (settings.REDIS_KEY_PREFIX), where
+        # this process publishes, and never takes a task of another process's test database.
         return {
             **os.environ,
             "DATABASE_URL": url,

@@ -217,6 +217,26 @@ def ensure_chromium() -> None:
     raise SystemExit(1)
 
 
+# pytest-xdist processes for the whole suite. Each has its own test database, Redis key prefix
+# (settings.REDIS_KEY_PREFIX) and temporary folder; PostgreSQL, Chromium and the Celery workers
+# the tests start are processes of their own, so more processes than the machine's 2 cores still
+# pay while one waits on another (measured: see the commit that set this).
+TEST_PROCESSES = 3
+
+
+def parallel_arguments(pytest_arguments: list[str]) -> list[str]:
+    """`-n TEST_PROCESSES --dist loadfile`, unless the arguments already say how to run (`-n0`,
+    `-n 2`, `-p no:xdist`, `--dist ...`): `make test PYTEST_ARGS="-p no:xdist tests/test_x.py"`
+    runs a subset serially. Whole files go to one process: some modules share a module-scoped
+    fixture or count over all their tests (test_api_fuzz.py's thousand requests)."""
+    chosen = ("-n", "--numprocesses", "--dist", "-d", "no:xdist", "xdist")
+    for argument in pytest_arguments:
+        if argument in chosen or argument.startswith(("-n", "--numprocesses=", "--dist=", "-pno:xdist")):
+            return []
+    # In the order tests/conftest.py puts them (the longest files first), not by number of tests.
+    return ["-n", str(TEST_PROCESSES), "--dist", "loadfile", "--no-loadscope-reorder"]
+
+
 def test(pytest_arguments: list[str]) -> int:
     env = dict(os.environ)
     env.setdefault("PASSWORD_HASHERS", "django.contrib.auth.hashers.MD5PasswordHasher")
@@ -236,7 +256,7 @@ def test(pytest_arguments: list[str]) -> int:
         [PYTHON, "-m", "ruff", "check", "."],
         [PYTHON, "-m", "ruff", "format", "--check", "."],
         [PYTHON, "manage.py", "makemigrations", "--check", "--dry-run"],
-        [PYTHON, "-m", "pytest", *pytest_arguments],
+        [PYTHON, "-m", "pytest", *parallel_arguments(pytest_arguments), *pytest_arguments],
     ]
     for step in steps:
         say("$ " + " ".join(Path(part).name if part == PYTHON else part for part in step))

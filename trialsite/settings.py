@@ -156,8 +156,19 @@ DATABASE_APP_ROLE = DATABASES["default"]["USER"]
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = os.getenv("REDIS_URL", "redis://127.0.0.1:6379/0")
+# `make test` runs the suite in several pytest-xdist processes that share one REDIS_URL: each
+# (and the Celery workers its tests start, which inherit PYTEST_XDIST_WORKER) keeps its cache
+# counters (the re-entry throttle) and its Celery queues under its own prefix, so no process
+# counts another's failures or consumes another's tasks against the wrong test database.
+REDIS_KEY_PREFIX = f"xdist-{os.environ['PYTEST_XDIST_WORKER']}:" if os.getenv("PYTEST_XDIST_WORKER") else ""
 
-CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": REDIS_KEY_PREFIX,
+    }
+}
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -294,7 +305,10 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TIMEZONE = "UTC"
-CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": envint("CELERY_VISIBILITY_TIMEOUT", "3600")}
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": envint("CELERY_VISIBILITY_TIMEOUT", "3600"),
+    "global_keyprefix": REDIS_KEY_PREFIX,
+}
 CELERY_BEAT_SCHEDULE: dict = {
     # Hourly, so every site's midnight is caught within the hour; both tasks are idempotent.
     "dosing-mark-missed-visits": {"task": "dosing.tasks.mark_missed_visits", "schedule": 3600.0},
