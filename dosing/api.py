@@ -16,7 +16,7 @@ from rest_framework.views import APIView
 from dosing import selectors, services
 from dosing.exceptions import KitListInvalid, NoKitAvailable
 from dosing.labs import CountUnit, count_per_mm3
-from dosing.models import DoseRecord, Kit, KitContent, KitType, RepeatLabs, Shipment
+from dosing.models import DoseRecord, Kit, KitContent, RepeatLabs, Shipment
 from dosing.views import MAX_KIT_LIST_BYTES
 from enrollment.models import Participant
 from schedules.models import Visit
@@ -216,7 +216,7 @@ class PharmacyKitSerializer(serializers.ModelSerializer):
 
     @extend_schema_field(PreparationSerializer(allow_null=True))
     def get_preparation(self, kit):
-        if kit.kit_type != KitType.INFUSION or kit.visit_id is None or not hasattr(kit.visit, "dose"):
+        if not kit.is_infusion or kit.visit_id is None or not hasattr(kit.visit, "dose"):
             return None
         return PreparationSerializer(kit.visit.dose).data
 
@@ -277,18 +277,13 @@ class ShipmentCreateSerializer(serializers.Serializer):
     site = serializers.CharField(help_text="Site code", max_length=20)
     per_content = serializers.DictField(
         child=serializers.IntegerField(min_value=0, max_value=250),
-        help_text='Kits of EACH content per kit type, e.g. {"INF": 4, "TAB": 4}: every shipment is mixed alike.',
+        help_text="Kits of EACH content per kit type of the protocol's [kits] types, e.g. {\"<type>\": 4}: "
+        "every shipment is mixed alike.",
     )
-
-    def validate_per_content(self, value):
-        unknown = sorted(set(value) - set(KitType.values))
-        if unknown:
-            raise serializers.ValidationError(f"Unknown kit type: {', '.join(unknown)}")
-        return value
 
 
 class KitLotSerializer(serializers.Serializer):
-    kit_type = serializers.ChoiceField(choices=KitType.choices)
+    kit_type = serializers.CharField(max_length=20)
     content = serializers.ChoiceField(choices=KitContent.choices)
     lot = serializers.CharField(max_length=40)
     expiry = serializers.DateField()
@@ -617,8 +612,8 @@ class KitListGenerate(APIView):
         lots = {(lot["kit_type"], lot["content"]): (lot["lot"], lot["expiry"]) for lot in data.validated_data["lots"]}
         missing = [
             f"{kit_type} {content}"
-            for kit_type in selectors.kit_types(trial)
-            for content in KitContent.values
+            for kit_type, contents in sorted(services.kit_contents_by_type(trial).items())
+            for content in sorted(contents)
             if (kit_type, content) not in lots
         ]
         if missing:

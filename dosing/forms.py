@@ -2,8 +2,9 @@ from django import forms
 from django.utils.translation import get_language
 from django.utils.translation import gettext_lazy as _
 
+from dosing.kit_types import kit_type_label
 from dosing.labs import CountUnit, count_per_mm3
-from dosing.models import KitContent, KitType
+from dosing.models import KitContent
 from trialsite.exceptions import TrialRuleError
 from trialsite.forms import DateField
 
@@ -124,12 +125,12 @@ class ShipmentForm(forms.Form):
 
     site = forms.ModelChoiceField(label=_("Site"), queryset=None)
 
-    def __init__(self, *args, sites, kit_types, **kwargs):
+    def __init__(self, *args, sites, trial, **kwargs):
         super().__init__(*args, **kwargs)
         self.fields["site"].queryset = sites
-        for kit_type in kit_types:
+        for kit_type in trial.protocol.kit_types:
             self.fields[f"per_content_{kit_type}"] = forms.IntegerField(
-                label=_("%(type)s kits of each content") % {"type": KitType(kit_type).label},
+                label=_("%(type)s kits of each content") % {"type": kit_type_label(trial, kit_type)},
                 min_value=0,
                 max_value=250,
                 initial=0,
@@ -153,11 +154,14 @@ class KitListGenerateForm(forms.Form):
         label=_("Seed (leave empty for a new secret one)"), max_length=200, required=False, strip=True
     )
 
-    def __init__(self, *args, kit_types, **kwargs):
+    def __init__(self, *args, trial, **kwargs):
+        from dosing.services import kit_contents_by_type
+
         super().__init__(*args, **kwargs)
-        for kit_type in kit_types:
-            for content in KitContent.values:
-                label = {"type": KitType(kit_type).label, "content": KitContent(content).label}
+        contents_by_type = kit_contents_by_type(trial)
+        for kit_type in trial.protocol.kit_types:
+            for content in sorted(contents_by_type.get(kit_type, ())):
+                label = {"type": kit_type_label(trial, kit_type), "content": KitContent(content).label}
                 self.fields[f"lot_{kit_type}_{content}"] = forms.CharField(
                     label=_("%(type)s, %(content)s: manufacturing lot") % label, max_length=40
                 )
@@ -168,7 +172,7 @@ class KitListGenerateForm(forms.Form):
     def lots(self) -> dict[tuple[str, str], tuple]:
         data = self.cleaned_data
         return {
-            (name.split("_")[1], name.split("_")[2]): (value, data[name.replace("lot_", "expiry_", 1)])
+            tuple(name.removeprefix("lot_").rsplit("_", 1)): (value, data[name.replace("lot_", "expiry_", 1)])
             for name, value in data.items()
             if name.startswith("lot_")
         }

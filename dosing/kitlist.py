@@ -61,10 +61,12 @@ def generate(
     kits_per_type: int,
     lots: dict[tuple[str, str], tuple[str, datetime.date]],
     kit_types: Sequence[str],
+    contents_by_type: dict[str, Sequence[str]] | None = None,
 ) -> list[PlannedKit]:
     """The kit list of one packaging lot: `kits_per_type` kits of each type, contents balanced in
     random blocks along the number line. `lots` maps (kit type, content) to the manufacturing
-    lot and its true expiry."""
+    lot and its true expiry. `contents_by_type` names the contents a type comes in (both, unless
+    an open-label trial has active kits only)."""
     if kits_per_type < 1:
         raise ValueError("kits_per_type must be positive")
     drawn: set[int] = set()
@@ -78,15 +80,16 @@ def generate(
                 drawn.add(number)
                 numbers.append(number)
         numbers.sort()
+        kinds = tuple(sorted((contents_by_type or {}).get(kit_type, CONTENTS))) or CONTENTS
         contents: list[str] = []
         while len(contents) < kits_per_type:
             remaining = kits_per_type - len(contents)
             sizes = [size for size in BLOCK_SIZES if size <= remaining] or [remaining]
             size = sizes[stream.below(len(sizes))]
             # An odd last block of one kit takes a random content; every other block is balanced.
-            block = [content for content in CONTENTS for _ in range(size // len(CONTENTS))]
-            if len(block) < size:
-                block.append(CONTENTS[stream.below(len(CONTENTS))])
+            block = [content for content in kinds for _ in range(size // len(kinds))]
+            while len(block) < size:
+                block.append(kinds[stream.below(len(kinds))])
             for i in range(len(block) - 1, 0, -1):
                 j = stream.below(i + 1)
                 block[i], block[j] = block[j], block[i]

@@ -160,11 +160,6 @@ class Shipment(Audited, models.Model):
         return f"Shipment {self.pk} to {self.site.code}"
 
 
-class KitType(models.TextChoices):
-    INFUSION = "INF", _("Infusion")
-    TABLET = "TAB", _("Tablets")
-
-
 class KitContent(models.TextChoices):
     ACTIVE = "active", _("Active")
     PLACEBO = "placebo", _("Placebo")
@@ -227,6 +222,7 @@ class Kit(Audited, models.Model):
     # What the label and the pharmacy show. Not content, manufacturing lot or true expiry (they
     # differ by content), nor shipment, kit list or import time and user (they could group kits).
     audit_blinded_visible = (
+        "trial",
         "kit_number",
         "kit_type",
         "packaging_lot",
@@ -245,8 +241,11 @@ class Kit(Audited, models.Model):
         "status_note",
     )
 
-    kit_number = models.CharField(_("kit number"), max_length=20, unique=True)
-    kit_type = models.CharField(_("kit type"), max_length=3, choices=KitType.choices)
+    # Kit numbers are unique within a trial; another trial's packager may use the same numbers.
+    trial = models.ForeignKey("trialsite.Trial", on_delete=models.PROTECT, related_name="kits")
+    kit_number = models.CharField(_("kit number"), max_length=20)
+    # One of the protocol's [kits] types (the infusion's or the tablets' kit type).
+    kit_type = models.CharField(_("kit type"), max_length=20)
     content = models.CharField(max_length=7, choices=KitContent.choices)
     # Manufacturing lot and true expiry: unblinded supply staff only (they differ by content).
     lot = models.CharField(_("manufacturing lot"), max_length=40)
@@ -285,7 +284,7 @@ class Kit(Audited, models.Model):
         ordering = ["kit_number"]
         constraints = [
             models.CheckConstraint(condition=Q(status__in=KitStatus.values), name="kit_status_valid"),
-            models.CheckConstraint(condition=Q(kit_type__in=KitType.values), name="kit_type_valid"),
+            models.UniqueConstraint(fields=["trial", "kit_number"], name="kit_number_unique_per_trial"),
             models.CheckConstraint(condition=Q(content__in=KitContent.values), name="kit_content_valid"),
             models.CheckConstraint(
                 condition=~Q(status__in=["assigned", "dispensed", "returned"])
@@ -304,3 +303,26 @@ class Kit(Audited, models.Model):
 
     def __str__(self) -> str:
         return self.kit_number
+
+    @property
+    def kit_type_label(self) -> str:
+        from dosing.kit_types import kit_type_label
+
+        return kit_type_label(self.trial, self.kit_type)
+
+    @property
+    def is_infusion(self) -> bool:
+        from dosing.kit_types import is_infusion_kit
+
+        return is_infusion_kit(self.trial, self.kit_type)
+
+    @property
+    def is_tablet(self) -> bool:
+        from dosing.kit_types import is_tablet_kit
+
+        return is_tablet_kit(self.trial, self.kit_type)
+
+    @property
+    def tablets_per_day(self) -> int | None:
+        tablet = self.trial.protocol.dosing.tablet
+        return tablet.tablets_per_day if tablet else None

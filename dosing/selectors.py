@@ -14,18 +14,20 @@ from django.http import Http404
 from django.utils import timezone
 
 from dosing.dose import adherence
-from dosing.models import DoseRecord, Kit, KitContent, KitStatus, KitType, Shipment
+from dosing.kit_types import is_tablet_kit, kit_type_label, kit_types_given
+from dosing.models import DoseRecord, Kit, KitContent, KitStatus, Shipment
 from enrollment.models import Participant
 from schedules.models import Visit, VisitKind, VisitStatus
 from trialsite import access
 from trialsite.access import Capability
-from trialsite.models import Site
+from trialsite.models import Site, Trial
 
 # Fields a blinded user may read of a kit. Not `content`, and not the manufacturing `lot`, the
 # true `expiry` or the shipment, which differ or group by content: the label's packaging lot and
 # label expiry are shared by every content of a packaging lot.
 BLINDED_KIT_FIELDS = (
     "id",
+    "trial_id",
     "kit_number",
     "kit_type",
     "packaging_lot",
@@ -68,7 +70,7 @@ def kits_blinded(queryset: QuerySet[Kit]) -> QuerySet[Kit]:
 
 
 def kit_for(user, pk, capability: str) -> Kit:
-    kits = Kit.objects.select_related("site")
+    kits = Kit.objects.select_related("site", "trial")
     if not access.can(user, Capability.VIEW_ALLOCATION):
         kits = kits.defer("content")
     return access.get_for_user(kits, user, capability, pk=pk)
@@ -94,7 +96,7 @@ def pharmacy_queue(user, *, dispense_page=None, return_page=None) -> PharmacyQue
     Kit numbers only; content is never loaded. The two kit lists are pages of
     PHARMACY_PAGE_SIZE (an out-of-range page number gives the last page)."""
     site_ids = access.site_ids_with(user, Capability.DISPENSE)
-    kits = kits_blinded(Kit.objects.filter(site_id__in=site_ids)).select_related("participant", "visit__dose")
+    kits = kits_blinded(Kit.objects.filter(site_id__in=site_ids)).select_related("participant", "visit__dose", "trial")
     to_dispense = Paginator(
         kits.filter(status=KitStatus.ASSIGNED).order_by("assigned_at", "visit_id", "kit_type", "id"),
         PHARMACY_PAGE_SIZE,
@@ -103,23 +105,7 @@ def pharmacy_queue(user, *, dispense_page=None, return_page=None) -> PharmacyQue
         kits.filter(status=KitStatus.DISPENSED).order_by("dispensed_at", "kit_type", "id"), PHARMACY_PAGE_SIZE
     ).get_page(return_page)
     quarantined = list(kits.filter(status=KitStatus.QUARANTINED).order_by("kit_number"))
-    # Dosing visits (give/hold) recorded while a kit was missing.
-    awaiting_kits = list(
-        Visit.objects.filter(
-            site_id__in=site_ids,
-            kind=VisitKind.DOSING,
-            status=VisitStatus.COMPLETED,
-            dose__decision__in=["give", "hold"],
-        )
-        .annotate(
-            kit_count=Count(
-                "kits", filter=Q(kits__status__in=[KitStatus.ASSIGNED, KitStatus.DISPENSED, KitStatus.RETURNED])
-            )
-        )
-        .filter(Q(dose__decision="give", kit_count__lt=2) | Q(dose__decision="hold", kit_count__lt=1))
-        .select_related("participant", "dose")
-        .order_by("actual_date", "id")
-    )
+    awaiting_kits = _visits_awaiting_kits(site_ids)
     shipments = list(
         Shipment.objects.filter(site_id__in=site_ids, received_at__isnull=True)
         .select_related("site")
@@ -145,7 +131,7 @@ class StockLine:
 
     @property
     def kit_type_label(self) -> str:
-        return _label(KitType, self.kit_type)
+        return kit_type_label(self.site.trial, self.kit_type)
 
     @property
     def content_label(self) -> str:
@@ -217,16 +203,16 @@ def stock_by_site(user, *, today: datetime.date | None = None) -> list[StockLine
     return lines
 
 
-def depot_stock() -> list[dict]:
+def depot_stock(trial) -> list[dict]:
     rows = list(
-        Kit.objects.filter(site__isnull=True, status=KitStatus.IN_DEPOT)
+        Kit.objects.filter(trial=trial, site__isnull=True, status=KitStatus.IN_DEPOT)
         .values("kit_type", "content")
         .annotate(count=Count("id"))
         .order_by("kit_type", "content")
     )
     for row in rows:
         row["kit_type_label"], row["content_label"] = (
-            _label(KitType, row["kit_type"]),
+            kit_type_label(trial, row["kit_type"]),
             _label(KitContent, row["content"]),
         )
     return rows
@@ -234,7 +220,7 @@ def depot_stock() -> list[dict]:
 
 def quarantined_kits(user) -> QuerySet[Kit]:
     return access.scope(
-        Kit.objects.filter(status=KitStatus.QUARANTINED).select_related("site"), user, Capability.MANAGE_SUPPLY
+        Kit.objects.filter(status=KitStatus.QUARANTINED).select_related("site", "trial"), user, Capability.MANAGE_SUPPLY
     ).order_by("kit_number")
 
 
@@ -260,6 +246,46 @@ def kit_accountability(user) -> QuerySet[Kit]:
     )
 
 
+def _visits_awaiting_kits(site_ids) -> list[Visit]:
+    """Dosing visits (given, or an infusion held while the tablets go on) recorded while a kit was
+    missing: fewer kits than the visit gives, per trial by its kit types. In an open-label trial
+    an arm may get fewer types (observation none), so there the arm decides."""
+    from dosing.services import needed_kits
+
+    awaiting: list[Visit] = []
+    for trial in Trial.objects.filter(sites__in=site_ids).distinct():
+        every = len(kit_types_given(trial, infusion_held=False))
+        held = len(kit_types_given(trial, infusion_held=True))
+        if not every:
+            continue
+        visits = (
+            Visit.objects.filter(
+                site_id__in=site_ids,
+                site__trial=trial,
+                kind=VisitKind.DOSING,
+                status=VisitStatus.COMPLETED,
+            )
+            .exclude(dose__decision="stop")
+            .annotate(
+                kit_count=Count(
+                    "kits", filter=Q(kits__status__in=[KitStatus.ASSIGNED, KitStatus.DISPENSED, KitStatus.RETURNED])
+                )
+            )
+            .filter(
+                Q(dose__decision="give", kit_count__lt=every)
+                | Q(dose__decision="hold", kit_count__lt=held)
+                | Q(dose__isnull=True, kit_count__lt=every)
+            )
+            .select_related("participant", "dose", "site__trial")
+            .order_by("actual_date", "id")
+        )
+        if trial.protocol.blinded:
+            awaiting += list(visits)
+        else:
+            awaiting += [visit for visit in visits if len(needed_kits(visit)) > visit.kit_count]
+    return sorted(awaiting, key=lambda visit: (visit.actual_date, visit.pk))
+
+
 def participant_accountability(user) -> list[ParticipantAccountability]:
     """Per participant: kits dispensed and returned; tablets dispensed (every dispensed tablet
     kit, returned or not); tablets returned and taken, days and adherence (tablets taken per day
@@ -272,11 +298,12 @@ def participant_accountability(user) -> list[ParticipantAccountability]:
         row.dispensed += 1
         if kit.status == KitStatus.RETURNED:
             row.returned += 1
-        if kit.kit_type == KitType.TABLET:
+        tablets = is_tablet_kit(kit.site.trial, kit.kit_type)
+        if tablets:
             # Every tablet handed out counts as dispensed, returned or not; what was taken and
             # adherence can only be known from the kits that came back and were counted.
             row.tablets_dispensed += per_kit
-        if kit.kit_type == KitType.TABLET and kit.status == KitStatus.RETURNED and kit.tablets_returned is not None:
+        if tablets and kit.status == KitStatus.RETURNED and kit.tablets_returned is not None:
             dispensed_on = timezone.localtime(kit.dispensed_at, kit.site.zone).date()
             row.tablets_returned += kit.tablets_returned
             row.tablets_taken += per_kit - kit.tablets_returned
@@ -287,7 +314,7 @@ def participant_accountability(user) -> list[ParticipantAccountability]:
 
 
 def kit_adherence(kit: Kit) -> Decimal | None:
-    if kit.kit_type != KitType.TABLET or kit.tablets_returned is None or kit.dispensed_at is None:
+    if not is_tablet_kit(kit.site.trial, kit.kit_type) or kit.tablets_returned is None or kit.dispensed_at is None:
         return None
     per_kit = kit.site.trial.protocol.dosing.tablet.tablets_per_kit
     days = (kit.returned_on - timezone.localtime(kit.dispensed_at, kit.site.zone).date()).days

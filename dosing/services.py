@@ -34,6 +34,7 @@ from dosing.exceptions import (
     VisitDateInvalid,
     VisitNotOpen,
 )
+from dosing.kit_types import is_tablet_kit, kit_types_given
 from dosing.models import (
     Decision,
     DoseRecord,
@@ -41,7 +42,6 @@ from dosing.models import (
     KitContent,
     KitList,
     KitStatus,
-    KitType,
     RepeatLabs,
     Shipment,
 )
@@ -143,7 +143,18 @@ def visit_record(
         visit.recorded_at = timezone.now()
         outcome = VisitOutcome(visit=visit)
         rules = visit.site.trial.protocol.dosing
-        if visit.is_dosing:
+        if visit.is_dosing and rules.infusion is None:
+            # No infusion in this trial: no dose to compute and no lab gate; the visit gives the
+            # kits the arm takes (tablets), or none (an open-label observation arm).
+            if treatment_stopped(participant):
+                raise TreatmentStopped()
+            visit.save()
+            try:
+                outcome.kits = kits_assign(visit=visit, assigned_by=recorded_by)
+            except NoKitAvailable:
+                outcome.no_kit = True
+                outcome.kits = list(visit.kits.all())
+        elif visit.is_dosing:
             if treatment_stopped(participant):
                 raise TreatmentStopped()
             missing = [
@@ -208,7 +219,7 @@ def visit_record(
                     outcome.no_kit = True
                     outcome.kits = list(visit.kits.all())
         else:
-            if weight_kg is not None:
+            if weight_kg is not None and rules.infusion is not None:
                 visit.weight_kg = check_weight(weight_kg=weight_kg, rules=rules.infusion)
             visit.save()
     return outcome
@@ -368,7 +379,10 @@ def needed_kits(visit: Visit) -> list[tuple[str, str]]:
         raise NotRandomized()
     dose = DoseRecord.objects.filter(visit=visit).first()
     decision = dose.decision if dose else Decision.GIVE
-    types = {Decision.GIVE: ["INF", "TAB"], Decision.HOLD: ["TAB"], Decision.STOP: []}[decision]
+    if decision == Decision.STOP:
+        return []
+    types = kit_types_given(visit.site.trial, infusion_held=decision == Decision.HOLD)
+    # An open-label arm may get no kit of a type (observation gets none).
     return [(kit_type, arm.kit_contents[kit_type]) for kit_type in types if kit_type in arm.kit_contents]
 
 
@@ -382,7 +396,7 @@ def kit_expiry_needed(visit: Visit) -> datetime.date:
 
 
 def kit_contents_by_type(trial) -> dict[str, set[str]]:
-    """Which contents each kit type comes in for this trial's arms ({"INF": {"active", "placebo"}}),
+    """Which contents each kit type comes in for this trial's arms ({type: {"active", "placebo"}}),
     from the loaded protocol (no query: a kit assignment asks it for every kit type it checks)."""
     contents: dict[str, set[str]] = {}
     for arm in trial.protocol.arms:
@@ -556,8 +570,9 @@ def kit_return(*, kit: Kit, returned_by, returned_on: datetime.date, tablets_ret
         kit = _locked(kit)
         if kit.status != S.DISPENSED:
             raise IllegalKitTransition(_("Only a dispensed kit can be returned."))
-        per_kit = Site.objects.get(pk=kit.site_id).trial.protocol.dosing.tablet.tablets_per_kit
-        if kit.kit_type == KitType.TABLET:
+        trial = Site.objects.get(pk=kit.site_id).trial
+        if is_tablet_kit(trial, kit.kit_type):
+            per_kit = trial.protocol.dosing.tablet.tablets_per_kit
             if tablets_returned is None or not 0 <= tablets_returned <= per_kit:
                 raise KitReturnInvalid(
                     _("Count the returned tablets: between 0 and %(count)s.") % {"count": per_kit},
@@ -709,7 +724,7 @@ def _kit_list_rows(*, csv_text: str, trial, today: datetime.date) -> list[kitlis
             )
             continue
         planned.append(kitlist.PlannedKit(number, kit_type, content, lot, expiry, packaging_lot))
-    existing = set(Kit.objects.filter(kit_number__in=seen).values_list("kit_number", flat=True))
+    existing = set(Kit.objects.filter(trial=trial, kit_number__in=seen).values_list("kit_number", flat=True))
     for number in sorted(existing):
         errors.append(
             str(_("Line %(line)s: kit number %(number)s already exists.") % {"line": seen[number], "number": number})
@@ -721,12 +736,15 @@ def _kit_list_rows(*, csv_text: str, trial, today: datetime.date) -> list[kitlis
     return planned
 
 
-def kit_list_blinding_problems(planned: list[kitlist.PlannedKit]) -> tuple[list[str], list[str]]:
+def kit_list_blinding_problems(planned: list[kitlist.PlannedKit], *, trial) -> tuple[list[str], list[str]]:
     """What in a kit list would let a blinded person tell contents apart: (refusals, warnings).
     Numbers related to content (trend, runs, last digit), and packaging lots whose contents are
-    not balanced once the kits already in those lots are counted."""
+    not balanced once the kits already in those lots are counted. None in an open-label trial:
+    nobody is blinded there, and its kits may all be active."""
     refusals: list[str] = []
     warnings: list[str] = []
+    if not trial.protocol.blinded:
+        return refusals, warnings
     for finding in kitlist.order_findings(planned):
         if abs(finding.z) <= kitlist.WARN_Z:
             continue
@@ -740,7 +758,7 @@ def kit_list_blinding_problems(planned: list[kitlist.PlannedKit]) -> tuple[list[
     lots = {kit.packaging_lot for kit in planned}
     already = [
         kitlist.PlannedKit(kit.kit_number, kit.kit_type, kit.content, kit.lot, kit.expiry, kit.packaging_lot)
-        for kit in Kit.objects.filter(packaging_lot__in=lots).only(
+        for kit in Kit.objects.filter(trial=trial, packaging_lot__in=lots).only(
             "kit_number", "kit_type", "content", "lot", "expiry", "packaging_lot"
         )
     ]
@@ -775,7 +793,9 @@ def _kits_store(
     for kit in planned:
         label_expiry[kit.packaging_lot] = min(kit.expiry, label_expiry.get(kit.packaging_lot, kit.expiry))
     for row in (
-        Kit.objects.filter(packaging_lot__in=label_expiry).values("packaging_lot").annotate(earliest=Min("expiry"))
+        Kit.objects.filter(trial=trial, packaging_lot__in=label_expiry)
+        .values("packaging_lot")
+        .annotate(earliest=Min("expiry"))
     ):
         label_expiry[row["packaging_lot"]] = min(label_expiry[row["packaging_lot"]], row["earliest"])
     kit_list = KitList.objects.create(
@@ -789,6 +809,7 @@ def _kits_store(
     kits = Kit.objects.bulk_create(
         [
             Kit(
+                trial=trial,
                 kit_number=kit.kit_number,
                 kit_type=kit.kit_type,
                 content=kit.content,
@@ -803,7 +824,9 @@ def _kits_store(
         ]
     )
     for packaging_lot, earliest in label_expiry.items():
-        Kit.objects.filter(packaging_lot=packaging_lot, label_expiry__gt=earliest).update(label_expiry=earliest)
+        Kit.objects.filter(trial=trial, packaging_lot=packaging_lot, label_expiry__gt=earliest).update(
+            label_expiry=earliest
+        )
     return kit_list, kits
 
 
@@ -814,7 +837,7 @@ def kits_import(*, csv_text: str, imported_by, trial) -> list[Kit]:
     Any error imports nothing."""
     today = timezone.now().date()
     planned = _kit_list_rows(csv_text=csv_text, trial=trial, today=today)
-    refusals, _warnings = kit_list_blinding_problems(planned)
+    refusals, _warnings = kit_list_blinding_problems(planned, trial=trial)
     if refusals:
         raise KitListInvalid(refusals)
     with audit_context(actor=imported_by, reason="kit list imported"):
@@ -841,7 +864,7 @@ def kit_list_generate(
         raise TrialRuleError(
             _("Give the packaging lot printed on the labels (up to 40 characters)."), field="packaging_lot"
         )
-    if Kit.objects.filter(packaging_lot=packaging_lot).exists():
+    if Kit.objects.filter(trial=trial, packaging_lot=packaging_lot).exists():
         raise TrialRuleError(_("This packaging lot already has kits; give a new one."), field="packaging_lot")
     if not 1 <= kits_per_type <= 5000:
         raise TrialRuleError(_("Between 1 and 5,000 kits of each type."), field="kits_per_type")
@@ -854,9 +877,14 @@ def kit_list_generate(
     seed = seed or secrets.token_hex(32)
     kit_types = list(trial.protocol.kit_types)
     planned = kitlist.generate(
-        seed=seed, packaging_lot=packaging_lot, kits_per_type=kits_per_type, lots=lots, kit_types=kit_types
+        seed=seed,
+        packaging_lot=packaging_lot,
+        kits_per_type=kits_per_type,
+        lots=lots,
+        kit_types=kit_types,
+        contents_by_type=kit_contents_by_type(trial),
     )
-    taken = Kit.objects.filter(kit_number__in=[kit.kit_number for kit in planned]).exists()
+    taken = Kit.objects.filter(trial=trial, kit_number__in=[kit.kit_number for kit in planned]).exists()
     if taken:
         raise TrialRuleError(
             _("A generated kit number is already in use; generate again with another seed."), field="seed"
@@ -868,11 +896,13 @@ def kit_list_generate(
         return kit_list
 
 
-def _depot_kits_for_shipment(*, kit_type: str, contents: list[str], per_content: int, today) -> list[Kit]:
+def _depot_kits_for_shipment(*, trial, kit_type: str, contents: list[str], per_content: int, today) -> list[Kit]:
     """`per_content` depot kits of each content, taken from the same packaging lots in equal
     numbers (earliest label expiry first, at random within a lot), so that at the site every
     packaging lot holds the contents alike. Locked; fewer when the depot is short."""
-    depot = Kit.objects.filter(site__isnull=True, status=S.IN_DEPOT, kit_type=kit_type, label_expiry__gte=today)
+    depot = Kit.objects.filter(
+        trial=trial, site__isnull=True, status=S.IN_DEPOT, kit_type=kit_type, label_expiry__gte=today
+    )
     lots = (
         depot.values("packaging_lot", "content")
         .annotate(count=Count("id"), label_expiry=Min("label_expiry"))
@@ -914,7 +944,9 @@ def shipment_create(*, site, per_content: dict[str, int], shipped_by=None) -> Sh
             contents = sorted(contents_by_type.get(kit_type, ()))
             if not contents:
                 raise TrialRuleError(_("Unknown kit type %(type)s.") % {"type": kit_type}, field="quantity")
-            kits = _depot_kits_for_shipment(kit_type=kit_type, contents=contents, per_content=count, today=today)
+            kits = _depot_kits_for_shipment(
+                trial=site.trial, kit_type=kit_type, contents=contents, per_content=count, today=today
+            )
             if len(kits) < count * len(contents):
                 raise TrialRuleError(
                     _("The depot has only %(count)s %(type)s kits of each content in matching packaging lots.")

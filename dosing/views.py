@@ -296,10 +296,9 @@ def supply(request: HttpRequest) -> HttpResponse:
     selectors.require_supply(request.user)
     sites = selectors.supply_sites(request.user).select_related("trial")
     trial = tenancy.trial_for(request.user)
-    kit_types = selectors.kit_types(trial)
     import_form = KitImportForm()
-    ship_form = ShipmentForm(sites=sites, kit_types=kit_types)
-    generate_form = KitListGenerateForm(kit_types=kit_types)
+    ship_form = ShipmentForm(sites=sites, trial=trial)
+    generate_form = KitListGenerateForm(trial=trial)
     action = request.POST.get("action") if request.method == "POST" else None
     if action == "import":
         import_form = KitImportForm(request.POST, request.FILES)
@@ -319,7 +318,7 @@ def supply(request: HttpRequest) -> HttpResponse:
                 messages.success(request, _("%(count)s kits imported into the depot.") % {"count": len(kits)})
                 return redirect("supply")
     elif action == "generate":
-        generate_form = KitListGenerateForm(request.POST, kit_types=kit_types)
+        generate_form = KitListGenerateForm(request.POST, trial=trial)
         if generate_form.is_valid():
             try:
                 kit_list = services.kit_list_generate(
@@ -340,7 +339,7 @@ def supply(request: HttpRequest) -> HttpResponse:
                 )
                 return redirect("supply")
     elif action == "ship":
-        ship_form = ShipmentForm(request.POST, sites=sites, kit_types=kit_types)
+        ship_form = ShipmentForm(request.POST, sites=sites, trial=trial)
         if ship_form.is_valid():
             try:
                 shipment = services.shipment_create(
@@ -356,7 +355,7 @@ def supply(request: HttpRequest) -> HttpResponse:
         "dosing/supply.html",
         {
             "stock": selectors.stock_by_site(request.user),
-            "depot": selectors.depot_stock(),
+            "depot": selectors.depot_stock(trial),
             "quarantined": selectors.quarantined_kits(request.user),
             "import_form": import_form,
             "generate_form": generate_form,

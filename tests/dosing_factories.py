@@ -80,9 +80,15 @@ def make_kit(
     lot: str = "LOT-1",
     packaging_lot: str = "PL-1",
     label_expiry: datetime.date | None = None,
+    trial=None,
 ) -> Kit:
+    from trialsite.models import Trial
+
+    # A depot kit (no site) belongs to the trial given, or to the first trial loaded.
+    trial = trial or (site.trial if site is not None else Trial.objects.order_by("id").first())
     with audit_context(reason="test kit"):
         return Kit.objects.create(
+            trial=trial,
             kit_number=number or f"K{next(_numbers):06d}",
             kit_type=kit_type,
             content=content,

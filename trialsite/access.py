@@ -79,7 +79,10 @@ def _all_grants(user) -> dict[int, tuple[int, frozenset[str]]]:
     cached = getattr(user, "_trial_capabilities", None)
     if cached is None:
         cached = {}
+        user._blinded_site_ids = set()
         for staff_role in StaffRole.objects.filter(user=user).select_related("site__trial"):
+            if staff_role.site.trial.protocol.blinded:
+                user._blinded_site_ids.add(staff_role.site_id)
             site_id = staff_role.site_id
             previous = cached.get(site_id, (staff_role.site.trial_id, frozenset()))[1]
             capabilities = previous | role_capabilities(staff_role.site, staff_role.role)
@@ -170,8 +173,15 @@ UNBLINDING_CAPABILITIES = frozenset({Capability.VIEW_ALLOCATION, Capability.EMER
 
 
 def is_unblinded(user) -> bool:
-    """Does `user` hold, at any site, a capability that can reveal an arm?"""
-    return bool(capabilities_anywhere(user) & UNBLINDING_CAPABILITIES)
+    """Does `user` hold, at any site of a blinded trial, a capability that can reveal an arm?
+    (In an open-label trial everyone sees arms: nothing there needs guarding by a second factor.)"""
+    chosen = _grants(user)
+    blinded_sites = getattr(user, "_blinded_site_ids", set())
+    return any(
+        capabilities & UNBLINDING_CAPABILITIES
+        for site_id, capabilities in chosen.items()
+        if site_id in blinded_sites
+    )
 
 
 def holds_blinded_role(user) -> bool:

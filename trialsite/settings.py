@@ -107,6 +107,8 @@ MIDDLEWARE = [
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django_otp.middleware.OTPMiddleware",
+    # After authentication (it counts the user's trials), before anything that reads the path.
+    "trialsite.tenancy.TrialMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "trialsite.middleware.SecurityHeadersMiddleware",
@@ -225,7 +227,9 @@ USE_I18N = True
 USE_TZ = True
 TIME_ZONE = "UTC"
 
-STATIC_URL = "static/"
+# Absolute: a relative one would be prefixed with the first request's script prefix, which
+# inside a trial (/t/<NCT id>/) is that trial's (trialsite.tenancy).
+STATIC_URL = "/static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = BASE_DIR / "var" / "staticfiles"
 STORAGES = {

@@ -4,6 +4,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from dosing import kitlist
 from dosing.models import KitList
+from dosing.services import kit_contents_by_type
 from trialsite.models import Trial
 
 
@@ -42,13 +43,19 @@ class Command(BaseCommand):
         trial = trials.get()
         kit_types = list(trial.protocol.kit_types)
         lots = dict(lot_argument(text) for text in lot)
-        missing = [f"{t}:{c}" for t in kit_types for c in kitlist.CONTENTS if (t, c) not in lots]
+        contents_by_type = kit_contents_by_type(trial)
+        missing = [f"{t}:{c}" for t in kit_types for c in sorted(contents_by_type.get(t, ())) if (t, c) not in lots]
         if missing:
             raise CommandError(f"--lot is missing for {', '.join(missing)}")
         if kits_per_type <= 0:
             raise CommandError("--kits-per-type must be positive")
         planned = kitlist.generate(
-            seed=seed, packaging_lot=packaging_lot, kits_per_type=kits_per_type, lots=lots, kit_types=kit_types
+            seed=seed,
+            packaging_lot=packaging_lot,
+            kits_per_type=kits_per_type,
+            lots=lots,
+            kit_types=kit_types,
+            contents_by_type=contents_by_type,
         )
         text = kitlist.to_csv(planned)
         digest = kitlist.sha256(text)
