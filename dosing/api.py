@@ -277,7 +277,7 @@ class ShipmentCreateSerializer(serializers.Serializer):
     site = serializers.CharField(help_text="Site code", max_length=20)
     per_content = serializers.DictField(
         child=serializers.IntegerField(min_value=0, max_value=250),
-        help_text="Kits of EACH content per kit type of the protocol's [kits] types, e.g. {\"<type>\": 4}: "
+        help_text='Kits of EACH content per kit type of the protocol\'s [kits] types, e.g. {"<type>": 4}: '
         "every shipment is mixed alike.",
     )
 

@@ -405,8 +405,6 @@ def kit_contents_by_type(trial) -> dict[str, set[str]]:
     return contents
 
 
-
-
 def _lots_serving_every_content(*, site, kit_type: str, lasting_until: datetime.date) -> list[str]:
     """The packaging lots at the site holding a fit kit of EVERY content of this kit type (label
     expiry lasting until the next visit's window closes), earliest label expiry first."""

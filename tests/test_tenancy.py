@@ -83,9 +83,7 @@ def test_a_trial_the_user_has_no_role_in_shows_nothing(site, cast, client_for, s
     assert client.get("/t/NCT00000000/participants/").status_code == 404
 
 
-def test_the_api_works_inside_a_trial_and_asks_for_one_when_ambiguous(
-    site, second_site, cast, two_trial_coordinator
-):
+def test_the_api_works_inside_a_trial_and_asks_for_one_when_ambiguous(site, second_site, cast, two_trial_coordinator):
     factories.make_participant(site, by=cast.coordinator)
     factories.make_participant(second_site, by=two_trial_coordinator)
     api = APIClient()
@@ -130,7 +128,9 @@ def test_an_export_is_built_in_the_trial_it_was_asked_in(site, cast, client_for,
 
     token = tenancy.activate(site.trial)
     try:
-        export = report_services.export_request(user=cast.investigator, kind="enrollment", format="csv", background=False)
+        export = report_services.export_request(
+            user=cast.investigator, kind="enrollment", format="csv", background=False
+        )
     finally:
         tenancy.deactivate(token)
     assert Export.objects.get(pk=export.pk).trial == site.trial

@@ -15,7 +15,7 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from dosing import services as dosing
-from dosing.models import Kit, KitStatus, Shipment
+from dosing.models import Kit, Shipment
 from enrollment.models import Participant
 from randomization import services as randomization
 from randomization.models import Slot

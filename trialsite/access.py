@@ -178,9 +178,7 @@ def is_unblinded(user) -> bool:
     chosen = _grants(user)
     blinded_sites = getattr(user, "_blinded_site_ids", set())
     return any(
-        capabilities & UNBLINDING_CAPABILITIES
-        for site_id, capabilities in chosen.items()
-        if site_id in blinded_sites
+        capabilities & UNBLINDING_CAPABILITIES for site_id, capabilities in chosen.items() if site_id in blinded_sites
     )
 
 

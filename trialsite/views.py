@@ -17,7 +17,9 @@ def home(request: HttpRequest) -> HttpResponse:
     trial = tenancy.current_trial()
     if trial is None and len(tenancy.trial_ids_of(request.user)) > 1:
         return trials(request)
-    staff_roles = StaffRole.objects.filter(user=request.user).select_related("site__trial").order_by("site__code", "role")
+    staff_roles = (
+        StaffRole.objects.filter(user=request.user).select_related("site__trial").order_by("site__code", "role")
+    )
     if trial is not None:
         staff_roles = staff_roles.filter(site__trial=trial)
     from trialsite import readiness

@@ -35,6 +35,7 @@ logger = logging.getLogger(__name__)
 # Transient failures are retried with backoff up to this many attempts, then marked failed.
 MAX_ATTEMPTS = 8
 
+
 def reminder_rules(trial) -> dict:
     rules = trial.protocol.reminders
     return {

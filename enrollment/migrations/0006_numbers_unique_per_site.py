@@ -4,29 +4,32 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('enrollment', '0005_screening_protocol_version'),
-        ('trialsite', '0007_protocol_versions_and_site_codes_per_trial'),
+        ("enrollment", "0005_screening_protocol_version"),
+        ("trialsite", "0007_protocol_versions_and_site_codes_per_trial"),
     ]
 
     operations = [
         migrations.AlterField(
-            model_name='participant',
-            name='randomization_number',
-            field=models.CharField(max_length=20, null=True, verbose_name='randomization number'),
+            model_name="participant",
+            name="randomization_number",
+            field=models.CharField(max_length=20, null=True, verbose_name="randomization number"),
         ),
         migrations.AlterField(
-            model_name='participant',
-            name='screening_number',
-            field=models.CharField(max_length=20, verbose_name='screening number'),
+            model_name="participant",
+            name="screening_number",
+            field=models.CharField(max_length=20, verbose_name="screening number"),
         ),
         migrations.AddConstraint(
-            model_name='participant',
-            constraint=models.UniqueConstraint(fields=('site', 'screening_number'), name='screening_number_unique_per_site'),
+            model_name="participant",
+            constraint=models.UniqueConstraint(
+                fields=("site", "screening_number"), name="screening_number_unique_per_site"
+            ),
         ),
         migrations.AddConstraint(
-            model_name='participant',
-            constraint=models.UniqueConstraint(fields=('site', 'randomization_number'), name='randomization_number_unique_per_site'),
+            model_name="participant",
+            constraint=models.UniqueConstraint(
+                fields=("site", "randomization_number"), name="randomization_number_unique_per_site"
+            ),
         ),
     ]

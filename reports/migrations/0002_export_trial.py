@@ -5,16 +5,21 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('reports', '0001_initial'),
-        ('trialsite', '0007_protocol_versions_and_site_codes_per_trial'),
+        ("reports", "0001_initial"),
+        ("trialsite", "0007_protocol_versions_and_site_codes_per_trial"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='export',
-            name='trial',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='+', to='trialsite.trial'),
+            model_name="export",
+            name="trial",
+            field=models.ForeignKey(
+                blank=True,
+                null=True,
+                on_delete=django.db.models.deletion.PROTECT,
+                related_name="+",
+                to="trialsite.trial",
+            ),
         ),
     ]
