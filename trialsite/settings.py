@@ -290,7 +290,8 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "ENUM_NAME_OVERRIDES": {
-        "VisitStatusEnum": "dosing.models.VisitStatus",
+        "VisitStatusEnum": "schedules.models.VisitStatus",
+        "VisitKindEnum": "schedules.models.VisitKind",
         "KitStatusEnum": "dosing.models.KitStatus",
         "LabCountUnitEnum": "dosing.labs.CountUnit",
         "FormStatusEnum": "crf.models.FormStatus",
