@@ -104,8 +104,10 @@ def load(participants: int) -> dict:
     from trialsite.models import Arm, Site, StaffRole
     from trialsite.protocol import load_protocol
 
-    trial = load_protocol(Path(os.environ.get("PROTOCOL_FILE", ROOT / "protocols" / "NCT06442709.toml")))
-    site = Site.objects.get(trial=trial, code="NT")
+    from django.conf import settings
+
+    trial = load_protocol(settings.PROTOCOL_FILE)
+    site = trial.sites.order_by("code").first()
     users = get_user_model()
     with audit_context(reason="bench"):
         statistician = users.objects.create_user("bench-statistician", password="bench-password-2026")

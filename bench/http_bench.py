@@ -165,7 +165,7 @@ def kit_section(server, cast, options) -> None:
         visits.append(participant.visits.order_by("sequence").first())
         tokens.append(cast["tokens"][(Role.COORDINATOR, site.code)])
     for site in sites:
-        for kit_type in ("INF", "TAB"):
+        for kit_type in site.trial.protocol.kit_types:
             for content in ("active", "placebo"):
                 # Enough for every participant of the site to need this content.
                 for _ in range(count // len(sites) + 5):

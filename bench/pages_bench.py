@@ -56,9 +56,9 @@ def build_site(screenings: int) -> dict:
     dosing.kit_list_generate(
         trial=site.trial, packaging_lot="BENCH-PL", kits_per_type=600, lots=lots, created_by=users["supply"]
     )
-    shipment = dosing.shipment_create(site=site, per_content={"INF": 150, "TAB": 150}, shipped_by=users["supply"])
+    shipment = dosing.shipment_create(site=site, per_content=dict.fromkeys(contents, 150), shipped_by=users["supply"])
     dosing.shipment_receive(shipment=shipment, received_by=users["pharmacist"])
-    dosing.shipment_create(site=site, per_content={"INF": 5, "TAB": 5}, shipped_by=users["supply"])  # in transit
+    dosing.shipment_create(site=site, per_content=dict.fromkeys(contents, 5), shipped_by=users["supply"])  # in transit
 
     randomized = 0
     for number in range(screenings):

@@ -31,6 +31,7 @@ class DoseRecord(Audited, models.Model):
     audit_clinical_fields = ("neutrophils", "platelets", "alt_uln", "ast_uln", "decision", "dose_mg")
     # Labs, gates and the prepared dose are computed alike for every arm (placebo to the same volume).
     audit_blinded_visible = (
+        "protocol_version",
         "visit",
         "participant",
         "site",
@@ -72,6 +73,10 @@ class DoseRecord(Audited, models.Model):
     vial_plan = models.JSONField(default=list)
     recorded_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
     recorded_at = models.DateTimeField(auto_now_add=True)
+    # The protocol version whose dose rule and lab gates decided this dose.
+    protocol_version = models.ForeignKey(
+        "trialsite.ProtocolVersion", on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
 
     class Meta:
         ordering = ["participant", "visit__sequence"]

@@ -206,6 +206,7 @@ def visit_record(
                 diluted_volume_ml=dose.diluted_volume_ml,
                 vial_plan=[list(vials) for vials in dose.vial_plan],
                 recorded_by=recorded_by,
+                protocol_version_id=visit.site.trial.current_version_id,
             )
             if decision.decision == Decision.STOP:
                 # Treatment ends: the remaining dosing visits will not happen; end of treatment and follow-up stay.

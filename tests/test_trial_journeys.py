@@ -15,7 +15,7 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from dosing import services as dosing
-from dosing.models import Kit, Shipment
+from dosing.models import DoseRecord, Kit, Shipment
 from enrollment.models import Participant
 from randomization import services as randomization
 from randomization.models import Slot
@@ -166,6 +166,10 @@ def _journey(trial) -> dict:
             }
         recorded = coordinator.post(_url(coordinator, f"/api/v1/visits/{first.pk}/record/"), record, format="json")
         assert recorded.status_code == 200, recorded.content
+        if protocol.dosing.infusion is not None:
+            # The dose says which protocol version's rule and gates decided it.
+            assert DoseRecord.objects.get(visit=first).protocol_version_id == trial.current_version_id
+        assert participant.screening.protocol_version_id == trial.current_version_id
         arm = Slot.objects.get(participant=participant).arm
         kits = list(Kit.objects.filter(visit=first))
         assert sorted(kit.kit_type for kit in kits) == sorted(arm.kit_contents)

@@ -143,7 +143,7 @@ class Site(Audited, models.Model):
 
     class Meta:
         ordering = ["code"]
-        # Per trial: two trials may both have a site "NT" (the same hospital, two protocols).
+        # Per trial: two trials may both name a site alike (the same hospital, two protocols).
         constraints = [models.UniqueConstraint(fields=["trial", "code"], name="site_code_unique_per_trial")]
 
     def __str__(self) -> str:

@@ -476,7 +476,7 @@ class InfusionSpec(Section):
     weight_change_flag_percent: PositiveNumber = Field(
         Decimal(10), description="A weight more than this percentage away from the first dosing weight is flagged."
     )
-    kit_type: Code = Field("INF", description="The kit type that carries the infusion.")
+    kit_type: Code = Field(description="The kit type that carries the infusion (one of kits.types).")
 
 
 class TabletSpec(Section):
@@ -485,7 +485,7 @@ class TabletSpec(Section):
     tablets_per_kit: PositiveInt = Field(
         description="Tablets in one kit; adherence counts the returned tablets against it."
     )
-    kit_type: Code = Field("TAB", description="The kit type that carries the tablets.")
+    kit_type: Code = Field(description="The kit type that carries the tablets (one of kits.types).")
 
 
 LabRange = tuple[NonNegativeNumber, NonNegativeNumber]
@@ -561,8 +561,10 @@ class QuietHours(Section):
 
 
 class RemindersSpec(Section):
-    days_before_window: tuple[PositiveInt, ...] = Field(
-        (7, 1), description="Days before a visit's window opens when a reminder is due (the reminders are for 7 and 1)."
+    # The reminder kinds the system sends (and their wording) are 7 and 1 days ahead; another
+    # number would be accepted and never sent, so it is refused.
+    days_before_window: tuple[Literal[7, 1], ...] = Field(
+        (7, 1), description="Days before a visit's window opens when a reminder is due: 7, 1 or both."
     )
     send_time: Clock = Field(datetime.time(9, 0), description="The time of day reminders are due (the site's clock).")
     quiet_hours: QuietHours = Field(
@@ -945,6 +947,12 @@ def _cross_checks(protocol: Protocol) -> list[str]:
         if spec is not None and spec.kit_type not in protocol.kit_types:
             errors.append(
                 f"dosing.{name}.kit_type: {spec.kit_type} is not one of kits.types {list(protocol.kit_types)}"
+            )
+    carried = {spec.kit_type for spec in (dosing.infusion, dosing.tablet) if spec is not None}
+    for index, kit_type in enumerate(protocol.kit_types):
+        if kit_type not in carried:
+            errors.append(
+                f"kits.types[{index}]: {kit_type} is carried by neither dosing.infusion nor dosing.tablet (kit_type)"
             )
     infusion = dosing.infusion
     if infusion is not None and infusion.minimum_weight_kg >= infusion.maximum_weight_kg:

@@ -209,7 +209,7 @@ TWO_FACTOR_FOR_UNBLINDED = envbool("TWO_FACTOR_FOR_UNBLINDED", "false")
 # imports) up to this. Larger requests are refused with 413 before any view reads them.
 DATA_UPLOAD_MAX_MEMORY_SIZE = envint("DATA_UPLOAD_MAX_MEMORY_SIZE", str(2_621_440))
 REQUEST_UPLOAD_MAX_BYTES = envint("REQUEST_UPLOAD_MAX_BYTES", str(10 * 1024 * 1024))
-OTP_TOTP_ISSUER = os.getenv("OTP_TOTP_ISSUER", "trialsite NCT06442709")
+OTP_TOTP_ISSUER = os.getenv("OTP_TOTP_ISSUER", "trialsite")
 AXES_COOLOFF_TIME = timedelta(minutes=envint("AXES_COOLOFF_MINUTES", "30"))
 AXES_LOCKOUT_PARAMETERS = ["username"]
 AXES_RESET_ON_SUCCESS = True
@@ -259,8 +259,11 @@ DEFAULT_FROM_EMAIL = os.getenv("DEFAULT_FROM_EMAIL", "trial-system@localhost")
 AUDIT_SEAL_FILE = Path(os.getenv("AUDIT_SEAL_FILE", str(BASE_DIR / "var" / "audit-seals.jsonl")))
 BACKUP_DIR = Path(os.getenv("BACKUP_DIR", str(BASE_DIR / "var" / "backups")))
 
-# The protocol file `make run` loads; another trial is another file, not another code change.
-PROTOCOL_FILE = Path(os.getenv("PROTOCOL_FILE", str(BASE_DIR / "protocols" / "NCT06442709.toml")))
+# Every file here is a trial `make run` (and `manage.py load_protocol` with no path) loads: another
+# trial is another file, not another code change. PROTOCOL_FILE is the first by name unless set:
+# the demo's trial and the one the tests load.
+PROTOCOLS_DIR = Path(os.getenv("PROTOCOLS_DIR", str(BASE_DIR / "protocols")))
+PROTOCOL_FILE = Path(os.getenv("PROTOCOL_FILE") or str(min(PROTOCOLS_DIR.glob("*.toml"), default=PROTOCOLS_DIR)))
 
 REST_FRAMEWORK = {
     # Tokens first, so that a refused or missing credential is answered 401 with the reason.

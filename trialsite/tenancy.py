@@ -1,7 +1,7 @@
 """The trial a request works in: the tenant.
 
 Every page and API address can be reached inside a trial, `/t/<NCT id>/...` (for example
-`/t/NCT06442709/participants/` or `/t/NCT06442709/api/v1/participants/`). The middleware strips
+`/t/<NCT id>/participants/` or `/t/<NCT id>/api/v1/participants/`). The middleware strips
 that prefix before the URL is resolved and makes it the script prefix, so every link the page
 builds with `reverse()` or `{% url %}` stays inside the same trial without any view knowing.
 Inside a trial, `trialsite.access` counts only the user's roles at that trial's sites: records of
@@ -128,7 +128,7 @@ class TrialMiddleware:
     def _choose(request):
         message = _(
             "You work in more than one trial. Choose one: put /t/<NCT id> before the address, "
-            "e.g. /t/NCT06442709%(path)s"
+            "e.g. /t/<NCT id>%(path)s"
         ) % {"path": request.path_info}
         if request.path_info.startswith("/api/"):
             return JsonResponse({"detail": message}, status=400)

@@ -6,13 +6,14 @@ from django.db import migrations, models
 
 
 def record_loaded_versions(apps, schema_editor):
-    """A trial loaded before versions were kept gets its file as version 1.0 (or what it names)."""
+    """A trial loaded before versions were kept gets its file as version 0 (or what it names), so
+    the file loaded next, version 1.0, is recorded as a version of its own."""
     Trial = apps.get_model("trialsite", "Trial")
     ProtocolVersion = apps.get_model("trialsite", "ProtocolVersion")
     for trial in Trial.objects.filter(current_version__isnull=True):
         version = ProtocolVersion.objects.create(
             trial=trial,
-            version=str((trial.definition.get("trial") or {}).get("protocol_version", "1.0")),
+            version=str((trial.definition.get("trial") or {}).get("protocol_version", "0")),
             definition=trial.definition,
             sha256=trial.definition_sha256,
         )

@@ -9,7 +9,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from trialsite.audit import audit_context
-from trialsite.models import Role, Site, StaffRole
+from trialsite.models import Role, Site, StaffRole, Trial
 
 # Development logins only: the command refuses to run with DEBUG off.
 DEMO_PASSWORD = "demo-password-2026"
@@ -61,6 +61,15 @@ class Command(BaseCommand):
         users = self._users(site)
         for username, role, _ in DEMO_USERS:
             self.stdout.write(f"  {username:<13} {DEMO_PASSWORD}   {Role(role).label} at {site.code}")
+        # Every other loaded trial: the same people hold the same roles at its first site, so the
+        # demo shows working in several trials (each at /t/<NCT id>/, chosen at /trials/).
+        for other in Trial.objects.exclude(pk=site.trial_id).order_by("nct_id"):
+            other_site = other.sites.order_by("code").first()
+            if other_site is not None:
+                self._users(other_site)
+                self.stdout.write(
+                    f"  the same logins also work in {other.nct_id} at {other_site.code} (no demo data there)"
+                )
         if options["empty"]:
             self.stdout.write("  (--empty: no demo list, kits or participants)")
             return

@@ -13,10 +13,16 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser):
-        parser.add_argument("path", nargs="?", default=str(settings.PROTOCOL_FILE))
+        parser.add_argument(
+            "path", nargs="?", help="A protocol file; without one, every file in PROTOCOLS_DIR (protocols/)."
+        )
         parser.add_argument("--check", action="store_true", help="Validate the file without loading it.")
 
     def handle(self, *args, path, check, **options):
+        if path is None:
+            for each in sorted(Path(settings.PROTOCOLS_DIR).glob("*.toml")):
+                self.handle(path=str(each), check=check)
+            return
         try:
             if check:
                 protocol = check_file(Path(path))
