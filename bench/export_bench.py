@@ -95,16 +95,15 @@ def copy_rows(cursor, model, rows) -> int:
 
 
 def load(participants: int) -> dict:
+    from django.conf import settings
     from django.contrib.auth import get_user_model
     from django.db import connection
 
     from enrollment.models import Consent, EligibilityAnswer, Participant, Screening, Withdrawal
     from randomization.models import RandomizationList, Slot
     from trialsite.audit import audit_context
-    from trialsite.models import Arm, Site, StaffRole
+    from trialsite.models import Arm, StaffRole
     from trialsite.protocol import load_protocol
-
-    from django.conf import settings
 
     trial = load_protocol(settings.PROTOCOL_FILE)
     site = trial.sites.order_by("code").first()

@@ -38,10 +38,15 @@ def _codes():
     return nct_ids, short_codes
 
 
+def _quoted(codes):
+    alternatives = "|".join(re.escape(code) for code in sorted(codes))
+    return re.compile(rf"""["']({alternatives})["']""")
+
+
 def test_no_trial_arm_kit_or_visit_code_outside_the_protocol_files():
     nct_ids, short_codes = _codes()
     assert nct_ids and short_codes
-    quoted = re.compile(r"""["'](%s)["']""" % "|".join(re.escape(code) for code in sorted(short_codes)))
+    quoted = _quoted(short_codes)
     found = []
     for path in _application_files():
         text = path.read_text(encoding="utf-8", errors="replace")
@@ -55,6 +60,6 @@ def test_the_search_would_find_a_planted_code(tmp_path):
     """The search is not blind: a code planted in a file is found by the same pattern."""
     nct_ids, short_codes = _codes()
     code = sorted(short_codes)[0]
-    quoted = re.compile(r"""["'](%s)["']""" % "|".join(re.escape(each) for each in sorted(short_codes)))
+    quoted = _quoted(short_codes)
     assert quoted.search(f'if arm.code == "{code}":')
     assert any(nct_id in f"/t/{nct_id}/participants/" for nct_id in nct_ids)

@@ -127,8 +127,7 @@ class TrialMiddleware:
     @staticmethod
     def _choose(request):
         message = _(
-            "You work in more than one trial. Choose one: put /t/<NCT id> before the address, "
-            "e.g. /t/<NCT id>%(path)s"
+            "You work in more than one trial. Choose one: put /t/<NCT id> before the address, e.g. /t/<NCT id>%(path)s"
         ) % {"path": request.path_info}
         if request.path_info.startswith("/api/"):
             return JsonResponse({"detail": message}, status=400)
