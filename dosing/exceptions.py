@@ -75,6 +75,13 @@ class DosingValueRequired(TrialRuleError):
     default_message = _("Weight and the pre-infusion labs are required at a dosing visit.")
 
 
+class DoseInputInvalid(TrialRuleError):
+    """A weight or lab value the case report form it is saved on refuses (its range), at the
+    dosing visit's field."""
+
+    default_message = _("This value is not accepted by the case report form.")
+
+
 class NotRandomized(TrialRuleError):
     default_message = _("The participant is not randomized.")
 

@@ -75,14 +75,22 @@ class VisitRecordForm(LabCountsForm):
         max_length=2000,
     )
 
-    def __init__(self, *args, dosing: bool, **kwargs):
+    def __init__(self, *args, dosing: bool, on_forms: dict | None = None, **kwargs):
+        """`on_forms`: the dose's inputs already saved on the case report forms (field -> value):
+        prefilled, and not required, since the dose reads them from the forms."""
         super().__init__(*args, **kwargs)
         if not dosing:
             for name in ("neutrophils", "neutrophils_unit", "platelets", "platelets_unit", "alt_uln", "ast_uln"):
                 del self.fields[name]
         else:
             for name in ("weight_kg", "neutrophils", "platelets", "alt_uln", "ast_uln"):
-                self.fields[name].required = True
+                saved = (on_forms or {}).get(name)
+                self.fields[name].required = saved is None
+                if saved is not None:
+                    self.fields[name].initial = saved
+                    if f"{name}_unit" in self.fields:
+                        # The forms hold counts per mm³, whatever unit the reader's lab reports use.
+                        self.fields[f"{name}_unit"].initial = CountUnit.PER_MM3
 
 
 class RepeatLabsForm(LabCountsForm):

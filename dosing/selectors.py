@@ -13,6 +13,7 @@ from django.db.models import Count, Prefetch, Q, QuerySet
 from django.http import Http404
 from django.utils import timezone
 
+from crf.selectors import value as form_value
 from dosing.dose import adherence
 from dosing.kit_types import is_tablet_kit, kit_type_label, kit_types_given
 from dosing.models import DoseRecord, Kit, KitContent, KitStatus, Shipment
@@ -21,6 +22,7 @@ from schedules.models import Visit, VisitKind, VisitStatus
 from trialsite import access
 from trialsite.access import Capability
 from trialsite.models import Site, Trial
+from trialsite.protocol_schema import LAB_ITEMS
 
 # Fields a blinded user may read of a kit. Not `content`, and not the manufacturing `lot`, the
 # true `expiry` or the shipment, which differ or group by content: the label's packaging lot and
@@ -323,3 +325,28 @@ def kit_adherence(kit: Kit) -> Decimal | None:
 
 def doses_for(participant: Participant) -> QuerySet[DoseRecord]:
     return DoseRecord.objects.filter(participant=participant).select_related("visit").order_by("visit__sequence")
+
+
+# --- The dose's inputs on the case report forms ----------------------------------------------
+
+
+def dose_input_items(protocol) -> dict[str, tuple[str, str]]:
+    """visit_record's field -> (form, item) the dose reads it from, for each the protocol names
+    (`dosing.infusion.weight_item`, `dosing.safety.labs_form`); empty when it names none."""
+    dosing = protocol.dosing
+    if dosing.infusion is None:
+        return {}
+    items = {}
+    if dosing.infusion.weight_item:
+        form, _dot, item = dosing.infusion.weight_item.partition(".")
+        items["weight_kg"] = (form, item)
+    if dosing.safety.labs_form:
+        items.update({name: (dosing.safety.labs_form, name) for name in LAB_ITEMS})
+    return items
+
+
+def dose_inputs_on_forms(visit: Visit) -> dict:
+    """The weight and labs saved on the forms of this visit, by visit_record's field names (None
+    when not saved), for the inputs the protocol puts on forms."""
+    items = dose_input_items(visit.site.trial.protocol)
+    return {name: form_value(visit.participant, form, visit.code, item) for name, (form, item) in items.items()}

@@ -18,9 +18,11 @@ from django.db.models import Count, Min
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
+from crf.services import FormInvalid, form_save
 from dosing import kitlist
 from dosing.dose import check_weight, infusion_decision, infusion_dose, weight_change_flagged
 from dosing.exceptions import (
+    DoseInputInvalid,
     DosingValueRequired,
     IllegalKitTransition,
     KitListInvalid,
@@ -47,6 +49,7 @@ from dosing.models import (
 )
 from dosing.reminders.services import reminders_replan
 from dosing.schedule import visits_end_for_withdrawal
+from dosing.selectors import dose_input_items, dose_inputs_on_forms
 from enrollment.models import Participant, ParticipantStatus
 from randomization.selectors import allocated_arm
 from schedules.models import Visit, VisitKind, VisitStatus
@@ -116,6 +119,9 @@ def visit_record(
     kits. The visit and dose stay recorded when no kit is available (`outcome.no_kit`)."""
     reason = (out_of_window_reason or "").strip()
     with audit_context(actor=recorded_by, reason=reason or "visit recorded"):
+        # The participant before the visit, the order withdrawal takes them in: the forms the dose
+        # reads are saved under the participant's lock (crf.form_save), so the two cannot deadlock.
+        Participant.objects.select_for_update(of=("self",)).filter(pk=visit.participant_id).first()
         # Only the visit row: the site row is the one randomization updates (its number counter).
         visit = (
             Visit.objects.select_for_update(of=("self",)).select_related("participant", "site__trial").get(pk=visit.pk)
@@ -157,19 +163,27 @@ def visit_record(
         elif visit.is_dosing:
             if treatment_stopped(participant):
                 raise TreatmentStopped()
-            missing = [
-                name
-                for name, value in (
-                    ("weight_kg", weight_kg),
-                    ("neutrophils", neutrophils),
-                    ("platelets", platelets),
-                    ("alt_uln", alt_uln),
-                    ("ast_uln", ast_uln),
-                )
-                if value is None
-            ]
+            given = {
+                "weight_kg": weight_kg,
+                "neutrophils": neutrophils,
+                "platelets": platelets,
+                "alt_uln": alt_uln,
+                "ast_uln": ast_uln,
+            }
+            on_forms = dose_inputs_on_forms(visit)
+            missing = [name for name, value in given.items() if value is None and on_forms.get(name) is None]
             if missing:
                 raise DosingValueRequired(field=missing[0])
+            if on_forms:
+                if weight_kg is not None:
+                    # The protocol's dosing bounds first, so an impossible weight is refused as before.
+                    check_weight(weight_kg=weight_kg, rules=rules.infusion)
+                _dose_inputs_save(visit=visit, recorded_by=recorded_by, given=given, on_forms=on_forms)
+                # The dose reads its inputs from the forms: what was just entered, or what a
+                # coordinator entered on them before.
+                read = dose_inputs_on_forms(visit)
+                given.update({name: read[name] for name in on_forms})
+                weight_kg, neutrophils, platelets, alt_uln, ast_uln = given.values()
             dose = infusion_dose(weight_kg=weight_kg, rules=rules.infusion)
             previous = DoseRecord.objects.filter(participant=participant).order_by("visit__sequence")
             baseline = previous.first()
@@ -224,6 +238,39 @@ def visit_record(
                 visit.weight_kg = check_weight(weight_kg=weight_kg, rules=rules.infusion)
             visit.save()
     return outcome
+
+
+# The reason recorded with a form value changed by a different one typed at the dosing visit (a
+# saved value needs a reason to change): the visit's own entry is the latest measurement.
+DOSING_VISIT_ENTRY = "entered at the dosing visit"
+
+
+def _dose_inputs_save(*, visit: Visit, recorded_by, given: dict, on_forms: dict) -> None:
+    """Save the weight and labs given at the dosing visit into the forms the protocol has the dose
+    read them from (crf.form_save: checked and audited item by item). A value already on the form
+    is left as it is when equal, and replaced when different, with the reason DOSING_VISIT_ENTRY.
+    A value the form refuses is refused at the visit's field."""
+    fields = {}
+    by_form: dict[str, dict] = {}
+    for name, (form_code, item_code) in dose_input_items(visit.site.trial.protocol).items():
+        value = given.get(name)
+        if value is None or value == on_forms.get(name):
+            continue
+        by_form.setdefault(form_code, {})[item_code] = value
+        fields[(form_code, item_code)] = name
+    for form_code, values in by_form.items():
+        try:
+            form_save(
+                user=recorded_by,
+                values=values,
+                reason=f"{DOSING_VISIT_ENTRY} {visit.code}",
+                participant=visit.participant,
+                form_code=form_code,
+                visit_code=visit.code,
+            )
+        except FormInvalid as error:
+            item_code, messages = next(iter(error.errors.items()))
+            raise DoseInputInvalid(messages[0], field=fields.get((form_code, item_code))) from None
 
 
 def _stop_treatment(participant: Participant) -> None:

@@ -136,7 +136,9 @@ def visit_repeat_labs(request: HttpRequest, pk: int) -> HttpResponse:
 @login_required
 def visit_record(request: HttpRequest, pk: int) -> HttpResponse:
     visit = selectors.visit_for(request.user, pk, Capability.RECORD_VISITS)
-    form = VisitRecordForm(request.POST or None, dosing=visit.is_dosing)
+    # The weight and labs already entered on the forms the dose reads: shown, and not asked again.
+    on_forms = selectors.dose_inputs_on_forms(visit) if visit.is_dosing else {}
+    form = VisitRecordForm(request.POST or None, dosing=visit.is_dosing, on_forms=on_forms)
     if request.method == "POST" and form.is_valid():
         try:
             outcome = services.visit_record(visit=visit, recorded_by=request.user, **form.cleaned_data)

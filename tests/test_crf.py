@@ -85,6 +85,10 @@ def test_the_trials_forms_load_as_typed_objects():
 
 def test_mistakes_in_forms_are_named_by_their_path():
     broken = document()
+    # The trial's vitals and con-meds only (not the pre-dose labs the dose reads), so the forms
+    # appended below are forms[2] and forms[3].
+    broken["forms"] = [form for form in broken["forms"] if form["code"] in ("vitals", "conmeds")]
+    del broken["dosing"]["safety"]["labs_form"]
     broken["forms"].append(
         {
             "code": "broken",
@@ -440,7 +444,8 @@ def test_the_tablet_form_is_carried_at_every_cycle_visit_by_its_pattern(particip
         visit_code: [entry.form.code for entry in entries]
         for visit_code, entries in selectors.participant_forms(participant).visits
     }
-    assert visits["C1"] == ["vitals", "tablets"] and visits["C12"] == ["vitals", "tablets"]
+    # The trial's own visit forms (vitals, the pre-dose labs), then the one this test adds.
+    assert visits["C1"] == visits["C12"] == ["vitals", "predose_labs", "tablets"]
     assert "EOT" not in visits
 
 

@@ -477,6 +477,14 @@ class InfusionSpec(Section):
         Decimal(10), description="A weight more than this percentage away from the first dosing weight is flagged."
     )
     kit_type: Code = Field(description="The kit type that carries the infusion (one of kits.types).")
+    weight_item: Text | None = Field(
+        None,
+        description=(
+            "Where the dose reads the weight: a number item of a visit form carried at every dosing visit, as"
+            " form.item (vitals.weight); a weight given at the dosing visit is saved there. Not given: the weight"
+            " is the dosing visit's own field."
+        ),
+    )
 
 
 class TabletSpec(Section):
@@ -524,6 +532,14 @@ class LaterDoseGate(Section):
 class SafetySpec(Section):
     first_dose: FirstDoseGate = Field(FirstDoseGate(), description="The lab gate before the first infusion.")
     later_doses: LaterDoseGate = Field(LaterDoseGate(), description="The lab gates before every later infusion.")
+    labs_form: Code | None = Field(
+        None,
+        description=(
+            "Where the infusion's lab gates read the pre-dose labs: a visit form carried at every dosing visit with"
+            " number items neutrophils and platelets (per mm³), alt_uln and ast_uln (x ULN); labs given at the dosing"
+            " visit are saved there. Not given: the labs are the dosing visit's own fields."
+        ),
+    )
 
 
 class DosingSpec(Section):
@@ -888,6 +904,50 @@ def _role_checks(protocol: Protocol) -> list[str]:
     return errors
 
 
+# The items the lab gates read from `dosing.safety.labs_form`, by the names the dose logic uses.
+LAB_ITEMS = ("neutrophils", "platelets", "alt_uln", "ast_uln")
+
+
+def _dosing_form_checks(protocol: Protocol) -> list[str]:
+    """The forms the dose reads its weight and labs from exist, hold numbers and are carried at
+    every dosing visit: otherwise a dosing visit would find nowhere to save or read them."""
+    errors = []
+    treatment = protocol.schedule.treatment
+    dosing_visits = [visit_code(treatment.code, n) for n in range(1, treatment.cycles + 1)] if treatment.dosing else []
+
+    def check(where: str, form_code: str, item_codes: tuple[str, ...]) -> None:
+        form = protocol.form(form_code)
+        if form is None or form.kind != "visit":
+            errors.append(f"{where}: {form_code} is not a visit form of [[forms]]")
+            return
+        for code in item_codes:
+            item = form.item(code)
+            if item is None:
+                errors.append(f"{where}: form {form_code} has no item {code}")
+            elif item.type not in ("integer", "decimal"):
+                errors.append(f"{where}: item {form_code}.{code} must be an integer or decimal item")
+            elif item.unblinded_only:
+                errors.append(f"{where}: item {form_code}.{code} must be seen by whoever records the dosing visit")
+        missing = [code for code in dosing_visits if not form.carried_at(code)]
+        if missing:
+            errors.append(f"{where}: form {form_code} is not carried at the dosing visits {', '.join(missing)}")
+
+    infusion = protocol.dosing.infusion
+    if infusion is not None and infusion.weight_item is not None:
+        form_code, _dot, item_code = infusion.weight_item.partition(".")
+        if not form_code or not item_code:
+            errors.append(f"dosing.infusion.weight_item: {infusion.weight_item} must be form.item (vitals.weight)")
+        else:
+            check("dosing.infusion.weight_item", form_code, (item_code,))
+    labs_form = protocol.dosing.safety.labs_form
+    if labs_form is not None:
+        if infusion is None:
+            errors.append("dosing.safety.labs_form: only the infusion's lab gates read it; there is no dosing.infusion")
+        else:
+            check("dosing.safety.labs_form", labs_form, LAB_ITEMS)
+    return errors
+
+
 def _cross_checks(protocol: Protocol) -> list[str]:
     """The rules that relate one part of the file to another."""
     errors = []
@@ -958,6 +1018,7 @@ def _cross_checks(protocol: Protocol) -> list[str]:
     if infusion is not None and infusion.minimum_weight_kg >= infusion.maximum_weight_kg:
         errors.append("dosing.infusion.maximum_weight_kg: must be above minimum_weight_kg")
     gates = dosing.safety
+    errors += _dosing_form_checks(protocol)
     for where, limits in (
         ("dosing.safety.later_doses.hold_if", gates.later_doses.hold_if),
         ("dosing.safety.later_doses.stop_if", gates.later_doses.stop_if),
