@@ -554,8 +554,10 @@ class SupplyKitList(generics.ListAPIView):
     def get_queryset(self):
         selectors.require_supply(self.request.user)
         sites = selectors.supply_sites(self.request.user).values_list("pk", flat=True)
+        # Depot kits have no site: without the trial, every trial's depot would be listed.
         return (
-            Kit.objects.filter(Q(site__isnull=True) | Q(site_id__in=list(sites)))
+            Kit.objects.filter(trial=tenancy.trial_for(self.request.user))
+            .filter(Q(site__isnull=True) | Q(site_id__in=list(sites)))
             .select_related("site")
             .order_by("kit_number")
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.db.models import Q
 from django.urls import reverse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
@@ -12,7 +13,7 @@ from rest_framework.views import APIView
 from reports import selectors, services
 from reports.models import Export, ExportFormat, ExportKind
 from reports.views import site_parameter
-from trialsite import access
+from trialsite import access, tenancy
 from trialsite.access import Capability
 
 SITE_PARAMETER = OpenApiParameter("site", OpenApiTypes.INT, description="One site's report (default: all my sites)")
@@ -250,7 +251,10 @@ class ExportList(generics.ListCreateAPIView):
 
     def get_queryset(self):
         access.require(self.request.user, Capability.EXPORT_REPORTS)
-        return Export.objects.filter(requested_by=self.request.user).order_by("-created_at", "-id")
+        trial = tenancy.trial_for(self.request.user)
+        return Export.objects.filter(Q(trial=trial) | Q(trial__isnull=True), requested_by=self.request.user).order_by(
+            "-created_at", "-id"
+        )
 
     def create(self, request, *args, **kwargs):
         access.require(request.user, Capability.EXPORT_REPORTS)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.db.models import Q
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.template.loader import render_to_string
@@ -54,7 +55,10 @@ def reports_home(request: HttpRequest) -> HttpResponse:
     months = selectors.enrollment_by_month(scope)
     chart = charts.enrollment_chart(months, scope.trial.target_enrollment)
     all_sites = selectors.report_scope(request.user).sites
-    exports = Export.objects.filter(requested_by=request.user).order_by("-created_at", "-id")[:20]
+    # This trial's exports (those from before exports named a trial were made with one trial loaded).
+    exports = Export.objects.filter(Q(trial=scope.trial) | Q(trial__isnull=True), requested_by=request.user).order_by(
+        "-created_at", "-id"
+    )[:20]
     return render(
         request,
         "reports/reports.html",

@@ -207,3 +207,68 @@ def test_roles_in_the_file_are_checked_against_known_capabilities(db, settings, 
 def test_records_say_which_protocol_version_they_were_captured_under(trial, site, cast):
     participant = factories.make_participant(site, by=cast.coordinator)
     assert participant.screening.protocol_version == trial.current_version
+
+
+def _randomize_one(trial, site, cast):
+    randomization_list = randomization_services.list_generate(
+        trial=trial, seed="protocol", slots_per_stratum=8, created_by=cast.statistician
+    )
+    randomization_services.list_lock(
+        randomization_list=randomization_list, locked_by=cast.statistician, password=factories.PASSWORD
+    )
+    participant = factories.make_participant(site, by=cast.coordinator)
+    randomization_services.participant_randomize(participant=participant, randomized_by=cast.coordinator)
+
+
+def test_the_rules_in_force_never_go_back_to_an_earlier_version(trial, settings, tmp_path):
+    amended = _amended(
+        settings,
+        tmp_path,
+        ('protocol_version = "1.0"', 'protocol_version = "2.0"'),
+        ("effective_date = 2021-08-01", "effective_date = 2026-06-01"),
+    )
+    load_protocol(amended)
+    with pytest.raises(ProtocolError, match=r"trial.protocol_version: version 1.0 was replaced by version 2.0"):
+        load_protocol(settings.PROTOCOL_FILE)
+    trial.refresh_from_db()
+    assert trial.current_version.version == "2.0"
+
+
+def test_an_amendment_without_an_effective_date_is_refused_once_one_was_given(trial, settings, tmp_path):
+    path = _amended(
+        settings,
+        tmp_path,
+        ('protocol_version = "1.0"', 'protocol_version = "2.0"'),
+        ("effective_date = 2021-08-01  # the registry's study start date\n", ""),
+    )
+    with pytest.raises(ProtocolError, match=r"trial.effective_date: is required"):
+        load_protocol(path)
+
+
+def test_a_running_blinded_trial_cannot_be_opened_by_a_reload(trial, site, cast, settings, tmp_path):
+    _randomize_one(trial, site, cast)
+    path = _amended(
+        settings,
+        tmp_path,
+        ('protocol_version = "1.0"', 'protocol_version = "1.1"'),
+        ('masking = "single"', 'masking = "none"'),
+    )
+    with pytest.raises(ProtocolError, match=r"trial.masking: participants are randomized under masking 'single'"):
+        load_protocol(path)
+    trial.refresh_from_db()
+    assert trial.protocol.blinded
+
+
+def test_stratification_cannot_change_once_participants_are_randomized(trial, site, cast, settings, tmp_path):
+    _randomize_one(trial, site, cast)
+    path = _amended(
+        settings,
+        tmp_path,
+        ('protocol_version = "1.0"', 'protocol_version = "1.1"'),
+        (
+            "factors = []",
+            'factors = [{ code = "liver", label = "Liver metastasis", levels = ["yes", "no"] }]',
+        ),
+    )
+    with pytest.raises(ProtocolError, match=r"randomization: participants are randomized by method"):
+        load_protocol(path)

@@ -134,3 +134,31 @@ def test_an_export_is_built_in_the_trial_it_was_asked_in(site, cast, client_for,
     finally:
         tenancy.deactivate(token)
     assert Export.objects.get(pk=export.pk).trial == site.trial
+
+
+def test_the_supply_api_lists_only_the_trials_own_depot(site, cast, second_trial, api_for):
+    from tests import dosing_factories
+
+    dosing_factories.make_kit(number="DEPOT-A1", status="in_depot", trial=site.trial)
+    second_supply = factories.make_user(Role.SUPPLY_MANAGER, second_trial.sites.get(), username="second_supply")
+    listed = api_for(second_supply).get(f"/t/{SECOND}/api/v1/supply/kits/").json()
+    rows = listed["results"] if isinstance(listed, dict) else listed
+    assert "DEPOT-A1" not in {row["kit_number"] for row in rows}
+    mine = api_for(cast.supply_manager).get("/t/NCT06442709/api/v1/supply/kits/").json()
+    rows = mine["results"] if isinstance(mine, dict) else mine
+    assert "DEPOT-A1" in {row["kit_number"] for row in rows}
+
+
+def test_an_open_label_trial_does_not_open_the_admin_to_someone_blinded_elsewhere(site, client_for):
+    from trialsite.protocol import check_file
+
+    open_label_file = next(
+        path for path in sorted(settings.PROTOCOLS_DIR.glob("*.toml")) if not check_file(path).blinded
+    )
+    open_label = load_protocol(open_label_file)
+    assert site.trial.protocol.blinded
+    coordinator = factories.make_user(Role.COORDINATOR, site, username="blinded_staff", is_staff=True)
+    coordinator.trial_roles.create(site=open_label.sites.order_by("code").first(), role=Role.COORDINATOR)
+    client = client_for(coordinator)
+    assert client.get(f"/t/{open_label.nct_id}/admin/trialsite/arm/").status_code == 404
+    assert client.get("/admin/").status_code == 404

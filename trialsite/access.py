@@ -187,7 +187,9 @@ def holds_blinded_role(user) -> bool:
     role, not per site: a coordinator who is also the site's statistician still works blinded."""
     if not getattr(user, "is_authenticated", False):
         return False
-    staff_roles = _staff_roles(user).select_related("site__trial")
+    # Every trial, whatever the address: a blinded role in one trial is not lifted by entering
+    # another (an open-label trial's prefix must not open the admin to a blinded coordinator).
+    staff_roles = StaffRole.objects.filter(user=user).select_related("site__trial")
     return any(
         Capability.VIEW_ALLOCATION not in role_capabilities(staff_role.site, staff_role.role)
         for staff_role in staff_roles

@@ -45,7 +45,7 @@ class TrialDataAdmin(admin.ModelAdmin):
         queryset = super().get_queryset(request)
         if self.site_field is None:
             return queryset
-        return queryset.filter(**{f"{self.site_field}__in": access.site_ids(request.user)})
+        return queryset.filter(**{f"{self.site_field}__in": access.site_ids(request.user)}).distinct()
 
     def get_exclude(self, request, obj=None):
         excluded = list(super().get_exclude(request, obj) or [])
@@ -102,14 +102,15 @@ class TrialDataAdmin(admin.ModelAdmin):
 
 @admin.register(Trial)
 class TrialAdmin(TrialDataAdmin):
-    site_field = None
+    site_field = "sites"
     list_display = ["nct_id", "title", "target_enrollment", "loaded_at"]
     exclude = ["definition"]
 
 
 @admin.register(Arm)
 class ArmAdmin(TrialDataAdmin):
-    site_field = None
+    # Only the arms of trials where the user holds a role.
+    site_field = "trial__sites"
     allocation_table = True
     list_display = ["code", "name", "ratio", "trial"]
 

@@ -69,6 +69,29 @@ def _refusals(trial: Trial, protocol: Protocol) -> list[str]:
         Slot.objects.filter(randomization_list__trial=trial, participant__isnull=False).values_list("arm_id", flat=True)
     )
     anyone_randomized = bool(used_arm_ids)
+    current = trial.protocol
+    if anyone_randomized and protocol.trial.masking != current.trial.masking:
+        # Opening (or closing) the blind of a running trial is a decision of its own, not an
+        # edit of a file: every blinded role would see every arm.
+        refusals.append(
+            f"trial.masking: participants are randomized under masking {current.trial.masking!r};"
+            " it stays so (unblinding a trial is not a protocol reload)"
+        )
+    if anyone_randomized:
+        # Allocations made so far rest on these strata (or minimization factors); new ones would
+        # be balanced over other groups, and the audit could not re-derive them.
+        old, new = current.randomization, protocol.randomization
+        strata = lambda spec: (  # noqa: E731
+            spec.method,
+            spec.stratify_by_site,
+            tuple((factor.code, factor.levels) for factor in spec.factors),
+        )
+        if strata(old) != strata(new):
+            refusals.append(
+                "randomization: participants are randomized by method "
+                f"{old.method}, site stratification {old.stratify_by_site} and factors "
+                f"{[factor.code for factor in old.factors]}; these stay as they are"
+            )
     new_arms = {arm.code: arm for arm in protocol.arms}
     for arm in trial.arms.all():
         spec = new_arms.get(arm.code)
@@ -141,6 +164,15 @@ def load_protocol_file(path: Path, *, actor=None) -> LoadReport:
                 raise ProtocolError(refusals)
         version = ProtocolVersion.objects.filter(trial=trial, version=info.protocol_version).first() if trial else None
         new_version = False
+        if version is not None and trial.current_version_id not in (None, version.pk):
+            # The rules in force never go back to an earlier file: records would be captured
+            # under rules that were amended away.
+            raise ProtocolError(
+                [
+                    f"trial.protocol_version: version {version.version} was replaced by version"
+                    f" {trial.current_version.version}, which is in force; an amendment needs a new version"
+                ]
+            )
         if version is not None and version.sha256 != digest:
             from enrollment.models import Screening
 
@@ -160,6 +192,13 @@ def load_protocol_file(path: Path, *, actor=None) -> LoadReport:
             trial.save()
         if version is None:
             previous = trial.current_version
+            if previous and previous.effective_date and not info.effective_date:
+                raise ProtocolError(
+                    [
+                        f"trial.effective_date: is required: version {previous.version} in force took effect"
+                        f" on {previous.effective_date}"
+                    ]
+                )
             if (
                 previous
                 and info.effective_date
@@ -189,6 +228,7 @@ def load_protocol_file(path: Path, *, actor=None) -> LoadReport:
         if trial.current_version_id != version.pk:
             trial.current_version = version
             trial.save(update_fields=["current_version"])
+            changes.append(f"protocol version {version.version} is in force")
         for order, spec in enumerate(protocol.arms):
             arm, arm_created = Arm.objects.get_or_create(
                 trial=trial,
