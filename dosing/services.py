@@ -298,8 +298,14 @@ def visit_repeat_labs(
     decision is taken again from these, the latest labs, with the visit's own gates (first dose
     or later): labs that recovered turn the hold into a dose and the infusion kit is assigned
     (kits_assign); labs still in the hold range keep the hold; labs in the stop range stop
-    treatment. Each repeat is kept (RepeatLabs), and the audit trail shows the decision change."""
+    treatment. Each repeat is kept (RepeatLabs), and the audit trail shows the decision change.
+    When the protocol names a labs form (`dosing.safety.labs_form`), the repeated labs replace
+    that visit's form values (crf.form_save, reason "repeat labs on <date>") and the decision is
+    taken from what the form then holds, as visit_record reads it."""
     with audit_context(actor=recorded_by, reason="repeat labs after a held infusion"):
+        # The participant before the visit, as visit_record takes them: form_save locks the
+        # participant, so taking the visit first could deadlock with a visit being recorded.
+        Participant.objects.select_for_update(of=("self",)).filter(pk=visit.participant_id).first()
         visit = (
             Visit.objects.select_for_update(of=("self",)).select_related("participant", "site__trial").get(pk=visit.pk)
         )
@@ -324,6 +330,11 @@ def visit_repeat_labs(
                 % {"date": visit.window_end.isoformat()},
                 field="measured_on",
             )
+        labs = {"neutrophils": neutrophils, "platelets": platelets, "alt_uln": alt_uln, "ast_uln": ast_uln}
+        labs_form = visit.site.trial.protocol.dosing.safety.labs_form
+        if labs_form is not None:
+            labs = _repeat_labs_save(visit=visit, recorded_by=recorded_by, measured_on=measured_on, labs=labs)
+        neutrophils, platelets, alt_uln, ast_uln = labs.values()
         decision = infusion_decision(
             first_dose=dose.first_dose,
             neutrophils=neutrophils,
@@ -358,6 +369,27 @@ def visit_repeat_labs(
                 outcome.no_kit = True
                 outcome.kits = list(visit.kits.all())
     return outcome
+
+
+def _repeat_labs_save(*, visit: Visit, recorded_by, measured_on: datetime.date, labs: dict) -> dict:
+    """Save repeated labs on the visit's labs form (checked and audited item by item; a changed
+    value carries the reason "repeat labs on <date>") and return the labs the form then holds,
+    by visit_record's names. A value the form refuses is refused at the repeat's field."""
+    labs_form = visit.site.trial.protocol.dosing.safety.labs_form
+    try:
+        form_save(
+            user=recorded_by,
+            values=labs,
+            reason=f"repeat labs on {measured_on.isoformat()}",
+            participant=visit.participant,
+            form_code=labs_form,
+            visit_code=visit.code,
+        )
+    except FormInvalid as error:
+        item_code, messages = next(iter(error.errors.items()))
+        raise DoseInputInvalid(messages[0], field=item_code if item_code in labs else None) from None
+    read = dose_inputs_on_forms(visit)
+    return {name: read[name] for name in labs}
 
 
 def visits_mark_missed(*, today: datetime.date | None = None) -> int:

@@ -12,6 +12,7 @@ never applied."""
 from __future__ import annotations
 
 import datetime
+import functools
 import hashlib
 import json
 import re
@@ -597,7 +598,7 @@ class RoleSpec(Section):
 # --- Case report forms (crf app) ---------------------------------------------------------------
 # A form is data: its items, their types, ranges and code lists, when an item shows, checks
 # across items and non-blocking warnings. Visit-bound forms name visit codes as plain strings
-# (or a prefix pattern such as "C*"); they are not checked against a visit plan here.
+# (or a prefix pattern such as "C*"); `_form_visit_checks` checks them against the schedule.
 
 ITEM_TYPES = ("text", "integer", "decimal", "date", "choice", "yes_no")
 NUMERIC_ITEM_TYPES = ("integer", "decimal")
@@ -948,6 +949,63 @@ def _dosing_form_checks(protocol: Protocol) -> list[str]:
     return errors
 
 
+# Day 0s whose plans together make every code the schedule can: follow-up is counted in calendar
+# months, so how many assessments fit through follow-up depends on the month and leap year of day 0.
+_PLAN_DAY0S = tuple(datetime.date(2024, 1, 1) + datetime.timedelta(days=day) for day in range(4 * 365 + 1))
+
+
+@functools.lru_cache(maxsize=64)
+def _schedule_codes(schedule: ScheduleSpec) -> tuple[frozenset[str], str]:
+    """Every code a participant's plan can hold (from any day 0), and the schedule in words.
+    Cached: the plans of four years of day 0s take a tenth of a second, and files are parsed often."""
+    from schedules.services import visit_plan
+
+    planned = set()
+    for day0 in _PLAN_DAY0S:
+        planned.update(visit.code for visit in visit_plan(schedule=schedule, day0=day0))
+
+    def numbered(pattern: str) -> str:
+        last = max(n for n in range(1, LARGEST_VISIT_NUMBER + 1) if visit_code(pattern, n) in planned)
+        return f"{visit_code(pattern, 1)}..{visit_code(pattern, last)}" if last > 1 else visit_code(pattern, 1)
+
+    parts = [f"treatment {numbered(schedule.treatment.code)}", schedule.end_of_treatment.code]
+    if schedule.follow_up is not None and schedule.follow_up.visits:
+        parts.append(numbered(schedule.follow_up.code))
+    # An assessment whose first visit falls after the plan's end makes no code at all.
+    parts += [
+        f"assessment {numbered(entry.code)}" for entry in schedule.assessments if visit_code(entry.code, 1) in planned
+    ]
+    if schedule.unscheduled.allowed:
+        parts.append(f"unscheduled {schedule.unscheduled.code}")
+    return frozenset(planned), ", ".join(parts)
+
+
+def _form_visit_checks(protocol: Protocol) -> list[str]:
+    """A visit form names only visits the schedule makes: a code it never makes (C13 of twelve
+    cycles) would be a form nobody is ever asked to fill, so it is refused rather than ignored."""
+    named = [(index, form) for index, form in enumerate(protocol.forms) if form.kind == "visit" and form.visits]
+    if not named:
+        return []
+    schedule = protocol.schedule
+    planned, described = _schedule_codes(schedule)
+    unscheduled = schedule.unscheduled.code if schedule.unscheduled.allowed else None
+    errors = []
+    for index, form in named:
+        for position, code in enumerate(form.visits):
+            at = f"forms[{index}].visits[{position}]"
+            if code.endswith("*"):
+                prefix = code[:-1]
+                # An unscheduled pattern makes codes from 1 up, so U* carries every unscheduled visit.
+                if not any(visit.startswith(prefix) for visit in planned) and not (
+                    unscheduled is not None
+                    and any(visit_code(unscheduled, n).startswith(prefix) for n in range(1, LARGEST_VISIT_NUMBER + 1))
+                ):
+                    errors.append(f"{at}: {code} matches no visit of the schedule ({described})")
+            elif code not in planned and not (unscheduled is not None and _pattern_makes(unscheduled, code)):
+                errors.append(f"{at}: {code} is not a visit of the schedule ({described})")
+    return errors
+
+
 def _cross_checks(protocol: Protocol) -> list[str]:
     """The rules that relate one part of the file to another."""
     errors = []
@@ -1033,6 +1091,7 @@ def _cross_checks(protocol: Protocol) -> list[str]:
     if protocol.trial.masking == "single" and not protocol.kit_types:
         errors.append("kits.types: a blinded trial needs kit types, so that kits can hide the arm")
     errors += _form_cross_checks(protocol)
+    errors += _form_visit_checks(protocol)
     return errors
 
 
