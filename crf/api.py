@@ -63,7 +63,8 @@ def _body(user, participant, form, visit_code, record) -> dict:
         "visit_code": visit_code,
         "sequence": record.sequence if record else None,
         "status": view["status"],
-        "protocol_version": record.protocol_version if record else "",
+        # The version's number, as before the record pointed at the loaded version itself.
+        "protocol_version": record.protocol_version.version if record and record.protocol_version else "",
         "values": view["values"],
         "warnings": record.warnings if record else [],
         "missing": view["missing"],

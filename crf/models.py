@@ -47,7 +47,14 @@ class FormRecord(Audited, models.Model):
     sequence = models.PositiveIntegerField(_("entry"), default=1)
     status = models.CharField(_("status"), max_length=12, choices=FormStatus.choices, default=FormStatus.NOT_STARTED)
     # The protocol version the form was first saved under: a later version may change its items.
-    protocol_version = models.CharField(_("protocol version"), max_length=40, blank=True)
+    protocol_version = models.ForeignKey(
+        "trialsite.ProtocolVersion",
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="+",
+        verbose_name=_("protocol version"),
+    )
     # The protocol's warnings raised by the saved values (non-blocking), as item, text and text_zh.
     warnings = models.JSONField(_("warnings"), default=list, blank=True)
     created_by = models.ForeignKey(

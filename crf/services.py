@@ -233,7 +233,7 @@ def form_save(
                     form_code=form.code,
                     visit_code=visit_code,
                     sequence=sequence,
-                    protocol_version=_protocol_version(participant.site.trial),
+                    protocol_version_id=participant.site.trial.current_version_id,
                     created_by=user,
                 )
             column = {item.code: "unblinded_value" if item.unblinded_only else "value" for item in form.items}
@@ -256,12 +256,6 @@ def form_save(
             record.warnings = warnings
             record.save(update_fields=["status", "warnings", "updated_at"])
     return SaveResult(record=record, warnings=warnings, missing=missing_items(form, after))
-
-
-def _protocol_version(trial) -> str:
-    """The version in force (a loaded ProtocolVersion), else the file's own version string."""
-    current = getattr(trial, "current_version", None)
-    return current.version if current is not None else trial.protocol.trial.protocol_version
 
 
 def value_words(protocol: Protocol, item: ItemSpec, value) -> str:

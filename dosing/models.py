@@ -109,6 +109,7 @@ class RepeatLabs(Audited, models.Model):
         "reasons",
         "recorded_by",
         "recorded_at",
+        "protocol_version",
     )
 
     visit = models.ForeignKey(Visit, on_delete=models.PROTECT, related_name="repeat_labs")
@@ -123,6 +124,10 @@ class RepeatLabs(Audited, models.Model):
     reasons = models.JSONField(default=list, blank=True)
     recorded_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
     recorded_at = models.DateTimeField(auto_now_add=True)
+    # The protocol version whose lab gates took the decision again.
+    protocol_version = models.ForeignKey(
+        "trialsite.ProtocolVersion", on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
 
     class Meta:
         ordering = ["visit", "recorded_at", "id"]

@@ -355,6 +355,7 @@ def visit_repeat_labs(
             decision=decision.decision,
             reasons=decision.reasons,
             recorded_by=recorded_by,
+            protocol_version_id=visit.site.trial.current_version_id,
         )
         dose.decision = decision.decision
         dose.reasons = decision.reasons

@@ -87,7 +87,15 @@ class Screening(Audited, models.Model):
 class Consent(Audited, models.Model):
     audit_subject_column = "screening_id"
     audit_clinical_fields = ("version", "signed_on")
-    audit_blinded_visible = ("screening", "site", "version", "signed_on", "obtained_by", "recorded_at")
+    audit_blinded_visible = (
+        "screening",
+        "site",
+        "version",
+        "signed_on",
+        "obtained_by",
+        "recorded_at",
+        "protocol_version",
+    )
 
     screening = models.ForeignKey(Screening, on_delete=models.PROTECT, related_name="consents")
     # The row's site, copied from its screening, so site scoping and the audit trail need no join.
@@ -96,6 +104,10 @@ class Consent(Audited, models.Model):
     signed_on = models.DateField(_("consent date"))
     obtained_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
     recorded_at = models.DateTimeField(auto_now_add=True)
+    # The protocol version in force when the consent was recorded (`version` is the consent form's own).
+    protocol_version = models.ForeignKey(
+        "trialsite.ProtocolVersion", on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
 
     class Meta:
         ordering = ["-signed_on", "-id"]
@@ -198,7 +210,15 @@ class Participant(Audited, models.Model):
 class Withdrawal(Audited, models.Model):
     audit_subject_column = "participant_id"
     audit_clinical_fields = ("withdrawn_on", "reason")
-    audit_blinded_visible = ("participant", "site", "withdrawn_on", "reason", "recorded_by", "recorded_at")
+    audit_blinded_visible = (
+        "participant",
+        "site",
+        "withdrawn_on",
+        "reason",
+        "recorded_by",
+        "recorded_at",
+        "protocol_version",
+    )
 
     participant = models.OneToOneField(Participant, on_delete=models.PROTECT, related_name="withdrawal")
     # The row's site, copied from its screening, so site scoping and the audit trail need no join.
@@ -207,6 +227,10 @@ class Withdrawal(Audited, models.Model):
     reason = models.TextField(_("reason for withdrawal"))
     recorded_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
     recorded_at = models.DateTimeField(auto_now_add=True)
+    # The protocol version in force when the withdrawal was recorded.
+    protocol_version = models.ForeignKey(
+        "trialsite.ProtocolVersion", on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
 
     def __str__(self) -> str:
         return f"Withdrawal of {self.participant_id} on {self.withdrawn_on}"
@@ -224,7 +248,16 @@ class ProtocolDeviation(Audited, models.Model):
 
     audit_subject_column = "participant_id"
     audit_clinical_fields = ("description",)
-    audit_blinded_visible = ("participant", "site", "kind", "description", "details", "detected_at", "recorded_by")
+    audit_blinded_visible = (
+        "participant",
+        "site",
+        "kind",
+        "description",
+        "details",
+        "detected_at",
+        "recorded_by",
+        "protocol_version",
+    )
 
     participant = models.ForeignKey(Participant, on_delete=models.PROTECT, related_name="deviations")
     # The row's site, copied from the participant, so site scoping and the audit trail need no join.
@@ -236,6 +269,10 @@ class ProtocolDeviation(Audited, models.Model):
     details = models.JSONField(_("details"), default=dict, blank=True)
     detected_at = models.DateTimeField(_("detected at"))
     recorded_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    # The protocol version in force when the deviation was found: the protocol it departs from.
+    protocol_version = models.ForeignKey(
+        "trialsite.ProtocolVersion", on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
 
     class Meta:
         ordering = ["-detected_at", "-id"]

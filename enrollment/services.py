@@ -177,7 +177,12 @@ def screening_create(
             _verdict(screening, consent_date, answers)
             screening.save()
             Consent.objects.create(
-                screening=screening, site=site, version=consent_version, signed_on=consent_date, obtained_by=screened_by
+                screening=screening,
+                site=site,
+                version=consent_version,
+                signed_on=consent_date,
+                obtained_by=screened_by,
+                protocol_version_id=site.trial.current_version_id,
             )
             EligibilityAnswer.objects.bulk_create(
                 [
@@ -293,6 +298,7 @@ def _deviations_after_randomization(
                 details=details,
                 detected_at=now,
                 recorded_by=changed_by,
+                protocol_version_id=participant.site.trial.current_version_id,
             )
             for kind, description, details in found
         ]
@@ -448,6 +454,7 @@ def participant_withdraw(
             withdrawn_on=withdrawn_on,
             reason=reason,
             recorded_by=withdrawn_by,
+            protocol_version_id=participant.site.trial.current_version_id,
         )
         Participant.objects.filter(pk=participant.pk).update(status=ParticipantStatus.WITHDRAWN)
         # dosing imports enrollment's models, so enrollment reaches dosing only when called.

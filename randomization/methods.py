@@ -248,7 +248,9 @@ class PermutedBlocks(Method):
             raise StratumExhausted(stratum=stratum)
         slot.participant = participant
         slot.allocated_at = timezone.now()
-        slot.save(update_fields=["participant", "allocated_at"])
+        # In the same UPDATE as the participant: the locked-list guard allows no later change.
+        slot.protocol_version_id = self.trial.current_version_id
+        slot.save(update_fields=["participant", "allocated_at", "protocol_version"])
         return slot
 
 
@@ -317,6 +319,7 @@ class Minimization(Method):
             arm=self.trial.arms.get(code=decision.arm),
             participant=participant,
             allocated_at=timezone.now(),
+            protocol_version_id=self.trial.current_version_id,
         )
 
 

@@ -91,7 +91,8 @@ class Slot(Audited, models.Model):
     audit_subject_column = "participant_id"
     # Not arm, nor what places a slot in its block (sequence, block, block_size): with the
     # arms learnt elsewhere they predict the next allocation. Not the list: all slots share it.
-    audit_blinded_visible = ("stratum", "site", "participant", "allocated_at")
+    # The protocol version is the same whatever the arm, so it is visible too.
+    audit_blinded_visible = ("stratum", "site", "participant", "allocated_at", "protocol_version")
 
     randomization_list = models.ForeignKey(RandomizationList, on_delete=models.PROTECT, related_name="slots")
     # "NT" for site-only strata; "NT|liver_metastasis=yes" with further factors.
@@ -106,6 +107,11 @@ class Slot(Audited, models.Model):
         Participant, on_delete=models.PROTECT, null=True, blank=True, related_name="slot"
     )
     allocated_at = models.DateTimeField(null=True, blank=True)
+    # The protocol version in force at the allocation, set with the participant (the locked-list
+    # guard lets exactly these three columns of an empty slot be filled, once).
+    protocol_version = models.ForeignKey(
+        "trialsite.ProtocolVersion", on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
 
     class Meta:
         ordering = ["randomization_list", "stratum", "sequence"]

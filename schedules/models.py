@@ -65,6 +65,7 @@ class Visit(Audited, models.Model):
         "weight_kg",
         "recorded_by",
         "recorded_at",
+        "protocol_version",
     )
 
     participant = models.ForeignKey(Participant, on_delete=models.PROTECT, related_name="visits")
@@ -88,6 +89,12 @@ class Visit(Audited, models.Model):
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
     )
     recorded_at = models.DateTimeField(null=True, blank=True)
+    # The protocol version the visit was planned under (its code, kind and window came from it);
+    # recording the visit later does not change it: what was done at the visit is told by the
+    # version on its dose and forms.
+    protocol_version = models.ForeignKey(
+        "trialsite.ProtocolVersion", on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
 
     class Meta:
         # The table keeps the name it had when visits belonged to dosing: its rows, its audit

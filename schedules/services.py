@@ -96,9 +96,18 @@ def visit_schedule_create(*, participant: Participant, day0: datetime.date) -> l
     all-or-nothing when called on its own. Receivers of `visits_created` (the reminders) write
     in the same transaction, so none can be lost."""
     with transaction.atomic():
-        plan = visit_plan(schedule=participant.site.trial.protocol.schedule, day0=day0)
+        trial = participant.site.trial
+        plan = visit_plan(schedule=trial.protocol.schedule, day0=day0)
         visits = Visit.objects.bulk_create(
-            [Visit(participant=participant, site_id=participant.site_id, **visit.fields()) for visit in plan]
+            [
+                Visit(
+                    participant=participant,
+                    site_id=participant.site_id,
+                    protocol_version_id=trial.current_version_id,
+                    **visit.fields(),
+                )
+                for visit in plan
+            ]
         )
         visits_created.send(sender=Visit, visits=visits, participant=participant)
         return visits
@@ -139,6 +148,7 @@ def unscheduled_visit_add(*, participant: Participant, visit_date: datetime.date
             target_date=visit_date,
             window_start=visit_date,
             window_end=visit_date,
+            protocol_version_id=participant.site.trial.current_version_id,
         )
         visits_created.send(sender=Visit, visits=[visit], participant=participant)
         return visit
