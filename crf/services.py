@@ -210,16 +210,34 @@ def form_save(
                     % {"item": values_label(condition), "value": value_words(protocol, condition, item.show_if.equals)}
                 )
         _cross_check_errors(form, after, errors)
-        changed = [code for code in submitted if code in rows and submitted[code] != before[code]]
+        hidden = {item.code for item in form.items if item.unblinded_only}
+        # An unblinded-only item's row is made empty with its record (below), so its first value
+        # is an UPDATE of a column blinded readers never see, not an INSERT they would.
+        first_hidden = [
+            code
+            for code in submitted
+            if code in hidden and code in rows and before[code] is None and submitted[code] is not None
+        ]
+        changed = [
+            code for code in submitted if code in rows and submitted[code] != before[code] and code not in first_hidden
+        ]
         if changed and not (reason or "").strip():
             errors["reason"] = [_("A reason is required to change a saved value.")]
         new = [code for code in submitted if code not in rows and submitted[code] is not None]
+        if record is None and new and all(code in hidden for code in new) and not errors:
+            # A record made by unblinded-only values alone would show blinded readers that
+            # something only unblinded staff know was entered for this participant.
+            errors["non_field_errors"] = [_("Save the form's other items first.")]
         if record is None and not new and not errors:
             errors["non_field_errors"] = [_("Nothing to save: fill at least one item.")]
         if errors:
             raise FormInvalid(errors)
         warnings = warnings_of(form, after)
-        with audit_context(actor=user, reason=(reason or "").strip()):
+        status = status_of(form, after)
+        column = {item.code: "unblinded_value" if item.unblinded_only else "value" for item in form.items}
+        # The record's own events carry a fixed reason: a reason typed for an unblinded-only
+        # item must not reach blinded readers through the record. The items carry the reason.
+        with audit_context(actor=user, reason="form saved"):
             if record is None:
                 sequence = 1
                 if form.kind == "log":
@@ -234,9 +252,22 @@ def form_save(
                     visit_code=visit_code,
                     sequence=sequence,
                     protocol_version_id=participant.site.trial.current_version_id,
+                    status=status,
+                    warnings=warnings,
                     created_by=user,
                 )
-            column = {item.code: "unblinded_value" if item.unblinded_only else "value" for item in form.items}
+                # Every unblinded-only row is made empty, whatever was entered: its values then
+                # arrive as UPDATEs of the hidden column, the same events whether filled or not.
+                made = ItemValue.objects.bulk_create(
+                    ItemValue(record=record, participant=participant, site_id=participant.site_id, item_code=code)
+                    for code in sorted(hidden)
+                )
+                rows.update({row.item_code: row for row in made})
+                first_hidden += [code for code in new if code in hidden]
+                new = [code for code in new if code not in hidden]
+        # A first value needs no reason from the user; the trail says it was a first entry (the
+        # database asks a reason for any change of a clinical column, an empty one's included).
+        with audit_context(actor=user, reason=(reason or "").strip() or "first entry"):
             ItemValue.objects.bulk_create(
                 ItemValue(
                     record=record,
@@ -248,13 +279,18 @@ def form_save(
                 for code in new
             )
             # One UPDATE per item, so the trail shows each item's old and new value and the reason.
-            for code in changed:
+            for code in [*changed, *first_hidden]:
                 row = rows[code]
                 setattr(row, column[code], submitted[code])
                 row.save(update_fields=[column[code]])
-            record.status = status_of(form, after)
-            record.warnings = warnings
-            record.save(update_fields=["status", "warnings", "updated_at"])
+        # Status and warnings rest on items every reader sees: a save of unblinded-only items
+        # leaves the record untouched (its updated_at would otherwise time the hidden change).
+        blinded_touched = any(code not in hidden for code in [*changed, *new])
+        if blinded_touched or (record.status, record.warnings) != (status, warnings):
+            with audit_context(actor=user, reason="form saved"):
+                record.status = status
+                record.warnings = warnings
+                record.save(update_fields=["status", "warnings", "updated_at"])
     return SaveResult(record=record, warnings=warnings, missing=missing_items(form, after))
 
 

@@ -485,3 +485,27 @@ def test_numbers_no_measurement_needs_and_nul_characters_are_refused_at_the_item
                 values={"height": huge},
             )
         assert refused.value.as_dict() == {"height": ["Enter a number."]}
+
+
+def test_a_save_of_unblinded_only_items_leaves_no_trace_a_blinded_reader_can_see(participant, cast, unblinded):
+    """Neither the record (its updated_at, a reason on its event) nor a new item row tells a
+    blinded reader that, when or why an unblinded user entered something only they see."""
+    url = f"/api/v1/participants/{participant.pk}/forms/tablets/C3/"
+    # Alone, an unblinded-only value cannot make the record: its existence would tell.
+    refused = api(unblinded).put(url, {"values": {"kit_content": "matches"}}, format="json")
+    assert refused.status_code == 400 and "non_field_errors" in refused.json()
+    assert not FormRecord.objects.filter(participant=participant, form_code="tablets").exists()
+
+    api(cast.coordinator).put(url, {"values": {"returned": 4}}, format="json")
+    record = FormRecord.objects.get(participant=participant, form_code="tablets", visit_code="C3")
+    seen_before = api(cast.monitor).get("/api/v1/audit-events/", {"subject": participant.pk}).json()["count"]
+    api(unblinded).put(url, {"values": {"kit_content": "was placebo, corrected"}}, format="json")
+    api(unblinded).put(
+        url, {"values": {"kit_content": "checked twice"}, "reason": "kit was placebo, corrected"}, format="json"
+    )
+    assert FormRecord.objects.get(pk=record.pk).updated_at == record.updated_at
+    seen_after = api(cast.monitor).get("/api/v1/audit-events/", {"subject": participant.pk}).json()
+    assert seen_after["count"] == seen_before
+    assert "placebo" not in str(seen_after)
+    everything = api(unblinded).get("/api/v1/audit-events/", {"table": "crf_itemvalue"}).json()
+    assert "kit was placebo, corrected" in str(everything)
