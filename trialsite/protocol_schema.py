@@ -589,6 +589,28 @@ class RemindersSpec(Section):
     )
 
 
+def _ctcae_term(value):
+    from safety.ctcae import TERMS
+
+    if not isinstance(value, str) or value not in TERMS:
+        raise PydanticCustomError(
+            "ctcae_term",
+            "must be a CTCAE term code of safety/ctcae.py (got {value})",
+            {"value": repr(value)},
+        )
+    return value
+
+
+CtcaeTerm = Annotated[str, BeforeValidator(_ctcae_term)]
+
+
+class AdverseEventSpec(Section):
+    # Apart from [dosing.safety] (lab gates before a dose): this is the adverse event log's.
+    special_interest: tuple[CtcaeTerm, ...] = Field(
+        (), description="CTCAE term codes that are adverse events of special interest (flagged when recorded)."
+    )
+
+
 class RoleSpec(Section):
     capabilities: tuple[Code, ...] = Field(
         description="The role's capabilities in this trial, replacing its default ones."
@@ -827,6 +849,7 @@ class Protocol(Section):
     dosing: DosingSpec = Field(DosingSpec(), description="The study medication: infusion, tablets and lab gates.")
     kits: KitsSpec | None = Field(None, description="Kit types, storage and resupply; a blinded trial needs them.")
     reminders: RemindersSpec = Field(RemindersSpec(), description="When visit reminders are sent.")
+    adverse_events: AdverseEventSpec = Field(AdverseEventSpec(), description="The adverse event log's settings.")
     roles: dict[Code, RoleSpec] = Field(
         default_factory=dict, description="Per role, capabilities replacing the defaults."
     )

@@ -96,6 +96,7 @@ INSTALLED_APPS = [
     "dosing.reminders",
     "reports",
     "crf",
+    "safety",
 ]
 
 MIDDLEWARE = [
@@ -330,6 +331,8 @@ CELERY_BEAT_SCHEDULE: dict = {
     "audit-chain-extend": {"task": "trialsite.tasks.extend_audit_chain", "schedule": 60.0},
     "audit-seal": {"task": "trialsite.tasks.seal_audit_chain", "schedule": 24 * 3600.0},
     "reports-requeue-exports": {"task": "reports.tasks.requeue_exports", "schedule": 300.0},
+    # Every minute: the SAE clock's notices (the first is also handed over when the event commits).
+    "safety-dispatch-sae-notices": {"task": "safety.tasks.dispatch_sae_notices", "schedule": 60.0},
 }
 # A reminder claimed by a worker that then died is taken over after this long; one handed to
 # the broker and never claimed (the broker was down, the message lost) is handed over again.

@@ -22,6 +22,7 @@ api_patterns = [
     path("", include("dosing.api_urls")),
     path("", include("reports.api_urls")),
     path("", include("crf.api_urls")),
+    path("", include("safety.api_urls")),
 ]
 
 
@@ -53,4 +54,5 @@ urlpatterns = [
     path("", include("dosing.urls")),
     path("", include("reports.urls")),
     path("", include("crf.urls")),
+    path("", include("safety.urls")),
 ]

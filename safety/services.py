@@ -1,0 +1,478 @@
+"""Adverse events and the serious adverse event clock.
+
+- `ae_record` writes a new event (and, when serious, starts the SAE clock).
+- `ae_grade_change` writes the next grade episode of an event, linked to its first record.
+- `ae_resolve` ends the event's current episode with an outcome.
+- `sae_report_write` / `sae_report_sign` write a version of the SAE report and the PI's signature.
+- `sae_notices_dispatch` (beat, every minute) and `sae_notice_send` (one task per notice) send the
+  clock's e-mails from the outbox, claimed with a lease like visit reminders, so each goes once.
+
+No message or page here names an arm: the words are "study infusion" and "study tablets"."""
+
+from __future__ import annotations
+
+import datetime
+import logging
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import Max, Q
+from django.utils import timezone, translation
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_noop
+
+from dosing.reminders.channels import OutgoingMessage, PermanentSendError, channel_for
+from enrollment.models import Participant
+from safety.ctcae import TERMS, grades_of
+from safety.models import AdverseEvent, Outcome, SaeNotice, SaeReport, Seriousness
+from trialsite import access
+from trialsite.access import Capability
+from trialsite.audit import audit_context
+from trialsite.exceptions import Conflict, TrialRuleError
+from trialsite.models import Role, Signature, StaffRole
+from trialsite.reauth import confirm_password
+
+logger = logging.getLogger(__name__)
+
+# Escalations while the SAE report is not complete and signed; the report is overdue after 24 h.
+ESCALATIONS = (
+    (SaeNotice.Kind.HOURS_12, datetime.timedelta(hours=12)),
+    (SaeNotice.Kind.HOURS_20, datetime.timedelta(hours=20)),
+)
+SAE_REPORT_DUE = datetime.timedelta(hours=24)
+MAX_ATTEMPTS = 8
+
+
+class InvalidAdverseEvent(TrialRuleError):
+    pass
+
+
+# Who records adverse events at a site: those who record visits, and the investigator.
+RECORD_CAPABILITIES = (Capability.RECORD_VISITS, Capability.SIGN_ELIGIBILITY)
+
+
+def may_record(user, site) -> bool:
+    return any(access.can(user, capability, site) for capability in RECORD_CAPABILITIES)
+
+
+def require_record(user, site) -> None:
+    if not may_record(user, site):
+        access.require(user, Capability.RECORD_VISITS, site)
+
+
+def is_investigator(user, site) -> bool:
+    return StaffRole.objects.filter(user=user, site=site, role=Role.INVESTIGATOR).exists()
+
+
+@dataclass
+class AeDetails:
+    """What the site says about an episode of an event (the form's and the API's fields)."""
+
+    grade: int
+    onset_date: datetime.date
+    term: str = ""
+    term_text: str = ""
+    serious: bool = False
+    seriousness: tuple[str, ...] = ()
+    awareness_at: datetime.datetime | None = None
+    relation_infusion: str = ""
+    relation_tablets: str = ""
+    action_infusion: str = ""
+    action_tablets: str = ""
+    outcome: str = Outcome.NOT_RECOVERED
+
+
+def _check(details: AeDetails, *, participant: Participant, term: str) -> None:
+    entry = TERMS.get(term)
+    if entry is None:
+        raise InvalidAdverseEvent(_("Choose a CTCAE term from the list."), field="term")
+    if entry.needs_text and not details.term_text.strip():
+        raise InvalidAdverseEvent(_("Write the event in words for this term."), field="term_text")
+    if details.grade not in grades_of(term):
+        raise InvalidAdverseEvent(
+            _("CTCAE defines grades %(grades)s for this term.") % {"grades": ", ".join(map(str, grades_of(term)))},
+            field="grade",
+        )
+    today = timezone.localdate(timezone=participant.site.zone)
+    if details.onset_date > today:
+        raise InvalidAdverseEvent(_("The onset date cannot be in the future."), field="onset_date")
+    if details.grade == 5 and details.outcome != Outcome.FATAL:
+        raise InvalidAdverseEvent(_("A grade 5 event is fatal: choose the outcome Fatal."), field="outcome")
+    unknown = set(details.seriousness) - set(Seriousness.values)
+    if unknown:
+        raise InvalidAdverseEvent(_("Choose seriousness criteria from the list."), field="seriousness")
+    if details.serious and not details.seriousness:
+        raise InvalidAdverseEvent(_("A serious event needs at least one seriousness criterion."), field="seriousness")
+    if details.seriousness and not details.serious:
+        raise InvalidAdverseEvent(_("Seriousness criteria are for a serious event."), field="serious")
+    if details.serious and details.awareness_at is None:
+        raise InvalidAdverseEvent(_("Enter when the site became aware the event is serious."), field="awareness_at")
+    if details.awareness_at is not None and details.awareness_at > timezone.now():
+        raise InvalidAdverseEvent(_("The awareness time cannot be in the future."), field="awareness_at")
+
+
+def _fields(details: AeDetails, *, term: str) -> dict:
+    return {
+        "term": term,
+        "term_text": details.term_text.strip(),
+        "grade": details.grade,
+        "onset_date": details.onset_date,
+        "serious": details.serious,
+        "seriousness": list(details.seriousness),
+        "awareness_at": details.awareness_at if details.serious else None,
+        "relation_infusion": details.relation_infusion,
+        "relation_tablets": details.relation_tablets,
+        "action_infusion": details.action_infusion,
+        "action_tablets": details.action_tablets,
+        "outcome": details.outcome,
+    }
+
+
+def _special_interest(participant: Participant, term: str) -> bool:
+    return term in participant.site.trial.protocol.adverse_events.special_interest
+
+
+def ae_record(*, participant: Participant, recorded_by, details: AeDetails) -> AdverseEvent:
+    """A new adverse event of the participant; a serious one starts the SAE clock."""
+    require_record(recorded_by, participant.site)
+    _check(details, participant=participant, term=details.term)
+    with audit_context(actor=recorded_by, reason="Adverse event recorded"), transaction.atomic():
+        # Locked, so two events recorded at once cannot take the same number.
+        participant = (
+            Participant.objects.select_for_update(of=("self",)).select_related("site__trial").get(pk=participant.pk)
+        )
+        last = AdverseEvent.objects.filter(participant=participant).aggregate(last=Max("sequence"))["last"] or 0
+        event = AdverseEvent.objects.create(
+            participant=participant,
+            site=participant.site,
+            sequence=last + 1,
+            special_interest=_special_interest(participant, details.term),
+            protocol_version_id=participant.site.trial.current_version_id,
+            recorded_by=recorded_by,
+            **_fields(details, term=details.term),
+        )
+        if event.serious:
+            _start_sae_clock(event)
+        return event
+
+
+def current_episode(first: AdverseEvent) -> AdverseEvent:
+    return AdverseEvent.objects.filter(Q(pk=first.pk) | Q(follows=first)).order_by("-onset_date", "-id").first()
+
+
+def ae_grade_change(*, event: AdverseEvent, recorded_by, details: AeDetails) -> AdverseEvent:
+    """The event's grade changed: a new record linked to the first, the current one ended on
+    the day of the change. The term stays the event's; seriousness may be added (the clock then
+    starts), never taken away."""
+    first = event.first
+    require_record(recorded_by, first.site)
+    _check(details, participant=first.participant, term=first.term)
+    with audit_context(actor=recorded_by, reason="Adverse event grade changed"), transaction.atomic():
+        first = AdverseEvent.objects.select_for_update().get(pk=first.pk)
+        current = current_episode(first)
+        if current.resolution_date is not None:
+            raise Conflict(_("The event has resolved; record a new event instead."))
+        if details.grade == current.grade:
+            raise InvalidAdverseEvent(_("The grade is the same as the current one."), field="grade")
+        if details.onset_date < current.onset_date:
+            raise InvalidAdverseEvent(_("The change cannot be before the current grade's onset."), field="onset_date")
+        was_serious = AdverseEvent.objects.filter(Q(pk=first.pk) | Q(follows=first), serious=True).exists()
+        if was_serious and not details.serious:
+            raise InvalidAdverseEvent(_("A serious event stays serious."), field="serious")
+        current.resolution_date = details.onset_date
+        current.outcome = Outcome.RECOVERING if details.grade < current.grade else Outcome.NOT_RECOVERED
+        current.save(update_fields=["resolution_date", "outcome"])
+        fields = _fields(details, term=first.term)
+        fields["term_text"] = first.term_text
+        if was_serious:
+            fields["awareness_at"] = first_serious(first).awareness_at
+        episode = AdverseEvent.objects.create(
+            participant=first.participant,
+            site=first.site,
+            sequence=first.sequence,
+            follows=first,
+            special_interest=first.special_interest,
+            protocol_version_id=first.site.trial.current_version_id,
+            recorded_by=recorded_by,
+            **fields,
+        )
+        if episode.serious and not was_serious:
+            _start_sae_clock(episode)
+        return episode
+
+
+def ae_resolve(*, event: AdverseEvent, recorded_by, resolution_date: datetime.date, outcome: str) -> AdverseEvent:
+    first = event.first
+    require_record(recorded_by, first.site)
+    if outcome not in (Outcome.RECOVERED, Outcome.SEQUELAE, Outcome.FATAL):
+        raise InvalidAdverseEvent(_("An event ends recovered, recovered with sequelae or fatal."), field="outcome")
+    with audit_context(actor=recorded_by, reason="Adverse event resolved"), transaction.atomic():
+        first = AdverseEvent.objects.select_for_update().get(pk=first.pk)
+        current = current_episode(first)
+        if current.resolution_date is not None:
+            raise Conflict(_("The event has already resolved."))
+        if resolution_date < current.onset_date:
+            raise InvalidAdverseEvent(_("The resolution date cannot be before the onset."), field="resolution_date")
+        if resolution_date > timezone.localdate(timezone=first.site.zone):
+            raise InvalidAdverseEvent(_("The resolution date cannot be in the future."), field="resolution_date")
+        current.resolution_date = resolution_date
+        current.outcome = outcome
+        current.save(update_fields=["resolution_date", "outcome"])
+        return current
+
+
+# --- The SAE clock -----------------------------------------------------------------------------
+
+
+def first_serious(first: AdverseEvent) -> AdverseEvent | None:
+    return AdverseEvent.objects.filter(Q(pk=first.pk) | Q(follows=first), serious=True).order_by("id").first()
+
+
+def _start_sae_clock(event: AdverseEvent) -> None:
+    """The outbox rows of the clock, in the caller's transaction; the first notice is handed to
+    a worker once the transaction commits (beat hands it over too, should the broker be down)."""
+    first = event.first
+    aware = event.awareness_at
+    rows = [
+        SaeNotice(
+            participant=first.participant,
+            site=first.site,
+            adverse_event=first,
+            kind=SaeNotice.Kind.INITIAL,
+            due_at=aware,
+        )
+    ]
+    rows += [
+        SaeNotice(participant=first.participant, site=first.site, adverse_event=first, kind=kind, due_at=aware + after)
+        for kind, after in ESCALATIONS
+    ]
+    notices = SaeNotice.objects.bulk_create(rows)
+    initial_id = notices[0].pk
+
+    def hand_over():
+        from safety.tasks import send_sae_notice
+
+        try:
+            send_sae_notice.apply_async(args=[initial_id], retry=False)
+        except Exception as error:  # the broker is down: beat hands it over within the minute
+            logger.warning("SAE notice %s: broker unavailable (%s)", initial_id, type(error).__name__)
+            return
+        SaeNotice.objects.filter(pk=initial_id, enqueued_at__isnull=True).update(enqueued_at=timezone.now())
+
+    transaction.on_commit(hand_over)
+
+
+def signed_report(first: AdverseEvent) -> SaeReport | None:
+    return (
+        SaeReport.objects.filter(adverse_event=first, complete=True, signature__isnull=False)
+        .order_by("-version")
+        .first()
+    )
+
+
+def sae_overdue(user, *, now: datetime.datetime | None = None):
+    """The user's sites' serious events past 24 hours from awareness with no signed complete report."""
+    now = now or timezone.now()
+    return (
+        access.scope(AdverseEvent.objects.all(), user, Capability.VIEW_PARTICIPANTS)
+        .filter(
+            follows__isnull=True,
+            sae_notices__kind=SaeNotice.Kind.INITIAL,
+            sae_notices__due_at__lte=now - SAE_REPORT_DUE,
+        )
+        .exclude(sae_reports__complete=True, sae_reports__signature__isnull=False)
+        .select_related("participant")
+        .distinct()
+    )
+
+
+def sae_report_write(*, event: AdverseEvent, written_by, narrative: str, complete: bool) -> SaeReport:
+    """The next version of the event's SAE report (1: initial, then follow-ups)."""
+    first = event.first
+    require_record(written_by, first.site)
+    if first_serious(first) is None:
+        raise Conflict(_("The event is not serious."))
+    if complete and not narrative.strip():
+        raise InvalidAdverseEvent(_("A complete report needs the narrative."), field="narrative")
+    with audit_context(actor=written_by, reason="SAE report written"), transaction.atomic():
+        first = AdverseEvent.objects.select_for_update().get(pk=first.pk)
+        last = SaeReport.objects.filter(adverse_event=first).aggregate(last=Max("version"))["last"] or 0
+        return SaeReport.objects.create(
+            participant=first.participant,
+            site=first.site,
+            adverse_event=first,
+            version=last + 1,
+            narrative=narrative.strip(),
+            complete=complete,
+            protocol_version_id=first.site.trial.current_version_id,
+            written_by=written_by,
+        )
+
+
+def sae_report_sign(*, report: SaeReport, signer, password: str, request=None) -> Signature:
+    """The PI signs a complete version with their password; pending escalations are cancelled."""
+    if not is_investigator(signer, report.site):
+        raise TrialRuleError(_("Only the site's principal investigator signs the SAE report."))
+    confirm_password(user=signer, password=password, request=request)
+    with audit_context(actor=signer, reason="SAE report signed"), transaction.atomic():
+        report = SaeReport.objects.select_for_update().get(pk=report.pk)
+        if report.signature_id:
+            raise Conflict(_("This version is already signed."))
+        if not report.complete:
+            raise InvalidAdverseEvent(_("Only a complete report can be signed."))
+        signature = Signature.objects.create(
+            signer=signer,
+            site=report.site,
+            record_table="safety_saereport",
+            record_pk=str(report.pk),
+            meaning=f"I confirm SAE report version {report.version} of adverse event {report.adverse_event.sequence} "
+            f"of participant {report.participant.label} is complete and correct.",
+        )
+        report.signature = signature
+        report.save(update_fields=["signature"])
+        SaeNotice.objects.filter(adverse_event=report.adverse_event, status=SaeNotice.Status.SCHEDULED).exclude(
+            kind=SaeNotice.Kind.INITIAL
+        ).update(status=SaeNotice.Status.CANCELLED, status_reason=gettext_noop("the SAE report was signed"))
+        return signature
+
+
+def _claim_lease() -> datetime.timedelta:
+    return datetime.timedelta(seconds=getattr(settings, "REMINDER_CLAIM_LEASE_SECONDS", 600))
+
+
+def _requeue_after() -> datetime.timedelta:
+    return datetime.timedelta(seconds=getattr(settings, "REMINDER_REQUEUE_SECONDS", 300))
+
+
+def due_notice_ids(*, now: datetime.datetime) -> list[int]:
+    return list(
+        SaeNotice.objects.filter(due_at__lte=now)
+        .filter(
+            Q(status=SaeNotice.Status.SCHEDULED, enqueued_at__isnull=True)
+            | Q(status=SaeNotice.Status.SCHEDULED, enqueued_at__lt=now - _requeue_after())
+            | Q(status=SaeNotice.Status.SENDING, claimed_at__lt=now - _claim_lease())
+        )
+        .order_by("id")
+        .values_list("id", flat=True)[:2000]
+    )
+
+
+def sae_notices_dispatch(*, now: datetime.datetime | None = None) -> int:
+    """Hand every due notice to the broker. Rows stay as they are if the broker is down."""
+    from safety.tasks import send_sae_notice
+
+    now = now or timezone.now()
+    ids = due_notice_ids(now=now)
+    if not ids:
+        return 0
+    try:
+        with send_sae_notice.app.producer_or_acquire() as producer:
+            for notice_id in ids:
+                send_sae_notice.apply_async(args=[notice_id], retry=False, producer=producer)
+    except Exception as error:
+        logger.warning("SAE notice dispatch: broker unavailable (%s); %d rows wait", type(error).__name__, len(ids))
+        return 0
+    SaeNotice.objects.filter(id__in=ids).update(enqueued_at=now)
+    return len(ids)
+
+
+def _claim(notice_id: int, *, now: datetime.datetime) -> bool:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            UPDATE safety_saenotice
+            SET status = 'sending', claimed_at = %s, attempts = attempts + 1
+            WHERE id = %s AND (status = 'scheduled' OR (status = 'sending' AND claimed_at < %s))
+            RETURNING id
+            """,
+            [now, notice_id, now - _claim_lease()],
+        )
+        return cursor.fetchone() is not None
+
+
+def recipients_for(notice: SaeNotice) -> list[str]:
+    investigators = (
+        StaffRole.objects.filter(site=notice.site, role=Role.INVESTIGATOR, user__is_active=True)
+        .exclude(user__email="")
+        .values_list("user__email", flat=True)
+    )
+    return sorted({*investigators, notice.site.trial.sponsor_contact_email} - {""})
+
+
+def compose(notice: SaeNotice) -> OutgoingMessage:
+    """Participant number, event, grade and seriousness; never an arm (the words are blinded)."""
+    first = notice.adverse_event
+    serious = first_serious(first)
+    number = notice.participant.randomization_number or notice.participant.screening_number
+    term = TERMS[first.term].term + (f" ({first.term_text})" if first.term_text else "")
+    with translation.override("en"):
+        criteria = "; ".join(str(Seriousness(value).label) for value in serious.seriousness)
+        values = {
+            "number": number,
+            "sequence": first.sequence,
+            "term": term,
+            "grade": serious.grade,
+            "criteria": criteria,
+            "site": notice.site.code,
+            "aware": serious.awareness_at.strftime("%Y-%m-%d %H:%M UTC"),
+        }
+        if notice.kind == SaeNotice.Kind.INITIAL:
+            subject = _("SAE: participant %(number)s, %(term)s") % values
+            lead = _("A serious adverse event was recorded at site %(site)s.") % values
+        else:
+            subject = _("SAE report not signed (%(hours)s h): participant %(number)s, %(term)s") % {
+                **values,
+                "hours": notice.kind.removesuffix("h"),
+            }
+            lead = _(
+                "The SAE report for this event is not yet complete and signed by the principal investigator. "
+                "It is due 24 hours after awareness."
+            )
+        body = (
+            lead
+            + "\n\n"
+            + _(
+                "Participant: %(number)s\nEvent %(sequence)s: %(term)s, CTCAE grade %(grade)s\n"
+                "Seriousness: %(criteria)s\nSite aware at: %(aware)s"
+            )
+            % values
+        )
+    return OutgoingMessage(
+        subject=subject,
+        body=body,
+        recipients=recipients_for(notice),
+        message_id=f"<sae-notice-{notice.pk}@{notice.site.code.lower()}.trialsite>",
+    )
+
+
+def sae_notice_send(*, notice_id: int) -> str:
+    now = timezone.now()
+    if not _claim(notice_id, now=now):
+        return "already handled"
+    notice = SaeNotice.objects.select_related("participant", "site__trial", "adverse_event").get(pk=notice_id)
+    if notice.kind != SaeNotice.Kind.INITIAL and signed_report(notice.adverse_event) is not None:
+        SaeNotice.objects.filter(pk=notice_id).update(
+            status=SaeNotice.Status.CANCELLED, status_reason=gettext_noop("the SAE report was signed")
+        )
+        return "cancelled"
+    message = compose(notice)
+    try:
+        channel_for("email").send(message)
+    except PermanentSendError as error:
+        SaeNotice.objects.filter(pk=notice_id).update(status=SaeNotice.Status.FAILED, status_reason=str(error))
+        return "failed"
+    except Exception as error:
+        if notice.attempts >= MAX_ATTEMPTS:
+            SaeNotice.objects.filter(pk=notice_id).update(
+                status=SaeNotice.Status.FAILED, status_reason=f"gave up: {type(error).__name__}: {error}"
+            )
+            return "failed"
+        SaeNotice.objects.filter(pk=notice_id, status=SaeNotice.Status.SENDING).update(
+            status=SaeNotice.Status.SCHEDULED, status_reason=f"retrying after {type(error).__name__}"
+        )
+        raise
+    SaeNotice.objects.filter(pk=notice_id).update(
+        status=SaeNotice.Status.SENT, sent_at=timezone.now(), recipients=", ".join(message.recipients), status_reason=""
+    )
+    return "sent"
