@@ -65,7 +65,8 @@ class AdverseEventInput(EpisodeInput):
 
 class ResolveInput(serializers.Serializer):
     resolution_date = serializers.DateField()
-    outcome = serializers.ChoiceField(choices=[Outcome.RECOVERED, Outcome.SEQUELAE, Outcome.FATAL])
+    # The whole list (one enum in the schema); the service refuses an outcome that does not end an event.
+    outcome = serializers.ChoiceField(choices=Outcome.choices)
 
 
 def _details(data: dict) -> services.AeDetails:

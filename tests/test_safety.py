@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime
 
 import pytest
+import time_machine
 from django.core import mail
 from django.utils import timezone
 
@@ -200,3 +201,29 @@ def test_signing_the_complete_report_stops_the_escalations_and_clears_overdue(pa
     assert list(services.sae_overdue(cast.coordinator)) == []
     follow_up = services.sae_report_write(event=event, written_by=cast.coordinator, narrative="Better.", complete=False)
     assert follow_up.version == 2 and SaeReport.objects.count() == 2
+
+
+def test_the_home_page_shows_the_overdue_sae_report_to_the_site_only(participant, cast, site, client_for):
+    with time_machine.travel(timezone.now() - datetime.timedelta(hours=25), tick=False):
+        aware = timezone.now()
+    serious(participant, cast, site, aware)
+    page = client_for(cast.monitor).get("/").content.decode()
+    assert 'id="sae-overdue"' in page and f"/participants/{participant.pk}/adverse-events/1/" in page
+    assert 'id="sae-overdue"' not in client_for(cast.other_coordinator).get("/").content.decode()
+    chinese = client_for(cast.monitor).get("/", HTTP_ACCEPT_LANGUAGE="zh-hans").content.decode()
+    assert "严重不良事件报告逾期" in chinese
+
+
+def test_the_pi_signs_on_the_page_with_the_password_and_a_wrong_one_is_shown_at_the_field(
+    participant, cast, site, client_for
+):
+    event = serious(participant, cast, site, timezone.now())
+    services.sae_report_write(event=event, written_by=cast.coordinator, narrative="Melaena.", complete=True)
+    client = client_for(cast.investigator)
+    url = f"/participants/{participant.pk}/adverse-events/1/"
+    wrong = client.post(url, {"action": "sign", "sign-password": "wrong"})
+    assert wrong.status_code == 200 and 'id="field-sign-password"' in wrong.content.decode()
+    assert SaeReport.objects.get().signature is None
+    right = client.post(url, {"action": "sign", "sign-password": factories.PASSWORD})
+    assert right.status_code == 302
+    assert SaeReport.objects.get().signature.signer == cast.investigator

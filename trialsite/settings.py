@@ -299,6 +299,10 @@ SPECTACULAR_SETTINGS = {
         "KitStatusEnum": "dosing.models.KitStatus",
         "LabCountUnitEnum": "dosing.labs.CountUnit",
         "FormStatusEnum": "crf.models.FormStatus",
+        "AdverseEventRelationEnum": "safety.models.Relation",
+        "AdverseEventActionEnum": "safety.models.Action",
+        "AdverseEventOutcomeEnum": "safety.models.Outcome",
+        "SeriousnessEnum": "safety.models.Seriousness",
     },
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
