@@ -167,6 +167,10 @@ def ae_grade_change(*, event: AdverseEvent, recorded_by, details: AeDetails) -> 
     starts), never taken away."""
     first = event.first
     require_record(recorded_by, first.site)
+    already_serious = first_serious(first)
+    if already_serious is not None and details.serious and details.awareness_at is None:
+        # The clock already runs from the first awareness; the site need not enter it again.
+        details.awareness_at = already_serious.awareness_at
     _check(details, participant=first.participant, term=first.term)
     with audit_context(actor=recorded_by, reason="Adverse event grade changed"), transaction.atomic():
         first = AdverseEvent.objects.select_for_update().get(pk=first.pk)

@@ -2,6 +2,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import Http404
 from django.shortcuts import redirect, render
+from django.utils.translation import get_language
 from django.utils.translation import gettext as _
 
 from enrollment.models import Participant
@@ -45,13 +46,7 @@ def _term_label(code: str) -> str:
     term = TERMS.get(code)
     if term is None:
         return code
-    return term.term_zh if (request_language() or "").startswith("zh") else term.term
-
-
-def request_language():
-    from django.utils.translation import get_language
-
-    return get_language()
+    return term.term_zh if (get_language() or "").startswith("zh") else term.term
 
 
 @login_required

@@ -227,3 +227,18 @@ def test_the_pi_signs_on_the_page_with_the_password_and_a_wrong_one_is_shown_at_
     right = client.post(url, {"action": "sign", "sign-password": factories.PASSWORD})
     assert right.status_code == 302
     assert SaeReport.objects.get().signature.signer == cast.investigator
+
+
+def test_a_grade_change_of_a_serious_event_keeps_its_clock(participant, cast, site):
+    aware = timezone.now() - datetime.timedelta(hours=1)
+    event = serious(participant, cast, site, aware)
+    worse = services.ae_grade_change(
+        event=event,
+        recorded_by=cast.coordinator,
+        details=details(site, grade=4, term="", serious=True, seriousness=("life_threatening",)),
+    )
+    assert worse.awareness_at == aware
+    assert SaeNotice.objects.filter(adverse_event=event).count() == 3
+    with pytest.raises(TrialRuleError) as refused:
+        services.ae_grade_change(event=event, recorded_by=cast.coordinator, details=details(site, grade=2, term=""))
+    assert refused.value.field == "serious"
