@@ -148,6 +148,7 @@ AUDIT_COLUMN_LABELS = {
     "recorded_by_id": _("recorded by"),
     "screened_by_id": _("screened by"),
     "obtained_by_id": _("obtained by"),
+    "protocol_version_id": _("protocol version"),
     "allocated_at": _("allocated at"),
     "arm_id": _("arm"),
     "assigned_at": _("assigned at"),
