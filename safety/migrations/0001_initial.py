@@ -8,114 +8,370 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
-        ('enrollment', '0007_protocol_version_enrollment'),
-        ('trialsite', '0007_protocol_versions_and_site_codes_per_trial'),
+        ("enrollment", "0007_protocol_version_enrollment"),
+        ("trialsite", "0007_protocol_versions_and_site_codes_per_trial"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='AdverseEvent',
+            name="AdverseEvent",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('sequence', models.PositiveIntegerField(verbose_name='event number')),
-                ('term', models.CharField(max_length=40, verbose_name='CTCAE term')),
-                ('term_text', models.CharField(blank=True, max_length=200, verbose_name='term in words')),
-                ('grade', models.PositiveSmallIntegerField(validators=[django.core.validators.MinValueValidator(1), django.core.validators.MaxValueValidator(5)], verbose_name='grade')),
-                ('onset_date', models.DateField(verbose_name='onset date')),
-                ('resolution_date', models.DateField(blank=True, null=True, verbose_name='resolution date')),
-                ('serious', models.BooleanField(default=False, verbose_name='serious')),
-                ('seriousness', django.contrib.postgres.fields.ArrayField(base_field=models.CharField(choices=[('death', 'Resulted in death'), ('life_threatening', 'Life-threatening'), ('hospitalisation', 'Required or prolonged hospitalisation'), ('disability', 'Persistent or significant disability or incapacity'), ('congenital_anomaly', 'Congenital anomaly or birth defect'), ('important_medical_event', 'Other important medical event')], max_length=30), blank=True, default=list, size=None, verbose_name='seriousness criteria')),
-                ('awareness_at', models.DateTimeField(blank=True, null=True, verbose_name='site aware of seriousness at')),
-                ('relation_infusion', models.CharField(blank=True, choices=[('not_related', 'Not related'), ('unlikely', 'Unlikely'), ('possible', 'Possible'), ('probable', 'Probable'), ('definite', 'Definite')], max_length=20, verbose_name='relation to the study infusion')),
-                ('relation_tablets', models.CharField(blank=True, choices=[('not_related', 'Not related'), ('unlikely', 'Unlikely'), ('possible', 'Possible'), ('probable', 'Probable'), ('definite', 'Definite')], max_length=20, verbose_name='relation to the study tablets')),
-                ('action_infusion', models.CharField(blank=True, choices=[('none', 'Dose not changed'), ('held', 'Dose held'), ('withdrawn', 'Product withdrawn'), ('not_applicable', 'Not applicable')], max_length=20, verbose_name='action taken with the study infusion')),
-                ('action_tablets', models.CharField(blank=True, choices=[('none', 'Dose not changed'), ('held', 'Dose held'), ('withdrawn', 'Product withdrawn'), ('not_applicable', 'Not applicable')], max_length=20, verbose_name='action taken with the study tablets')),
-                ('outcome', models.CharField(choices=[('recovered', 'Recovered/resolved'), ('recovering', 'Recovering/resolving'), ('not_recovered', 'Not recovered/not resolved'), ('sequelae', 'Recovered/resolved with sequelae'), ('fatal', 'Fatal'), ('unknown', 'Unknown')], default='not_recovered', max_length=20, verbose_name='outcome')),
-                ('special_interest', models.BooleanField(default=False, verbose_name='adverse event of special interest')),
-                ('recorded_at', models.DateTimeField(auto_now_add=True, verbose_name='recorded at')),
-                ('follows', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='grade_changes', to='safety.adverseevent', verbose_name='follows')),
-                ('participant', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='adverse_events', to='enrollment.participant', verbose_name='participant')),
-                ('protocol_version', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='+', to='trialsite.protocolversion', verbose_name='protocol version')),
-                ('recorded_by', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='+', to=settings.AUTH_USER_MODEL, verbose_name='recorded by')),
-                ('site', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='+', to='trialsite.site', verbose_name='site')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("sequence", models.PositiveIntegerField(verbose_name="event number")),
+                ("term", models.CharField(max_length=40, verbose_name="CTCAE term")),
+                ("term_text", models.CharField(blank=True, max_length=200, verbose_name="term in words")),
+                (
+                    "grade",
+                    models.PositiveSmallIntegerField(
+                        validators=[
+                            django.core.validators.MinValueValidator(1),
+                            django.core.validators.MaxValueValidator(5),
+                        ],
+                        verbose_name="grade",
+                    ),
+                ),
+                ("onset_date", models.DateField(verbose_name="onset date")),
+                ("resolution_date", models.DateField(blank=True, null=True, verbose_name="resolution date")),
+                ("serious", models.BooleanField(default=False, verbose_name="serious")),
+                (
+                    "seriousness",
+                    django.contrib.postgres.fields.ArrayField(
+                        base_field=models.CharField(
+                            choices=[
+                                ("death", "Resulted in death"),
+                                ("life_threatening", "Life-threatening"),
+                                ("hospitalisation", "Required or prolonged hospitalisation"),
+                                ("disability", "Persistent or significant disability or incapacity"),
+                                ("congenital_anomaly", "Congenital anomaly or birth defect"),
+                                ("important_medical_event", "Other important medical event"),
+                            ],
+                            max_length=30,
+                        ),
+                        blank=True,
+                        default=list,
+                        size=None,
+                        verbose_name="seriousness criteria",
+                    ),
+                ),
+                (
+                    "awareness_at",
+                    models.DateTimeField(blank=True, null=True, verbose_name="site aware of seriousness at"),
+                ),
+                (
+                    "relation_infusion",
+                    models.CharField(
+                        blank=True,
+                        choices=[
+                            ("not_related", "Not related"),
+                            ("unlikely", "Unlikely"),
+                            ("possible", "Possible"),
+                            ("probable", "Probable"),
+                            ("definite", "Definite"),
+                        ],
+                        max_length=20,
+                        verbose_name="relation to the study infusion",
+                    ),
+                ),
+                (
+                    "relation_tablets",
+                    models.CharField(
+                        blank=True,
+                        choices=[
+                            ("not_related", "Not related"),
+                            ("unlikely", "Unlikely"),
+                            ("possible", "Possible"),
+                            ("probable", "Probable"),
+                            ("definite", "Definite"),
+                        ],
+                        max_length=20,
+                        verbose_name="relation to the study tablets",
+                    ),
+                ),
+                (
+                    "action_infusion",
+                    models.CharField(
+                        blank=True,
+                        choices=[
+                            ("none", "Dose not changed"),
+                            ("held", "Dose held"),
+                            ("withdrawn", "Product withdrawn"),
+                            ("not_applicable", "Not applicable"),
+                        ],
+                        max_length=20,
+                        verbose_name="action taken with the study infusion",
+                    ),
+                ),
+                (
+                    "action_tablets",
+                    models.CharField(
+                        blank=True,
+                        choices=[
+                            ("none", "Dose not changed"),
+                            ("held", "Dose held"),
+                            ("withdrawn", "Product withdrawn"),
+                            ("not_applicable", "Not applicable"),
+                        ],
+                        max_length=20,
+                        verbose_name="action taken with the study tablets",
+                    ),
+                ),
+                (
+                    "outcome",
+                    models.CharField(
+                        choices=[
+                            ("recovered", "Recovered/resolved"),
+                            ("recovering", "Recovering/resolving"),
+                            ("not_recovered", "Not recovered/not resolved"),
+                            ("sequelae", "Recovered/resolved with sequelae"),
+                            ("fatal", "Fatal"),
+                            ("unknown", "Unknown"),
+                        ],
+                        default="not_recovered",
+                        max_length=20,
+                        verbose_name="outcome",
+                    ),
+                ),
+                (
+                    "special_interest",
+                    models.BooleanField(default=False, verbose_name="adverse event of special interest"),
+                ),
+                ("recorded_at", models.DateTimeField(auto_now_add=True, verbose_name="recorded at")),
+                (
+                    "follows",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="grade_changes",
+                        to="safety.adverseevent",
+                        verbose_name="follows",
+                    ),
+                ),
+                (
+                    "participant",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="adverse_events",
+                        to="enrollment.participant",
+                        verbose_name="participant",
+                    ),
+                ),
+                (
+                    "protocol_version",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to="trialsite.protocolversion",
+                        verbose_name="protocol version",
+                    ),
+                ),
+                (
+                    "recorded_by",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                        verbose_name="recorded by",
+                    ),
+                ),
+                (
+                    "site",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to="trialsite.site",
+                        verbose_name="site",
+                    ),
+                ),
             ],
             options={
-                'verbose_name': 'adverse event',
-                'verbose_name_plural': 'adverse events',
-                'ordering': ['participant', 'sequence', 'id'],
+                "verbose_name": "adverse event",
+                "verbose_name_plural": "adverse events",
+                "ordering": ["participant", "sequence", "id"],
             },
         ),
         migrations.CreateModel(
-            name='SaeNotice',
+            name="SaeNotice",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('kind', models.CharField(choices=[('initial', 'Serious adverse event reported'), ('12h', '12 hours: SAE report not signed'), ('20h', '20 hours: SAE report not signed')], max_length=10, verbose_name='kind')),
-                ('due_at', models.DateTimeField(verbose_name='due at')),
-                ('status', models.CharField(choices=[('scheduled', 'Scheduled'), ('sending', 'Sending'), ('sent', 'Sent'), ('failed', 'Failed'), ('cancelled', 'Cancelled')], default='scheduled', max_length=10, verbose_name='status')),
-                ('enqueued_at', models.DateTimeField(blank=True, null=True, verbose_name='handed to the queue at')),
-                ('claimed_at', models.DateTimeField(blank=True, null=True, verbose_name='claimed at')),
-                ('attempts', models.PositiveSmallIntegerField(default=0, verbose_name='attempts')),
-                ('sent_at', models.DateTimeField(blank=True, null=True, verbose_name='sent at')),
-                ('recipients', models.TextField(blank=True, verbose_name='recipients')),
-                ('status_reason', models.TextField(blank=True, verbose_name='status reason')),
-                ('adverse_event', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='sae_notices', to='safety.adverseevent', verbose_name='adverse event')),
-                ('participant', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='+', to='enrollment.participant', verbose_name='participant')),
-                ('site', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='+', to='trialsite.site', verbose_name='site')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                (
+                    "kind",
+                    models.CharField(
+                        choices=[
+                            ("initial", "Serious adverse event reported"),
+                            ("12h", "12 hours: SAE report not signed"),
+                            ("20h", "20 hours: SAE report not signed"),
+                        ],
+                        max_length=10,
+                        verbose_name="kind",
+                    ),
+                ),
+                ("due_at", models.DateTimeField(verbose_name="due at")),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("scheduled", "Scheduled"),
+                            ("sending", "Sending"),
+                            ("sent", "Sent"),
+                            ("failed", "Failed"),
+                            ("cancelled", "Cancelled"),
+                        ],
+                        default="scheduled",
+                        max_length=10,
+                        verbose_name="status",
+                    ),
+                ),
+                ("enqueued_at", models.DateTimeField(blank=True, null=True, verbose_name="handed to the queue at")),
+                ("claimed_at", models.DateTimeField(blank=True, null=True, verbose_name="claimed at")),
+                ("attempts", models.PositiveSmallIntegerField(default=0, verbose_name="attempts")),
+                ("sent_at", models.DateTimeField(blank=True, null=True, verbose_name="sent at")),
+                ("recipients", models.TextField(blank=True, verbose_name="recipients")),
+                ("status_reason", models.TextField(blank=True, verbose_name="status reason")),
+                (
+                    "adverse_event",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="sae_notices",
+                        to="safety.adverseevent",
+                        verbose_name="adverse event",
+                    ),
+                ),
+                (
+                    "participant",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to="enrollment.participant",
+                        verbose_name="participant",
+                    ),
+                ),
+                (
+                    "site",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to="trialsite.site",
+                        verbose_name="site",
+                    ),
+                ),
             ],
             options={
-                'verbose_name': 'SAE notice',
-                'verbose_name_plural': 'SAE notices',
-                'ordering': ['due_at', 'id'],
+                "verbose_name": "SAE notice",
+                "verbose_name_plural": "SAE notices",
+                "ordering": ["due_at", "id"],
             },
         ),
         migrations.CreateModel(
-            name='SaeReport',
+            name="SaeReport",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('version', models.PositiveSmallIntegerField(verbose_name='version')),
-                ('narrative', models.TextField(blank=True, verbose_name='narrative')),
-                ('complete', models.BooleanField(default=False, verbose_name='complete')),
-                ('written_at', models.DateTimeField(auto_now_add=True, verbose_name='written at')),
-                ('adverse_event', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='sae_reports', to='safety.adverseevent', verbose_name='adverse event')),
-                ('participant', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='+', to='enrollment.participant', verbose_name='participant')),
-                ('protocol_version', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='+', to='trialsite.protocolversion', verbose_name='protocol version')),
-                ('signature', models.OneToOneField(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='+', to='trialsite.signature', verbose_name='signature')),
-                ('site', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='+', to='trialsite.site', verbose_name='site')),
-                ('written_by', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='+', to=settings.AUTH_USER_MODEL, verbose_name='written by')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("version", models.PositiveSmallIntegerField(verbose_name="version")),
+                ("narrative", models.TextField(blank=True, verbose_name="narrative")),
+                ("complete", models.BooleanField(default=False, verbose_name="complete")),
+                ("written_at", models.DateTimeField(auto_now_add=True, verbose_name="written at")),
+                (
+                    "adverse_event",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="sae_reports",
+                        to="safety.adverseevent",
+                        verbose_name="adverse event",
+                    ),
+                ),
+                (
+                    "participant",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to="enrollment.participant",
+                        verbose_name="participant",
+                    ),
+                ),
+                (
+                    "protocol_version",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to="trialsite.protocolversion",
+                        verbose_name="protocol version",
+                    ),
+                ),
+                (
+                    "signature",
+                    models.OneToOneField(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to="trialsite.signature",
+                        verbose_name="signature",
+                    ),
+                ),
+                (
+                    "site",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to="trialsite.site",
+                        verbose_name="site",
+                    ),
+                ),
+                (
+                    "written_by",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                        verbose_name="written by",
+                    ),
+                ),
             ],
             options={
-                'verbose_name': 'SAE report',
-                'verbose_name_plural': 'SAE reports',
-                'ordering': ['adverse_event', 'version'],
+                "verbose_name": "SAE report",
+                "verbose_name_plural": "SAE reports",
+                "ordering": ["adverse_event", "version"],
             },
         ),
         migrations.AddConstraint(
-            model_name='adverseevent',
-            constraint=models.CheckConstraint(condition=models.Q(('grade__gte', 1), ('grade__lte', 5)), name='ae_grade_1_to_5'),
+            model_name="adverseevent",
+            constraint=models.CheckConstraint(
+                condition=models.Q(("grade__gte", 1), ("grade__lte", 5)), name="ae_grade_1_to_5"
+            ),
         ),
         migrations.AddConstraint(
-            model_name='adverseevent',
-            constraint=models.CheckConstraint(condition=models.Q(('serious', False), ('awareness_at__isnull', False), _connector='OR'), name='sae_has_awareness_time'),
+            model_name="adverseevent",
+            constraint=models.CheckConstraint(
+                condition=models.Q(("serious", False), ("awareness_at__isnull", False), _connector="OR"),
+                name="sae_has_awareness_time",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='adverseevent',
-            constraint=models.UniqueConstraint(condition=models.Q(('follows__isnull', True)), fields=('participant', 'sequence'), name='one_first_ae_per_number'),
+            model_name="adverseevent",
+            constraint=models.UniqueConstraint(
+                condition=models.Q(("follows__isnull", True)),
+                fields=("participant", "sequence"),
+                name="one_first_ae_per_number",
+            ),
         ),
         migrations.AddIndex(
-            model_name='saenotice',
-            index=models.Index(condition=models.Q(('status', 'scheduled')), fields=['due_at'], name='sae_notice_due'),
+            model_name="saenotice",
+            index=models.Index(condition=models.Q(("status", "scheduled")), fields=["due_at"], name="sae_notice_due"),
         ),
         migrations.AddConstraint(
-            model_name='saenotice',
-            constraint=models.UniqueConstraint(fields=('adverse_event', 'kind'), name='one_sae_notice_per_kind'),
+            model_name="saenotice",
+            constraint=models.UniqueConstraint(fields=("adverse_event", "kind"), name="one_sae_notice_per_kind"),
         ),
         migrations.AddConstraint(
-            model_name='saereport',
-            constraint=models.UniqueConstraint(fields=('adverse_event', 'version'), name='one_sae_report_per_version'),
+            model_name="saereport",
+            constraint=models.UniqueConstraint(fields=("adverse_event", "version"), name="one_sae_report_per_version"),
         ),
     ]
