@@ -169,6 +169,12 @@ class VisitRecordSerializer(LabCountsSerializer):
     alt_uln = serializers.DecimalField(max_digits=5, decimal_places=2, min_value=0, required=False, allow_null=True)
     ast_uln = serializers.DecimalField(max_digits=5, decimal_places=2, min_value=0, required=False, allow_null=True)
     out_of_window_reason = serializers.CharField(required=False, allow_blank=True, max_length=2000)
+    confirm_open_adverse_events = serializers.BooleanField(
+        required=False,
+        default=False,
+        help_text="The open grade 3+ adverse event(s) of special interest were reviewed with the investigator and "
+        "dosing goes ahead; needed when such an event is ongoing and the dose would be given.",
+    )
 
 
 class RepeatLabsSerializer(LabCountsSerializer):

@@ -2,6 +2,7 @@
 
 from django.utils.translation import gettext_lazy as _
 
+from safety.open_events import event_in_words
 from trialsite.exceptions import Conflict, TrialRuleError
 
 
@@ -94,3 +95,16 @@ class RepeatLabsNotOpen(TrialRuleError):
     default_message = _(
         "Repeat labs are recorded only at a dosing visit whose infusion was held, while its window is open."
     )
+
+
+class OpenAdverseEventsNotConfirmed(TrialRuleError):
+    """A dose would be given while the participant has an ongoing grade 3+ adverse event of
+    special interest: the coordinator confirms the investigator's review first. The events are
+    named by number, term and grade (blinded words: an event is not arm data)."""
+
+    def __init__(self, events, *, field: str | None = "confirm_open_adverse_events"):
+        message = _(
+            "The participant has open grade 3+ adverse event(s) of special interest: %(events)s. Review them with "
+            "the investigator and confirm before dosing."
+        ) % {"events": "; ".join(event_in_words(event) for event in events)}
+        super().__init__(message, field=field)

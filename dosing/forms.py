@@ -63,6 +63,7 @@ class VisitRecordForm(LabCountsForm):
         "alt_uln",
         "ast_uln",
         "out_of_window_reason",
+        "confirm_open_adverse_events",
     ]
     actual_date = DateField(label=_("Visit date"))
     weight_kg = forms.DecimalField(label=_("Body weight (kg)"), max_digits=5, decimal_places=1, required=False)
@@ -75,10 +76,23 @@ class VisitRecordForm(LabCountsForm):
         max_length=2000,
     )
 
-    def __init__(self, *args, dosing: bool, on_forms: dict | None = None, **kwargs):
+    # Shown only while the participant has an ongoing grade 3+ adverse event of special interest.
+    confirm_open_adverse_events = forms.BooleanField(
+        label=_(
+            "I have reviewed the open grade 3+ adverse event(s) of special interest with the investigator and "
+            "dosing goes ahead"
+        ),
+        required=False,
+    )
+
+    def __init__(self, *args, dosing: bool, on_forms: dict | None = None, review: bool = False, **kwargs):
         """`on_forms`: the dose's inputs already saved on the case report forms (field -> value):
-        prefilled, and not required, since the dose reads them from the forms."""
+        prefilled, and not required, since the dose reads them from the forms. `review`: the
+        participant has an ongoing grade 3+ adverse event of special interest (the confirmation is
+        asked; the service decides whether the dose needs it)."""
         super().__init__(*args, **kwargs)
+        if not (dosing and review):
+            del self.fields["confirm_open_adverse_events"]
         if not dosing:
             for name in ("neutrophils", "neutrophils_unit", "platelets", "platelets_unit", "alt_uln", "ast_uln"):
                 del self.fields[name]

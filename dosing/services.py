@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import datetime
@@ -30,6 +31,7 @@ from dosing.exceptions import (
     LabelMismatch,
     NoKitAvailable,
     NotRandomized,
+    OpenAdverseEventsNotConfirmed,
     OutOfWindowReasonRequired,
     RepeatLabsNotOpen,
     TreatmentStopped,
@@ -52,6 +54,7 @@ from dosing.schedule import visits_end_for_withdrawal
 from dosing.selectors import dose_input_items, dose_inputs_on_forms
 from enrollment.models import Participant, ParticipantStatus
 from randomization.selectors import allocated_arm
+from safety.open_events import grade_3_special_interest, open_events
 from schedules.models import Visit, VisitKind, VisitStatus
 from trialsite import access
 from trialsite.access import Capability
@@ -114,9 +117,14 @@ def visit_record(
     alt_uln: Decimal | None = None,
     ast_uln: Decimal | None = None,
     out_of_window_reason: str = "",
+    confirm_open_adverse_events: bool = False,
 ) -> VisitOutcome:
     """Record a visit. At a dosing visit: compute the dose, apply the lab safety gates and assign
-    kits. The visit and dose stay recorded when no kit is available (`outcome.no_kit`)."""
+    kits. The visit and dose stay recorded when no kit is available (`outcome.no_kit`).
+
+    A dose that would be given while the participant has an ongoing grade 3+ adverse event of
+    special interest needs `confirm_open_adverse_events` (the investigator reviewed them); the
+    confirmation is the audit reason of the visit and dose records."""
     reason = (out_of_window_reason or "").strip()
     with audit_context(actor=recorded_by, reason=reason or "visit recorded"):
         # The participant before the visit, the order withdrawal takes them in: the forms the dose
@@ -149,12 +157,17 @@ def visit_record(
         visit.recorded_at = timezone.now()
         outcome = VisitOutcome(visit=visit)
         rules = visit.site.trial.protocol.dosing
+        review = grade_3_special_interest(open_events(participant)) if visit.is_dosing else []
         if visit.is_dosing and rules.infusion is None:
             # No infusion in this trial: no dose to compute and no lab gate; the visit gives the
-            # kits the arm takes (tablets), or none (an open-label observation arm).
+            # kits the arm takes (tablets), or none (an open-label observation arm). The review is
+            # asked of every arm alike, so asking it says nothing of the arm.
             if treatment_stopped(participant):
                 raise TreatmentStopped()
-            visit.save()
+            with _dosing_goes_ahead(
+                events=review, confirmed=confirm_open_adverse_events, recorded_by=recorded_by, reason=reason
+            ):
+                visit.save()
             try:
                 outcome.kits = kits_assign(visit=visit, assigned_by=recorded_by)
             except NoKitAvailable:
@@ -197,31 +210,38 @@ def visit_record(
                 rules=rules.safety,
             )
             baseline_kg = baseline.weight_kg if baseline else Decimal(weight_kg)
-            visit.weight_kg = weight_kg
-            visit.save()
-            outcome.dose = DoseRecord.objects.create(
-                visit=visit,
-                participant=participant,
-                site=visit.site,
-                first_dose=first_dose,
-                neutrophils=neutrophils,
-                platelets=platelets,
-                alt_uln=alt_uln,
-                ast_uln=ast_uln,
-                decision=decision.decision,
-                reasons=decision.reasons,
-                weight_kg=weight_kg,
-                baseline_weight_kg=baseline_kg,
-                weight_change_flagged=weight_change_flagged(
-                    weight_kg=weight_kg, baseline_kg=baseline_kg, rules=rules.infusion
-                ),
-                dose_mg=dose.dose_mg,
-                concentrate_ml=dose.concentrate_ml,
-                diluted_volume_ml=dose.diluted_volume_ml,
-                vial_plan=[list(vials) for vials in dose.vial_plan],
+            # A held or stopped dose needs no review: nothing is given.
+            with _dosing_goes_ahead(
+                events=review if decision.decision == Decision.GIVE else [],
+                confirmed=confirm_open_adverse_events,
                 recorded_by=recorded_by,
-                protocol_version_id=visit.site.trial.current_version_id,
-            )
+                reason=reason,
+            ):
+                visit.weight_kg = weight_kg
+                visit.save()
+                outcome.dose = DoseRecord.objects.create(
+                    visit=visit,
+                    participant=participant,
+                    site=visit.site,
+                    first_dose=first_dose,
+                    neutrophils=neutrophils,
+                    platelets=platelets,
+                    alt_uln=alt_uln,
+                    ast_uln=ast_uln,
+                    decision=decision.decision,
+                    reasons=decision.reasons,
+                    weight_kg=weight_kg,
+                    baseline_weight_kg=baseline_kg,
+                    weight_change_flagged=weight_change_flagged(
+                        weight_kg=weight_kg, baseline_kg=baseline_kg, rules=rules.infusion
+                    ),
+                    dose_mg=dose.dose_mg,
+                    concentrate_ml=dose.concentrate_ml,
+                    diluted_volume_ml=dose.diluted_volume_ml,
+                    vial_plan=[list(vials) for vials in dose.vial_plan],
+                    recorded_by=recorded_by,
+                    protocol_version_id=visit.site.trial.current_version_id,
+                )
             if decision.decision == Decision.STOP:
                 # Treatment ends: the remaining dosing visits will not happen; end of treatment and follow-up stay.
                 Visit.objects.filter(
@@ -238,6 +258,24 @@ def visit_record(
                 visit.weight_kg = check_weight(weight_kg=weight_kg, rules=rules.infusion)
             visit.save()
     return outcome
+
+
+# The audit reason of a visit and dose given after the coordinator confirmed the investigator's
+# review of the open grade 3+ adverse events of special interest (English, like every audit reason).
+OPEN_EVENTS_CONFIRMED = (
+    "open grade 3+ adverse event(s) of special interest reviewed with the investigator, dosing goes ahead"
+)
+
+
+def _dosing_goes_ahead(*, events, confirmed: bool, recorded_by, reason: str):
+    """The writes of a dose given: refused without the confirmation when `events` (ongoing
+    grade 3+ events of special interest) exist, else written under a reason naming them."""
+    if not events:
+        return contextlib.nullcontext()
+    if not confirmed:
+        raise OpenAdverseEventsNotConfirmed(events)
+    named = "; ".join(f"AE {event.sequence} {event.term} grade {event.grade}" for event in events)
+    return audit_context(actor=recorded_by, reason=f"{reason or 'visit recorded'}; {OPEN_EVENTS_CONFIRMED}: {named}")
 
 
 # The reason recorded with a form value changed by a different one typed at the dosing visit (a

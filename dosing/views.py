@@ -26,6 +26,7 @@ from dosing.forms import (
     VisitRecordForm,
 )
 from dosing.models import Decision, Kit, Shipment
+from safety import open_events as safety_open_events
 from trialsite import access, tenancy
 from trialsite.access import Capability
 from trialsite.exceptions import TrialRuleError
@@ -138,7 +139,11 @@ def visit_record(request: HttpRequest, pk: int) -> HttpResponse:
     visit = selectors.visit_for(request.user, pk, Capability.RECORD_VISITS)
     # The weight and labs already entered on the forms the dose reads: shown, and not asked again.
     on_forms = selectors.dose_inputs_on_forms(visit) if visit.is_dosing else {}
-    form = VisitRecordForm(request.POST or None, dosing=visit.is_dosing, on_forms=on_forms)
+    # The participant's open adverse events, read before dosing; grade 3+ of special interest asks
+    # for the confirmation (the service refuses a dose given without it).
+    open_events = list(safety_open_events.open_events(visit.participant)) if visit.is_dosing else []
+    review = bool(safety_open_events.grade_3_special_interest(open_events))
+    form = VisitRecordForm(request.POST or None, dosing=visit.is_dosing, on_forms=on_forms, review=review)
     if request.method == "POST" and form.is_valid():
         try:
             outcome = services.visit_record(visit=visit, recorded_by=request.user, **form.cleaned_data)
@@ -147,7 +152,8 @@ def visit_record(request: HttpRequest, pk: int) -> HttpResponse:
         else:
             _announce(request, visit, outcome)
             return redirect("visit-detail", pk=visit.pk)
-    return render(request, "dosing/visit_record.html", {"visit": visit, "form": form})
+    events = [{"event": event, "term": safety_open_events.term_label(event.term)} for event in open_events]
+    return render(request, "dosing/visit_record.html", {"visit": visit, "form": form, "open_events": events})
 
 
 @login_required
