@@ -533,6 +533,124 @@ def _iso(day) -> str:
     return day.isoformat() if day else ""
 
 
+# --- Adverse events ----------------------------------------------------------------------------
+
+AE_FIELDS = [
+    "id",
+    "participant_id",
+    "participant__randomization_number",
+    "participant__screening_number",
+    "site__code",
+    "sequence",
+    "follows__sequence",
+    "term",
+    "term_text",
+    "grade",
+    "onset_date",
+    "resolution_date",
+    "serious",
+    "seriousness",
+    "relation_infusion",
+    "relation_tablets",
+    "action_infusion",
+    "action_tablets",
+    "outcome",
+    "special_interest",
+    "protocol_version__version",
+]
+
+
+def ae_values(scope: ReportScope) -> Iterator[dict]:
+    """AE records in scope in participant id order (the order of `subject_values`), each event's
+    records together, the first before its grade changes. The arm is joined only unblinded."""
+    from safety.models import AdverseEvent
+
+    fields = list(AE_FIELDS)
+    rows = AdverseEvent.objects.filter(site_id__in=scope.site_ids).order_by("participant_id", "sequence", "pk")
+    if scope.unblinded:
+        from django.db.models import F
+
+        rows = rows.annotate(arm=F("participant__slot__arm__code"))
+        fields.append("arm")
+    yield from rows.values(*fields).iterator(chunk_size=CHUNK)
+
+
+def ae_count(scope: ReportScope) -> int:
+    from safety.models import AdverseEvent
+
+    return AdverseEvent.objects.filter(site_id__in=scope.site_ids).count()
+
+
+def _yes_no(flag: bool) -> str:
+    # Codes, like the other coded cells (sex, outcome): the same in every language.
+    return "yes" if flag else "no"
+
+
+def adverse_events_table(scope: ReportScope) -> Table:
+    """One row per AE record (a grade change is its own row, `Follows` naming the event's first
+    record by its number). Relation and action are per study product, in the blinded words."""
+    from safety.ctcae import TERMS
+    from safety.models import Seriousness
+
+    criteria = list(Seriousness)
+    headings = [
+        gettext("Subject"),
+        gettext("Site"),
+        gettext("Event number"),
+        gettext("Follows"),
+        gettext("Term code"),
+        gettext("CTCAE term"),
+        gettext("MedDRA code"),
+        gettext("Term in words"),
+        gettext("Grade"),
+        gettext("Onset date"),
+        gettext("Resolution date"),
+        gettext("Serious"),
+        *[str(criterion.label) for criterion in criteria],
+        gettext("Relation to the study infusion"),
+        gettext("Relation to the study tablets"),
+        gettext("Action taken with the study infusion"),
+        gettext("Action taken with the study tablets"),
+        gettext("Outcome"),
+        gettext("Special interest"),
+        gettext("Protocol version"),
+    ]
+    if scope.unblinded:
+        headings.append(gettext("Arm"))
+
+    def rows():
+        for row in ae_values(scope):
+            term = TERMS.get(row["term"])
+            line = [
+                row["participant__randomization_number"] or row["participant__screening_number"],
+                row["site__code"],
+                row["sequence"],
+                row["follows__sequence"] if row["follows__sequence"] is not None else "",
+                row["term"],
+                # English whatever the reader's language: the term is coded data.
+                term.term if term else "",
+                term.meddra_code if term and term.meddra_code else "",
+                row["term_text"],
+                row["grade"],
+                _iso(row["onset_date"]),
+                _iso(row["resolution_date"]),
+                _yes_no(row["serious"]),
+                *[_yes_no(criterion.value in row["seriousness"]) for criterion in criteria],
+                row["relation_infusion"],
+                row["relation_tablets"],
+                row["action_infusion"],
+                row["action_tablets"],
+                row["outcome"],
+                _yes_no(row["special_interest"]),
+                row["protocol_version__version"] or "",
+            ]
+            if scope.unblinded:
+                line.append(row["arm"] or "")
+            yield line
+
+    return Table("adverse_events", gettext("Adverse events"), headings, rows(), expected_rows=ae_count(scope))
+
+
 def tables_for(kind: str, scope: ReportScope) -> list[Table]:
     """The tables of an export kind (several for the full dataset workbook)."""
     if kind in ("dataset", "report"):
@@ -545,7 +663,7 @@ def tables_for(kind: str, scope: ReportScope) -> list[Table]:
             consort_table(scope, flow),
         ]
         if kind == "dataset":
-            tables += [subjects_table(scope), visits_table(scope)]
+            tables += [subjects_table(scope), visits_table(scope), adverse_events_table(scope)]
         return tables
     builders = {
         "enrollment": enrollment_table,
@@ -554,6 +672,7 @@ def tables_for(kind: str, scope: ReportScope) -> list[Table]:
         "consort": consort_table,
         "subjects": subjects_table,
         "visits": visits_table,
+        "adverse_events": adverse_events_table,
     }
     return [builders[kind](scope)]
 

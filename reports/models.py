@@ -19,6 +19,7 @@ class ExportKind(models.TextChoices):
     DATASET = "dataset", _("Full dataset")
     REPORT = "report", _("Enrollment report")
     CONSORT_DIAGRAM = "consort_diagram", _("CONSORT diagram")
+    ADVERSE_EVENTS = "adverse_events", _("Adverse events")
 
 
 class ExportFormat(models.TextChoices):

@@ -42,9 +42,10 @@ FORMATS: dict[str, set[str]] = {
     ExportKind.DATASET: {ExportFormat.XLSX, ExportFormat.ODM},
     ExportKind.REPORT: {ExportFormat.PDF},
     ExportKind.CONSORT_DIAGRAM: {ExportFormat.SVG, ExportFormat.PNG},
+    ExportKind.ADVERSE_EVENTS: {ExportFormat.CSV, ExportFormat.XLSX},
 }
 # Listings grow with the number of participants: always in the background.
-BACKGROUND_KINDS = {ExportKind.SUBJECTS, ExportKind.VISITS, ExportKind.DATASET}
+BACKGROUND_KINDS = {ExportKind.SUBJECTS, ExportKind.VISITS, ExportKind.DATASET, ExportKind.ADVERSE_EVENTS}
 CONTENT_TYPES = {
     ExportFormat.CSV: "text/csv; charset=utf-8",
     ExportFormat.XLSX: "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
