@@ -185,6 +185,12 @@ class RepeatLabsSerializer(LabCountsSerializer):
     platelets_unit = _unit_field()
     alt_uln = serializers.DecimalField(max_digits=5, decimal_places=2, min_value=0)
     ast_uln = serializers.DecimalField(max_digits=5, decimal_places=2, min_value=0)
+    confirm_open_adverse_events = serializers.BooleanField(
+        required=False,
+        default=False,
+        help_text="As at the visit: needed when these labs turn the hold into a dose while a grade 3+ adverse event "
+        "of special interest is ongoing.",
+    )
 
 
 class VisitRecordResultSerializer(serializers.Serializer):

@@ -114,9 +114,13 @@ class RepeatLabsForm(LabCountsForm):
     measured_on = DateField(label=_("Date of the repeat labs"))
     alt_uln = forms.DecimalField(label=_("ALT (x ULN)"), min_value=0, max_digits=5, decimal_places=2)
     ast_uln = forms.DecimalField(label=_("AST (x ULN)"), min_value=0, max_digits=5, decimal_places=2)
+    confirm_open_adverse_events = VisitRecordForm.base_fields["confirm_open_adverse_events"]
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, review: bool = False, **kwargs):
+        """`review`: as VisitRecordForm's (labs that recover turn the hold into a dose)."""
         super().__init__(*args, **kwargs)
+        if not review:
+            del self.fields["confirm_open_adverse_events"]
         self.fields["neutrophils"].required = True
         self.fields["platelets"].required = True
 

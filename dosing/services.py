@@ -331,6 +331,7 @@ def visit_repeat_labs(
     platelets: int,
     alt_uln: Decimal,
     ast_uln: Decimal,
+    confirm_open_adverse_events: bool = False,
 ) -> VisitOutcome:
     """Labs repeated after a held infusion, on a day from the visit to the end of its window. The
     decision is taken again from these, the latest labs, with the visit's own gates (first dose
@@ -339,7 +340,8 @@ def visit_repeat_labs(
     treatment. Each repeat is kept (RepeatLabs), and the audit trail shows the decision change.
     When the protocol names a labs form (`dosing.safety.labs_form`), the repeated labs replace
     that visit's form values (crf.form_save, reason "repeat labs on <date>") and the decision is
-    taken from what the form then holds, as visit_record reads it."""
+    taken from what the form then holds, as visit_record reads it. Labs that turn the hold into a
+    dose need `confirm_open_adverse_events` as visit_record does."""
     with audit_context(actor=recorded_by, reason="repeat labs after a held infusion"):
         # The participant before the visit, as visit_record takes them: form_save locks the
         # participant, so taking the visit first could deadlock with a visit being recorded.
@@ -381,23 +383,31 @@ def visit_repeat_labs(
             ast_uln=ast_uln,
             rules=visit.site.trial.protocol.dosing.safety,
         )
-        RepeatLabs.objects.create(
-            visit=visit,
-            participant=participant,
-            site=visit.site,
-            measured_on=measured_on,
-            neutrophils=neutrophils,
-            platelets=platelets,
-            alt_uln=alt_uln,
-            ast_uln=ast_uln,
-            decision=decision.decision,
-            reasons=decision.reasons,
+        # The hold turned into a dose: the same review as at the visit.
+        review = grade_3_special_interest(open_events(participant)) if decision.decision == Decision.GIVE else []
+        with _dosing_goes_ahead(
+            events=review,
+            confirmed=confirm_open_adverse_events,
             recorded_by=recorded_by,
-            protocol_version_id=visit.site.trial.current_version_id,
-        )
-        dose.decision = decision.decision
-        dose.reasons = decision.reasons
-        dose.save(update_fields=["decision", "reasons"])
+            reason="repeat labs after a held infusion",
+        ):
+            RepeatLabs.objects.create(
+                visit=visit,
+                participant=participant,
+                site=visit.site,
+                measured_on=measured_on,
+                neutrophils=neutrophils,
+                platelets=platelets,
+                alt_uln=alt_uln,
+                ast_uln=ast_uln,
+                decision=decision.decision,
+                reasons=decision.reasons,
+                recorded_by=recorded_by,
+                protocol_version_id=visit.site.trial.current_version_id,
+            )
+            dose.decision = decision.decision
+            dose.reasons = decision.reasons
+            dose.save(update_fields=["decision", "reasons"])
         outcome = VisitOutcome(visit=visit, dose=dose, kits=list(visit.kits.all()))
         if decision.decision == Decision.STOP:
             _stop_treatment(participant)

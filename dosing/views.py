@@ -83,6 +83,12 @@ def _announce(request, visit, outcome) -> None:
         messages.error(request, str(NoKitAvailable().message))
 
 
+def _review(visit) -> bool:
+    """The participant has an ongoing grade 3+ adverse event of special interest: a dose given
+    asks for the confirmation (the service decides whether this one does)."""
+    return bool(safety_open_events.grade_3_special_interest(safety_open_events.open_events(visit.participant)))
+
+
 @login_required
 def visit_detail(request: HttpRequest, pk: int) -> HttpResponse:
     visit = selectors.visit_for(request.user, pk)
@@ -110,7 +116,7 @@ def _visit_page(request, visit, repeat_form=None, status=200) -> HttpResponse:
             "repeats": list(visit.repeat_labs.all()),
             "kits": kits,
             "may_record": may_record,
-            "repeat_form": (repeat_form or RepeatLabsForm(initial={"measured_on": today}))
+            "repeat_form": (repeat_form or RepeatLabsForm(initial={"measured_on": today}, review=_review(visit)))
             if repeat_open or repeat_form
             else None,
         },
@@ -122,7 +128,7 @@ def _visit_page(request, visit, repeat_form=None, status=200) -> HttpResponse:
 @require_POST
 def visit_repeat_labs(request: HttpRequest, pk: int) -> HttpResponse:
     visit = selectors.visit_for(request.user, pk, Capability.RECORD_VISITS)
-    form = RepeatLabsForm(request.POST)
+    form = RepeatLabsForm(request.POST, review=_review(visit))
     if form.is_valid():
         try:
             outcome = services.visit_repeat_labs(visit=visit, recorded_by=request.user, **form.cleaned_data)

@@ -189,3 +189,40 @@ def test_a_grade_change_up_to_3_counts_at_its_current_grade(participant, visit, 
     assert list(open_events(participant)) == [worse]
     with pytest.raises(TrialRuleError):
         record(visit, cast)
+
+
+def test_repeat_labs_that_turn_a_hold_into_a_dose_ask_the_same_confirmation(participant, visit, cast, client_for):
+    event(participant, cast)
+    with time_machine.travel(AT_VISIT, tick=False):
+        held = services.visit_record(
+            visit=visit,
+            actual_date=DAY0,
+            recorded_by=cast.coordinator,
+            weight_kg=Decimal("60"),
+            neutrophils=3000,
+            platelets=90000,
+            alt_uln=Decimal("1"),
+            ast_uln=Decimal("1"),
+        )
+    assert held.dose.decision == "hold"
+    recovered = {
+        "measured_on": "2026-11-05",
+        "neutrophils": "3000",
+        "platelets": "150000",
+        "alt_uln": "1",
+        "ast_uln": "1",
+    }
+    client = client_for(cast.coordinator)
+    url = f"/visits/{visit.pk}/repeat-labs/"
+    with time_machine.travel(datetime.datetime(2026, 11, 5, 4, tzinfo=datetime.UTC), tick=False):
+        page = client.get(f"/visits/{visit.pk}/").content.decode()
+        refused = client.post(url, recovered)
+        confirmed = client.post(url, {**recovered, "confirm_open_adverse_events": "on"})
+    assert "I have reviewed the open grade 3+ adverse event(s) of special interest" in page
+    assert refused.status_code == 400
+    assert "AE 1: Epistaxis, grade 3" in refused.context["repeat_form"].errors["confirm_open_adverse_events"][0]
+    assert confirmed.status_code == 302
+    dose = DoseRecord.objects.get(visit=visit)
+    assert dose.decision == "give"
+    audited = AuditEvent.objects.filter(table_name=dose._meta.db_table, record_pk=str(dose.pk)).latest("id")
+    assert audited.reason.startswith("repeat labs after a held infusion; open grade 3+ adverse event(s)")
