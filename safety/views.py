@@ -145,3 +145,64 @@ def adverse_event_detail(request, pk: int, sequence: int):
             "may_sign": services.is_investigator(request.user, participant.site),
         },
     )
+
+
+def _report_page(request, scope):
+    from safety import report_pdf, selectors
+
+    report = selectors.safety_report(scope)
+    closed = scope.closed
+    groups = [*report.arms, report.total] if closed else [report.total]
+    context = {
+        "report": report,
+        "closed": closed,
+        "title": report_pdf.report_title(closed),
+        "mark": report_pdf.report_mark(closed),
+        "summary": report_pdf.summary_rows(report) if closed else None,
+        "term_tables": [(group.label, report_pdf.term_rows(group)) for group in groups],
+        "event_tables": [(group.label, report_pdf.event_table(group)) for group in (report.arms if closed else groups)],
+        "pdf_url": "safety-closed-report-pdf" if closed else "safety-report-pdf",
+    }
+    return render(request, "safety/report.html", context)
+
+
+def _report_pdf(scope):
+    from django.http import HttpResponse
+
+    from safety import report_pdf, selectors
+
+    body = report_pdf.write_pdf(selectors.safety_report(scope))
+    name = "closed-safety-report" if scope.closed else "open-safety-report"
+    response = HttpResponse(body, content_type="application/pdf")
+    response["Content-Disposition"] = f'attachment; filename="{scope.trial.nct_id}-{name}.pdf"'
+    # A closed report must not sit in a shared cache.
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+@login_required
+def safety_report(request):
+    from safety import selectors
+
+    return _report_page(request, selectors.open_scope(request.user))
+
+
+@login_required
+def safety_report_pdf(request):
+    from safety import selectors
+
+    return _report_pdf(selectors.open_scope(request.user))
+
+
+@login_required
+def closed_safety_report(request):
+    from safety import selectors
+
+    return _report_page(request, selectors.closed_scope(request.user))
+
+
+@login_required
+def closed_safety_report_pdf(request):
+    from safety import selectors
+
+    return _report_pdf(selectors.closed_scope(request.user))

@@ -13,6 +13,7 @@ ALL = [
     "monitor",
     "statistician",
     "supply_manager",
+    "dsmb",
     "other_coordinator",
     "other_monitor",
     "nobody",
@@ -29,6 +30,23 @@ LIST_SURFACES = [
     ("/reminders/", {"coordinator", "pharmacist", "investigator", "monitor", "other_coordinator", "other_monitor"}),
     ("/reports/", {"investigator", "monitor", "statistician", "other_monitor"}),
     ("/api/v1/reports/enrollment/", {"investigator", "monitor", "statistician", "other_monitor"}),
+    # The open safety report: whoever sees participants, and the safety report readers.
+    (
+        "/safety/report/",
+        {
+            "coordinator",
+            "pharmacist",
+            "investigator",
+            "monitor",
+            "statistician",
+            "dsmb",
+            "other_coordinator",
+            "other_monitor",
+        },
+    ),
+    # The closed (by-arm) report: safety report readers who see allocation at every site.
+    ("/safety/closed-report/", {"statistician", "dsmb"}),
+    ("/safety/closed-report/pdf/", {"statistician", "dsmb"}),
 ]
 RECORD_SURFACES = [
     ("/visits/{visit}/", {"coordinator", "pharmacist", "investigator", "monitor"}),

@@ -32,6 +32,7 @@ class Capability(models.TextChoices):
     EXPORT_REPORTS = "export_reports", _("Export reports")
     READ_AUDIT = "read_audit", _("Read the audit trail")
     RAISE_QUERIES = "raise_queries", _("Raise data queries")
+    VIEW_SAFETY_REPORTS = "view_safety_reports", _("Read the DSMB safety reports")
 
 
 # The protocol file may override these per trial (`[roles]`); these are the defaults
@@ -54,9 +55,16 @@ DEFAULT_ROLE_CAPABILITIES: dict[str, frozenset[str]] = {
         {Capability.VIEW_PARTICIPANTS, Capability.READ_AUDIT, Capability.RAISE_QUERIES, Capability.EXPORT_REPORTS}
     ),
     Role.STATISTICIAN: frozenset(
-        {Capability.MANAGE_RANDOMIZATION, Capability.VIEW_ALLOCATION, Capability.EXPORT_REPORTS}
+        {
+            Capability.MANAGE_RANDOMIZATION,
+            Capability.VIEW_ALLOCATION,
+            Capability.EXPORT_REPORTS,
+            Capability.VIEW_SAFETY_REPORTS,
+        }
     ),
     Role.SUPPLY_MANAGER: frozenset({Capability.MANAGE_SUPPLY, Capability.VIEW_ALLOCATION}),
+    # Read-only and unblinded: the closed safety report by arm, and no capability that writes.
+    Role.DSMB: frozenset({Capability.VIEW_ALLOCATION, Capability.VIEW_SAFETY_REPORTS}),
 }
 
 

@@ -166,6 +166,8 @@ class Role(models.TextChoices):
     MONITOR = "monitor", _("Data manager / monitor")
     STATISTICIAN = "statistician", _("Unblinded statistician")
     SUPPLY_MANAGER = "supply_manager", _("Unblinded supply manager")
+    # The data and safety monitoring board: reads the closed (by-arm) safety report, enters nothing.
+    DSMB = "dsmb", _("DSMB member")
 
 
 class StaffRole(Audited, models.Model):
