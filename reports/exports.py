@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import datetime
+import json
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from xml.sax.saxutils import escape
@@ -933,16 +934,72 @@ def odm_subjects_query(scope: ReportScope, criteria_codes: list[str]) -> tuple[s
         f"ORDER BY v.target_date, v.id) FROM {visit_table} v WHERE v.participant_id = s.id AND v.site_id = ANY(%s)), '')"
     )
     location_oid = _sql_xml_attribute("'LOC.' || " + _sql_oid_part("st.code"))
+    adverse_events = _sql_adverse_events()
     subject = (
         f"'<SubjectData SubjectKey=' || {_sql_xml_attribute(_SQL_SUBJECT_KEY)} || '>'"
         f" || '<SiteRef LocationOID=' || {location_oid} || '/>'"
         f"""|| '<StudyEventData StudyEventOID="{OdmWriter.STUDY_EVENT_SCREENING}"><FormData FormOID="F.SCREENING">'"""
         f" || {screening} || {eligibility} || '</FormData></StudyEventData>'"
-        f" || {randomization} || {visits} || '</SubjectData>' || E'\\n'"
+        f" || {randomization} || {visits} || {adverse_events} || '</SubjectData>' || E'\\n'"
     )
     sql = f"SELECT {subject} FROM enrollment_screening s {' '.join(joins)} WHERE s.site_id = ANY(%s) ORDER BY s.id"
     site_ids = list(scope.site_ids)
-    return sql, [criteria_codes, site_ids, site_ids]
+    return sql, [criteria_codes, site_ids, site_ids, site_ids]
+
+
+def _sql_meddra_codes() -> str:
+    """The CTCAE table's MedDRA codes as a jsonb literal (our own constants: term codes and
+    numbers), so the term's code is looked up in the query without a parameter per use."""
+    from safety.ctcae import TERMS
+
+    codes = json.dumps({code: str(term.meddra_code) for code, term in TERMS.items() if term.meddra_code})
+    return "'" + codes.replace("'", "''") + "'::jsonb"
+
+
+def _sql_yes_no(condition: str) -> str:
+    return f"CASE WHEN {condition} THEN 'yes' ELSE 'no' END"
+
+
+def _sql_adverse_events() -> str:
+    """The subject's AE records as one repeating item group each, in `OdmWriter._ae_items`'s
+    order, inside one SE.AE event; nothing when the subject has none. Parameter: the site ids."""
+    from safety.models import Seriousness
+
+    items = [
+        ("IT.AE_SEQUENCE", "ae.sequence::text"),
+        ("IT.AE_FOLLOWS", "f.sequence::text"),
+        ("IT.AE_TERM", "ae.term"),
+        ("IT.AE_MEDDRA", f"({_sql_meddra_codes()} ->> ae.term)"),
+        ("IT.AE_TERM_TEXT", "ae.term_text"),
+        ("IT.AE_GRADE", "ae.grade::text"),
+        ("IT.AE_ONSET_DATE", _sql_date("ae.onset_date")),
+        ("IT.AE_RESOLUTION_DATE", _sql_date("ae.resolution_date")),
+        ("IT.AE_SERIOUS", _sql_yes_no("ae.serious")),
+        *[
+            (f"IT.AE_SER_{criterion.value.upper()}", _sql_yes_no(f"'{criterion.value}' = ANY(ae.seriousness)"))
+            for criterion in Seriousness
+        ],
+        ("IT.AE_RELATION_INFUSION", "ae.relation_infusion"),
+        ("IT.AE_RELATION_TABLETS", "ae.relation_tablets"),
+        ("IT.AE_ACTION_INFUSION", "ae.action_infusion"),
+        ("IT.AE_ACTION_TABLETS", "ae.action_tablets"),
+        ("IT.AE_OUTCOME", "ae.outcome"),
+        ("IT.AE_SPECIAL_INTEREST", _sql_yes_no("ae.special_interest")),
+        ("IT.AE_VERSION", "pv.version"),
+    ]
+    inner = " || ".join(_sql_item(f"'{item_oid}'", value) for item_oid, value in items)
+    group = (
+        """'<ItemGroupData ItemGroupOID="IG.AE" ItemGroupRepeatKey="' || ae.repeat_key || '">' """
+        f"|| {inner} || '</ItemGroupData>'"
+    )
+    return (
+        f"""coalesce((SELECT '<StudyEventData StudyEventOID="{OdmWriter.STUDY_EVENT_AE}"><FormData FormOID="F.AE">'"""
+        f" || string_agg({group}, '' ORDER BY ae.repeat_key) || '</FormData></StudyEventData>'"
+        " FROM (SELECT *, row_number() OVER (ORDER BY sequence, id) AS repeat_key FROM safety_adverseevent"
+        " WHERE participant_id = s.id AND site_id = ANY(%s)) AS ae"
+        " LEFT JOIN safety_adverseevent f ON f.id = ae.follows_id"
+        " LEFT JOIN trialsite_protocolversion pv ON pv.id = ae.protocol_version_id), '')"
+    )
 
 
 class OdmWriter:
@@ -951,6 +1008,7 @@ class OdmWriter:
 
     STUDY_EVENT_SCREENING = "SE.SCREENING"
     STUDY_EVENT_RANDOMIZATION = "SE.RANDOMIZATION"
+    STUDY_EVENT_AE = "SE.AE"
 
     def __init__(self, scope: ReportScope, stream, stamp: Stamp):
         self.scope = scope
@@ -1002,10 +1060,11 @@ class OdmWriter:
             "screening_id",
         )
         visits = _grouped(visit_values(self.scope), "participant_id")
+        adverse_events = _grouped(ae_values(self.scope), "participant_id")
         for subject in subject_values(self.scope):
             own_answers = answers.take(subject["id"])
             own_visits = visits.take(subject["id"])
-            self._write_subject(subject, own_answers, own_visits)
+            self._write_subject(subject, own_answers, own_visits, adverse_events.take(subject["id"]))
             subjects += 1
             counter.step(1 + len(own_visits))
         w("</ClinicalData>\n</ODM>\n")
@@ -1039,6 +1098,8 @@ class OdmWriter:
 
     def _items(self) -> dict[str, list[tuple[str, str, str, int | None, str | None]]]:
         """Item groups and their items: (OID, name, data type, length, code list OID)."""
+        from safety.models import Seriousness
+
         groups = {
             "IG.SCREENING": [
                 ("IT.SITE", "Site", "text", 20, None),
@@ -1069,6 +1130,29 @@ class OdmWriter:
                 ("IT.VISIT_STATUS", "Visit status", "text", 20, "CL.VISIT_STATUS"),
                 ("IT.VISIT_DATE", "Visit date", "date", None, None),
             ],
+            "IG.AE": [
+                ("IT.AE_SEQUENCE", "Event number", "integer", 4, None),
+                ("IT.AE_FOLLOWS", "Follows (the event's first record)", "integer", 4, None),
+                ("IT.AE_TERM", "CTCAE v5.0 term", "text", 40, "CL.AE_TERM"),
+                ("IT.AE_MEDDRA", "MedDRA code", "integer", 8, None),
+                ("IT.AE_TERM_TEXT", "Term in words", "text", 200, None),
+                ("IT.AE_GRADE", "CTCAE grade", "integer", 1, None),
+                ("IT.AE_ONSET_DATE", "Onset date", "date", None, None),
+                ("IT.AE_RESOLUTION_DATE", "Resolution date", "date", None, None),
+                ("IT.AE_SERIOUS", "Serious", "text", 3, "CL.YES_NO"),
+                *[
+                    (f"IT.AE_SER_{criterion.value.upper()}", str(criterion.label), "text", 3, "CL.YES_NO")
+                    for criterion in Seriousness
+                ],
+                ("IT.AE_RELATION_INFUSION", "Relation to the study infusion", "text", 20, "CL.AE_RELATION"),
+                ("IT.AE_RELATION_TABLETS", "Relation to the study tablets", "text", 20, "CL.AE_RELATION"),
+                ("IT.AE_ACTION_INFUSION", "Action taken with the study infusion", "text", 20, "CL.AE_ACTION"),
+                ("IT.AE_ACTION_TABLETS", "Action taken with the study tablets", "text", 20, "CL.AE_ACTION"),
+                ("IT.AE_OUTCOME", "Outcome", "text", 20, "CL.AE_OUTCOME"),
+                ("IT.AE_SPECIAL_INTEREST", "Adverse event of special interest", "text", 3, "CL.YES_NO"),
+                # Not "PROTOCOL" in the OID: those letters contain an arm code, and blinded files are checked for those.
+                ("IT.AE_VERSION", "Protocol version", "text", 40, None),
+            ],
         }
         if self.scope.unblinded:
             groups["IG.RANDOMIZATION"].append(("IT.ARM", "Arm", "text", 20, "CL.ARM"))
@@ -1076,6 +1160,9 @@ class OdmWriter:
 
     def _code_lists(self) -> dict[str, list[tuple[str, str]]]:
         from enrollment.models import Answer, Outcome, ParticipantStatus, Sex
+        from safety.ctcae import TERMS
+        from safety.models import Action, Relation
+        from safety.models import Outcome as AeOutcome
 
         lists = {
             "CL.SEX": [(value, str(label)) for value, label in Sex.choices],
@@ -1083,6 +1170,11 @@ class OdmWriter:
             "CL.ANSWER": [(value, str(label)) for value, label in Answer.choices],
             "CL.STATUS": [(value, str(label)) for value, label in ParticipantStatus.choices],
             "CL.VISIT_STATUS": [(value, str(label)) for value, label in _visit_status_choices()],
+            "CL.AE_TERM": [(code, term.term) for code, term in TERMS.items()],
+            "CL.YES_NO": [("yes", "Yes"), ("no", "No")],
+            "CL.AE_RELATION": [(value, str(label)) for value, label in Relation.choices],
+            "CL.AE_ACTION": [(value, str(label)) for value, label in Action.choices],
+            "CL.AE_OUTCOME": [(value, str(label)) for value, label in AeOutcome.choices],
         }
         if self.scope.unblinded:
             lists["CL.ARM"] = [(arm.code, arm.name) for arm in self.scope.arms()]
@@ -1104,12 +1196,15 @@ class OdmWriter:
             (self.STUDY_EVENT_SCREENING, "Screening", ["F.SCREENING"]),
             (self.STUDY_EVENT_RANDOMIZATION, "Randomization", ["F.RANDOMIZATION"]),
         ] + [(f"SE.VISIT.{oid_part(code)}", code, ["F.VISIT"]) for code in visit_codes]
+        events.append((self.STUDY_EVENT_AE, "Adverse events", ["F.AE"]))
         w("<Protocol>")
         for order, (oid, _name, _forms) in enumerate(events, start=1):
             w("<StudyEventRef" + _attrs(StudyEventOID=oid, OrderNumber=order, Mandatory="No") + "/>")
         w("</Protocol>\n")
         for oid, name, forms in events:
-            w("<StudyEventDef" + _attrs(OID=oid, Name=name, Repeating="No", Type="Scheduled") + ">")
+            # Adverse events are not a scheduled visit: CDISC's "Common" event type.
+            kind = "Common" if oid == self.STUDY_EVENT_AE else "Scheduled"
+            w("<StudyEventDef" + _attrs(OID=oid, Name=name, Repeating="No", Type=kind) + ">")
             for form in forms:
                 w("<FormRef" + _attrs(FormOID=form, Mandatory="No") + "/>")
             w("</StudyEventDef>\n")
@@ -1117,6 +1212,7 @@ class OdmWriter:
             "F.SCREENING": ("Screening", ["IG.SCREENING", "IG.ELIGIBILITY"]),
             "F.RANDOMIZATION": ("Randomization and status", ["IG.RANDOMIZATION"]),
             "F.VISIT": ("Visit", ["IG.VISIT"]),
+            "F.AE": ("Adverse events", ["IG.AE"]),
         }
         for oid, (name, groups) in forms.items():
             w("<FormDef" + _attrs(OID=oid, Name=name, Repeating="No") + ">")
@@ -1125,7 +1221,9 @@ class OdmWriter:
             w("</FormDef>\n")
         items = self._items()
         for group, members in items.items():
-            w("<ItemGroupDef" + _attrs(OID=group, Name=group.removeprefix("IG.").title(), Repeating="No") + ">")
+            # One AE record per repeat of IG.AE (ItemGroupRepeatKey 1, 2, ... within the subject).
+            repeating = "Yes" if group == "IG.AE" else "No"
+            w("<ItemGroupDef" + _attrs(OID=group, Name=group.removeprefix("IG.").title(), Repeating=repeating) + ">")
             for item_oid, *_rest in members:
                 w("<ItemRef" + _attrs(ItemOID=item_oid, Mandatory="No") + "/>")
             w("</ItemGroupDef>\n")
@@ -1158,7 +1256,9 @@ class OdmWriter:
             w("</Location>\n")
         w("</AdminData>\n")
 
-    def _write_subject(self, subject: dict, answers: list[dict], visits: list[dict]) -> None:
+    def _write_subject(
+        self, subject: dict, answers: list[dict], visits: list[dict], adverse_events: list[dict] = ()
+    ) -> None:
         w = self.stream.write
         w("<SubjectData" + _attrs(SubjectKey=subject_key(subject)) + ">")
         w("<SiteRef" + _attrs(LocationOID=f"LOC.{oid_part(subject['site__code'])}") + "/>")
@@ -1215,12 +1315,47 @@ class OdmWriter:
                 ],
             )
             w("</FormData></StudyEventData>")
+        if adverse_events:
+            w(f'<StudyEventData StudyEventOID="{self.STUDY_EVENT_AE}"><FormData FormOID="F.AE">')
+            for repeat_key, event in enumerate(adverse_events, start=1):
+                self._item_group("IG.AE", self._ae_items(event), repeat_key=repeat_key)
+            w("</FormData></StudyEventData>")
         w("</SubjectData>\n")
 
-    def _item_group(self, oid: str, items: list[tuple[str, object]]) -> None:
+    @staticmethod
+    def _ae_items(event: dict) -> list[tuple[str, object]]:
+        from safety.ctcae import TERMS
+        from safety.models import Seriousness
+
+        term = TERMS.get(event["term"])
+        return [
+            ("IT.AE_SEQUENCE", event["sequence"]),
+            ("IT.AE_FOLLOWS", event["follows__sequence"]),
+            ("IT.AE_TERM", event["term"]),
+            ("IT.AE_MEDDRA", term.meddra_code if term else None),
+            ("IT.AE_TERM_TEXT", event["term_text"]),
+            ("IT.AE_GRADE", event["grade"]),
+            ("IT.AE_ONSET_DATE", _iso(event["onset_date"])),
+            ("IT.AE_RESOLUTION_DATE", _iso(event["resolution_date"])),
+            ("IT.AE_SERIOUS", _yes_no(event["serious"])),
+            *[
+                (f"IT.AE_SER_{criterion.value.upper()}", _yes_no(criterion.value in event["seriousness"]))
+                for criterion in Seriousness
+            ],
+            ("IT.AE_RELATION_INFUSION", event["relation_infusion"]),
+            ("IT.AE_RELATION_TABLETS", event["relation_tablets"]),
+            ("IT.AE_ACTION_INFUSION", event["action_infusion"]),
+            ("IT.AE_ACTION_TABLETS", event["action_tablets"]),
+            ("IT.AE_OUTCOME", event["outcome"]),
+            ("IT.AE_SPECIAL_INTEREST", _yes_no(event["special_interest"])),
+            ("IT.AE_VERSION", event["protocol_version__version"]),
+        ]
+
+    def _item_group(self, oid: str, items: list[tuple[str, object]], *, repeat_key: int | None = None) -> None:
         """Empty values are left out: ODM has no item rather than an empty one."""
         w = self.stream.write
-        w(f'<ItemGroupData ItemGroupOID="{oid}">')
+        repeat = f' ItemGroupRepeatKey="{repeat_key}"' if repeat_key is not None else ""
+        w(f'<ItemGroupData ItemGroupOID="{oid}"{repeat}>')
         for item_oid, value in items:
             if value is None or value == "":
                 continue

@@ -6,10 +6,12 @@ from __future__ import annotations
 import datetime
 import io
 from pathlib import Path
+from xml.etree import ElementTree
 
 import openpyxl
 import pytest
 import time_machine
+import xmlschema
 from django.conf import settings
 from django.utils import translation
 
@@ -19,7 +21,7 @@ from safety import services as safety
 from safety.ctcae import TERMS
 from safety.models import AdverseEvent, Seriousness
 from tests import reports_data
-from tests.test_reports_exports import csv_rows
+from tests.test_reports_exports import ODM, csv_rows, odm_reference_problems
 
 pytestmark = pytest.mark.django_db
 
@@ -177,3 +179,85 @@ def test_the_headings_are_in_chinese_for_a_chinese_speaking_user(events, cast):
     headings = csv_rows(content_of(export))[0]
     assert headings[:4] == ["受试者", "中心", "事件编号", "接续于"]
     assert all(not heading.isascii() for heading in headings)
+
+
+@pytest.fixture(scope="module")
+def odm_schema() -> xmlschema.XMLSchema:
+    import odmlib
+
+    path = Path(odmlib.__file__).parent / "schemas" / "odm" / "1.3.2" / "ODM1-3-2.xsd"
+    return xmlschema.XMLSchema(str(path))
+
+
+def ae_groups(document: str) -> dict[str, list[dict[str, str]]]:
+    """Each subject's IG.AE repeats, as {item OID: value}, in repeat key order."""
+    groups = {}
+    for subject in ElementTree.fromstring(document).iter(f"{ODM}SubjectData"):
+        repeats = [group for group in subject.iter(f"{ODM}ItemGroupData") if group.get("ItemGroupOID") == "IG.AE"]
+        if repeats:
+            assert [group.get("ItemGroupRepeatKey") for group in repeats] == [
+                str(n) for n in range(1, len(repeats) + 1)
+            ]
+            groups[subject.get("SubjectKey")] = [
+                {item.get("ItemOID"): item.get("Value") for item in group.iter(f"{ODM}ItemData")} for group in repeats
+            ]
+    return groups
+
+
+def test_the_odm_carries_each_ae_record_as_a_repeat_and_validates(events, cast, odm_schema):
+    document = content_of(run_now(cast.monitor, "dataset", "odm")).decode("utf-8")
+    odm_schema.validate(document)
+    assert odm_reference_problems(ElementTree.fromstring(document)) == []
+    groups = ae_groups(document)
+    [(subject, repeats)] = groups.items()
+    assert subject == events["first"].participant.randomization_number
+    csv_body = csv_rows(content_of(run_now(cast.monitor, "adverse_events", "csv")))[1:]
+    for repeat, row, name in zip(repeats, csv_body, ("first", "change", "serious"), strict=True):
+        event = events[name]
+        event.refresh_from_db()
+        assert repeat["IT.AE_SEQUENCE"] == str(event.sequence) == row[2]
+        assert repeat.get("IT.AE_FOLLOWS", "") == row[3]
+        assert repeat["IT.AE_TERM"] == event.term and repeat["IT.AE_GRADE"] == str(event.grade)
+        assert repeat.get("IT.AE_MEDDRA", "") == row[6]
+        assert repeat["IT.AE_ONSET_DATE"] == event.onset_date.isoformat()
+        assert repeat.get("IT.AE_RESOLUTION_DATE", "") == row[10]
+        assert repeat["IT.AE_SERIOUS"] == row[11]
+        assert repeat["IT.AE_OUTCOME"] == event.outcome
+        assert repeat["IT.AE_VERSION"] == event.protocol_version.version
+    serious = repeats[2]
+    assert serious["IT.AE_SER_HOSPITALISATION"] == serious["IT.AE_SER_LIFE_THREATENING"] == "yes"
+    assert serious["IT.AE_SER_DEATH"] == "no"
+    assert (serious["IT.AE_RELATION_INFUSION"], serious["IT.AE_ACTION_INFUSION"]) == ("probable", "held")
+    assert repeats[1]["IT.AE_FOLLOWS"] == "1" and repeats[1]["IT.AE_RELATION_TABLETS"] == "possible"
+    assert "IT.ARM" not in document
+
+
+def test_the_odm_built_by_postgresql_equals_the_one_built_from_the_python_rows(
+    events, cast, site, other_site, odm_schema
+):
+    """With AEs at both sites, awkward text in the words, and both scopes."""
+    from reports import exports, selectors
+    from tests import factories
+    from trialsite.audit import audit_context
+    from trialsite.models import Role
+
+    with audit_context(reason="edge case of the export"):
+        AdverseEvent.objects.filter(pk=events["other"].pk).update(term="other", term_text='a"b<c>&d\\e\nf中')
+        statistician = factories.make_user(Role.STATISTICIAN, site, username="statistician-both")
+        statistician.trial_roles.create(site=other_site, role=Role.STATISTICIAN)
+    for user in (statistician, cast.monitor):
+        scope = selectors.report_scope(user)
+        stamp = exports.make_stamp(scope, export_id=7)
+        written = {}
+        for use_sql in (True, False):
+            stream = io.StringIO()
+            count = exports.write_odm(scope, stream, stamp, use_sql=use_sql)
+            written[use_sql] = (count, stream.getvalue())
+        assert written[True] == written[False], user.username
+        odm_schema.validate(written[True][1])
+        groups = ae_groups(written[True][1])
+        if user == statistician:
+            assert len(groups) == 2 and 'Value="a&quot;b&lt;c&gt;&amp;d&#92;e&#10;f中"' in written[True][1]
+            assert 'ItemOID="IT.ARM"' in written[True][1]
+        else:
+            assert len(groups) == 1
