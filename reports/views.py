@@ -42,6 +42,7 @@ BACKGROUND_DOWNLOADS = [
     (ExportKind.SUBJECTS, [ExportFormat.CSV, ExportFormat.XLSX]),
     (ExportKind.VISITS, [ExportFormat.CSV, ExportFormat.XLSX]),
     (ExportKind.DATASET, [ExportFormat.XLSX, ExportFormat.ODM]),
+    (ExportKind.ADVERSE_EVENTS, [ExportFormat.CSV, ExportFormat.XLSX]),
 ]
 
 

@@ -261,3 +261,19 @@ def test_the_odm_built_by_postgresql_equals_the_one_built_from_the_python_rows(
             assert 'ItemOID="IT.ARM"' in written[True][1]
         else:
             assert len(groups) == 1
+
+
+def test_the_reports_page_offers_the_listing_and_it_is_queued_in_the_background(
+    events, cast, client_for, django_capture_on_commit_callbacks
+):
+    client = client_for(cast.monitor)
+    page = client.get("/reports/").content.decode()
+    assert 'name="kind" value="adverse_events"' in page
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        answer = client.post("/reports/exports/", {"kind": "adverse_events", "format": "xlsx"})
+    assert answer.status_code == 302 and len(callbacks) == 1
+    export = Export.objects.get(requested_by=cast.monitor, kind="adverse_events")
+    assert export.status == ExportStatus.QUEUED and export.blinded
+    assert services.export_run(export_id=export.pk) is True
+    workbook = openpyxl.load_workbook(io.BytesIO(content_of(Export.objects.get(pk=export.pk))))
+    assert workbook.worksheets[1].max_row == 4
