@@ -72,6 +72,9 @@ def _validate(
         raise InvalidScreening(_("Initials are 2 to 4 letters."), field="initials")
     if date_of_birth > today:
         raise InvalidScreening(_("The date of birth cannot be in the future."), field="date_of_birth")
+    # A screening dated 0029 (a typo for 2029 or 2026) has no plausible date of birth at all.
+    if screening_date.year < 1900:
+        raise InvalidScreening(_("The screening date is not plausible; check the year."), field="screening_date")
     # A typo such as 0001 for 2001 would otherwise become an age screen failure on record.
     if date_of_birth < screening_date.replace(year=screening_date.year - OLDEST_PLAUSIBLE_AGE, day=1):
         raise InvalidScreening(

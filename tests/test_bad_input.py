@@ -306,3 +306,23 @@ def test_a_refused_body_is_answered_in_the_users_language_with_the_security_head
     )
     assert broken.status_code == 400
     assert "“initials”" in broken.content.decode()
+
+
+def test_a_screening_dated_in_the_first_centuries_is_refused_at_its_field(cast, site, api_for):
+    """Found by the API fuzzer: year 0029 made the plausible-birth check compute year -91 (500)."""
+    answer = api_for(cast.coordinator).post(
+        "/api/v1/screenings/",
+        {
+            "initials": "LW",
+            "date_of_birth": "2000-02-01",
+            "sex": "F",
+            "hospital_record_number": "NT-29",
+            "screening_date": "0029-01-01",
+            "consent_version": "1.0",
+            "consent_date": "0029-01-01",
+            "answers": {},
+        },
+        format="json",
+    )
+    assert answer.status_code == 400
+    assert "screening_date" in answer.json()
