@@ -4,7 +4,7 @@ from django.utils.translation import get_language
 from django.utils.translation import gettext_lazy as _
 
 from safety.ctcae import TERMS
-from safety.models import Action, Outcome, Relation, Seriousness
+from safety.models import Action, Outcome, Relation, Seriousness, SusarAssessment
 
 
 def term_choices():
@@ -85,3 +85,22 @@ class SaeReportForm(forms.Form):
 
 class SaeSignForm(forms.Form):
     password = forms.CharField(label=_("Your password"), widget=forms.PasswordInput, max_length=200)
+
+
+class SusarAssessForm(forms.Form):
+    related = forms.TypedChoiceField(
+        label=_("Related to the study treatment (sponsor's judgement)"),
+        choices=[("yes", _("Related")), ("no", _("Not related"))],
+        coerce=lambda value: value == "yes",
+    )
+    expectedness = forms.ChoiceField(label=_("Expectedness"), choices=SusarAssessment.Expectedness.choices)
+    reference = forms.CharField(
+        label=_("Reference safety information"),
+        help_text=_("The document and version the expectedness was judged against."),
+        widget=forms.Textarea(attrs={"rows": 2}),
+        max_length=2000,
+    )
+
+
+class SusarReportForm(forms.Form):
+    report_reference = forms.CharField(label=_("Expedited report reference"), max_length=200)

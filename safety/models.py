@@ -271,3 +271,69 @@ class SaeNotice(Audited, models.Model):
 
     def __str__(self) -> str:
         return f"SAE notice {self.kind} for AE {self.adverse_event_id}"
+
+
+class SusarAssessment(Audited, models.Model):
+    """The sponsor's assessment of one serious event (its first record): causality and
+    expectedness against the reference safety information. Related and unexpected makes it a
+    SUSAR, to be reported to regulators and ethics within 7 days of awareness when fatal or
+    life-threatening, 15 days otherwise; `reported_at` marks the expedited report sent."""
+
+    class Expectedness(models.TextChoices):
+        EXPECTED = "expected", _("Expected")
+        UNEXPECTED = "unexpected", _("Unexpected")
+
+    audit_subject_column = "participant_id"
+    audit_blinded_visible = (
+        "participant",
+        "site",
+        "adverse_event",
+        "related",
+        "expectedness",
+        "reference",
+        "assessed_by",
+        "assessed_at",
+        "deadline",
+        "reported_at",
+        "report_reference",
+        "reported_by",
+    )
+
+    participant = models.ForeignKey(
+        Participant, on_delete=models.PROTECT, related_name="+", verbose_name=_("participant")
+    )
+    site = models.ForeignKey(Site, on_delete=models.PROTECT, related_name="+", verbose_name=_("site"))
+    adverse_event = models.OneToOneField(
+        AdverseEvent, on_delete=models.PROTECT, related_name="susar_assessment", verbose_name=_("adverse event")
+    )
+    related = models.BooleanField(_("related to the study treatment (sponsor)"))
+    expectedness = models.CharField(_("expectedness"), max_length=12, choices=Expectedness.choices)
+    reference = models.TextField(_("reference safety information"))
+    assessed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+", verbose_name=_("assessed by")
+    )
+    assessed_at = models.DateTimeField(_("assessed at"))
+    # Set only for a SUSAR: awareness + 7 or 15 days.
+    deadline = models.DateTimeField(_("expedited report due"), null=True, blank=True)
+    reported_at = models.DateTimeField(_("expedited report sent at"), null=True, blank=True)
+    report_reference = models.CharField(_("expedited report reference"), max_length=200, blank=True)
+    reported_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="+",
+        verbose_name=_("reported by"),
+    )
+
+    class Meta:
+        verbose_name = _("SUSAR assessment")
+        verbose_name_plural = _("SUSAR assessments")
+        ordering = ["deadline", "id"]
+
+    def __str__(self) -> str:
+        return f"SUSAR assessment of AE {self.adverse_event_id}"
+
+    @property
+    def is_susar(self) -> bool:
+        return self.related and self.expectedness == self.Expectedness.UNEXPECTED

@@ -480,3 +480,129 @@ def sae_notice_send(*, notice_id: int) -> str:
         status=SaeNotice.Status.SENT, sent_at=timezone.now(), recipients=", ".join(message.recipients), status_reason=""
     )
     return "sent"
+
+
+# --- SUSAR: the sponsor's assessment and the expedited report ---------------------------------
+
+SUSAR_DUE_FATAL = datetime.timedelta(days=7)
+SUSAR_DUE_OTHER = datetime.timedelta(days=15)
+
+
+class SusarStatus:
+    TO_ASSESS = "to_assess"
+    NOT_SUSAR = "not_susar"
+    OPEN = "open"
+    OVERDUE = "overdue"
+    DONE = "done"
+
+
+def fatal_or_life_threatening(first: AdverseEvent) -> bool:
+    """Any episode of the event with death or life-threatening among its criteria, or a fatal outcome."""
+    return (
+        AdverseEvent.objects.filter(Q(pk=first.pk) | Q(follows=first))
+        .filter(Q(seriousness__overlap=[Seriousness.DEATH, Seriousness.LIFE_THREATENING]) | Q(outcome=Outcome.FATAL))
+        .exists()
+    )
+
+
+def susar_deadline(first: AdverseEvent) -> datetime.datetime:
+    serious = first_serious(first)
+    due = SUSAR_DUE_FATAL if fatal_or_life_threatening(first) else SUSAR_DUE_OTHER
+    return serious.awareness_at + due
+
+
+def susar_status(assessment, *, now: datetime.datetime | None = None) -> str:
+    if assessment is None:
+        return SusarStatus.TO_ASSESS
+    if not assessment.is_susar:
+        return SusarStatus.NOT_SUSAR
+    if assessment.reported_at is not None:
+        return SusarStatus.DONE
+    if (now or timezone.now()) > assessment.deadline:
+        return SusarStatus.OVERDUE
+    return SusarStatus.OPEN
+
+
+def may_assess(user, site) -> bool:
+    return access.can(user, Capability.ASSESS_SAE, site)
+
+
+def sae_assess(*, event: AdverseEvent, assessed_by, related: bool, expectedness: str, reference: str):
+    """The sponsor's causality and expectedness judgement of a serious event; a related and
+    unexpected one is a SUSAR with its expedited-report deadline. A later assessment replaces
+    the judgement (audited), keeping a report already sent."""
+    from safety.models import SusarAssessment
+
+    first = event.first
+    access.require(assessed_by, Capability.ASSESS_SAE, first.site_id)
+    if first_serious(first) is None:
+        raise Conflict(_("The event is not serious."))
+    if expectedness not in SusarAssessment.Expectedness.values:
+        raise InvalidAdverseEvent(_("Choose expected or unexpected."), field="expectedness")
+    if not (reference or "").strip():
+        raise InvalidAdverseEvent(
+            _("Name the reference safety information the expectedness was judged against."), field="reference"
+        )
+    with audit_context(actor=assessed_by, reason="SAE assessed by the sponsor"), transaction.atomic():
+        first = AdverseEvent.objects.select_for_update().get(pk=first.pk)
+        susar = related and expectedness == SusarAssessment.Expectedness.UNEXPECTED
+        assessment, _created = SusarAssessment.objects.update_or_create(
+            adverse_event=first,
+            defaults={
+                "participant_id": first.participant_id,
+                "site_id": first.site_id,
+                "related": related,
+                "expectedness": expectedness,
+                "reference": reference.strip(),
+                "assessed_by": assessed_by,
+                "assessed_at": timezone.now(),
+                "deadline": susar_deadline(first) if susar else None,
+            },
+        )
+        return assessment
+
+
+def susar_report_done(*, assessment, reported_by, reference: str, reported_at: datetime.datetime | None = None):
+    """The expedited report of a SUSAR was sent to the regulators and ethics committees."""
+    from safety.models import SusarAssessment
+
+    access.require(reported_by, Capability.ASSESS_SAE, assessment.site_id)
+    if not (reference or "").strip():
+        raise InvalidAdverseEvent(_("Give the reference of the expedited report."), field="report_reference")
+    reported_at = reported_at or timezone.now()
+    if reported_at > timezone.now():
+        raise InvalidAdverseEvent(_("The report time cannot be in the future."), field="reported_at")
+    with audit_context(actor=reported_by, reason="SUSAR expedited report sent"), transaction.atomic():
+        assessment = SusarAssessment.objects.select_for_update().get(pk=assessment.pk)
+        if not assessment.is_susar:
+            raise Conflict(_("Only a SUSAR needs an expedited report."))
+        if assessment.reported_at is not None:
+            raise Conflict(_("The expedited report is already recorded."))
+        assessment.reported_at = reported_at
+        assessment.report_reference = reference.strip()
+        assessment.reported_by = reported_by
+        assessment.save(update_fields=["reported_at", "report_reference", "reported_by"])
+        return assessment
+
+
+def susar_rows(user, *, now: datetime.datetime | None = None) -> list[dict]:
+    """The serious events at the user's assessing sites, with their SUSAR status, most urgent first."""
+    from safety.models import SusarAssessment
+
+    now = now or timezone.now()
+    firsts = (
+        access.scope(AdverseEvent.objects.all(), user, Capability.ASSESS_SAE)
+        .filter(follows__isnull=True)
+        .filter(Q(serious=True) | Q(grade_changes__serious=True))
+        .select_related("participant", "site")
+        .distinct()
+        .order_by("id")
+    )
+    assessments = {a.adverse_event_id: a for a in SusarAssessment.objects.filter(adverse_event__in=firsts)}
+    order = {SusarStatus.OVERDUE: 0, SusarStatus.TO_ASSESS: 1, SusarStatus.OPEN: 2, SusarStatus.DONE: 3}
+    rows = []
+    for first in firsts:
+        assessment = assessments.get(first.pk)
+        rows.append({"event": first, "assessment": assessment, "status": susar_status(assessment, now=now)})
+    rows.sort(key=lambda row: (order.get(row["status"], 4), row["event"].pk))
+    return rows

@@ -8,8 +8,16 @@ from django.utils.translation import gettext as _
 from enrollment.models import Participant
 from safety import services
 from safety.ctcae import TERMS
-from safety.forms import AdverseEventForm, EpisodeForm, ResolveForm, SaeReportForm, SaeSignForm
-from safety.models import AdverseEvent, SaeReport
+from safety.forms import (
+    AdverseEventForm,
+    EpisodeForm,
+    ResolveForm,
+    SaeReportForm,
+    SaeSignForm,
+    SusarAssessForm,
+    SusarReportForm,
+)
+from safety.models import AdverseEvent, SaeReport, SusarAssessment
 from trialsite import access
 from trialsite.access import Capability
 from trialsite.exceptions import TrialRuleError
@@ -89,8 +97,12 @@ def adverse_event_detail(request, pk: int, sequence: int):
     resolve_form = ResolveForm(request.POST if action == "resolve" else None, prefix="resolve")
     report_form = SaeReportForm(request.POST if action == "report" else None, prefix="report")
     sign_form = SaeSignForm(request.POST if action == "sign" else None, prefix="sign")
+    assess_form = SusarAssessForm(request.POST if action == "assess" else None, prefix="assess")
+    susar_report_form = SusarReportForm(request.POST if action == "susar_report" else None, prefix="susar")
     if request.method == "POST":
-        if action == "sign":
+        if action in ("assess", "susar_report"):
+            access.require(request.user, Capability.ASSESS_SAE, participant.site_id)
+        elif action == "sign":
             access.require(request.user, Capability.SIGN_ELIGIBILITY, participant.site_id)
         else:
             services.require_record(request.user, participant.site)
@@ -118,14 +130,38 @@ def adverse_event_detail(request, pk: int, sequence: int):
                 )
                 messages.success(request, _("SAE report signed."))
                 return redirect("adverse-event-detail", pk=pk, sequence=sequence)
+            if action == "assess" and assess_form.is_valid():
+                services.sae_assess(event=first, assessed_by=request.user, **assess_form.cleaned_data)
+                messages.success(request, _("Assessment saved."))
+                return redirect("adverse-event-detail", pk=pk, sequence=sequence)
+            if action == "susar_report" and susar_report_form.is_valid():
+                assessment = SusarAssessment.objects.filter(adverse_event=first).first()
+                if assessment is None:
+                    raise Http404
+                services.susar_report_done(
+                    assessment=assessment,
+                    reported_by=request.user,
+                    reference=susar_report_form.cleaned_data["report_reference"],
+                )
+                messages.success(request, _("Expedited report recorded."))
+                return redirect("adverse-event-detail", pk=pk, sequence=sequence)
         except TrialRuleError as error:
-            form = {"grade": grade_form, "resolve": resolve_form, "report": report_form, "sign": sign_form}.get(action)
+            form = {
+                "grade": grade_form,
+                "resolve": resolve_form,
+                "report": report_form,
+                "sign": sign_form,
+                "assess": assess_form,
+                "susar_report": susar_report_form,
+            }.get(action)
             if form is None:
                 raise
             _show_error(form, error)
     episodes = AdverseEvent.objects.filter(participant=participant, sequence=sequence).order_by("onset_date", "id")
     serious = services.first_serious(first)
     reports = SaeReport.objects.filter(adverse_event=first).select_related("signature__signer").order_by("version")
+    may_assess = serious is not None and services.may_assess(request.user, participant.site)
+    assessment = SusarAssessment.objects.filter(adverse_event=first).first() if may_assess else None
     return render(
         request,
         "safety/adverse_event_detail.html",
@@ -143,8 +179,23 @@ def adverse_event_detail(request, pk: int, sequence: int):
             "sign_form": sign_form,
             "may_record": services.may_record(request.user, participant.site),
             "may_sign": services.is_investigator(request.user, participant.site),
+            "may_assess": may_assess,
+            "assessment": assessment,
+            "susar_status": services.susar_status(assessment) if may_assess else None,
+            "assess_form": assess_form,
+            "susar_report_form": susar_report_form,
         },
     )
+
+
+@login_required
+def susar_list(request):
+    """The sponsor safety officer's work list: serious events to assess and SUSARs with their deadline."""
+    access.require(request.user, Capability.ASSESS_SAE)
+    rows = services.susar_rows(request.user)
+    for row in rows:
+        row["term"] = _term_label(row["event"].term)
+    return render(request, "safety/susar_list.html", {"rows": rows})
 
 
 def _report_page(request, scope):

@@ -14,6 +14,7 @@ ALL = [
     "statistician",
     "supply_manager",
     "dsmb",
+    "sponsor_safety",
     "other_coordinator",
     "other_monitor",
     "nobody",
@@ -27,7 +28,19 @@ LIST_SURFACES = [
     ("/api/v1/pharmacy/queue/", {"pharmacist"}),
     ("/supply/", {"supply_manager"}),
     ("/api/v1/supply/stock/", {"supply_manager"}),
-    ("/reminders/", {"coordinator", "pharmacist", "investigator", "monitor", "other_coordinator", "other_monitor"}),
+    # Whoever sees participants, the sponsor safety officer (blinded, to assess SAEs) included.
+    (
+        "/reminders/",
+        {
+            "coordinator",
+            "pharmacist",
+            "investigator",
+            "monitor",
+            "sponsor_safety",
+            "other_coordinator",
+            "other_monitor",
+        },
+    ),
     ("/reports/", {"investigator", "monitor", "statistician", "other_monitor"}),
     ("/api/v1/reports/enrollment/", {"investigator", "monitor", "statistician", "other_monitor"}),
     # The open safety report: whoever sees participants, and the safety report readers.
@@ -40,6 +53,7 @@ LIST_SURFACES = [
             "monitor",
             "statistician",
             "dsmb",
+            "sponsor_safety",
             "other_coordinator",
             "other_monitor",
         },
@@ -47,10 +61,12 @@ LIST_SURFACES = [
     # The closed (by-arm) report: safety report readers who see allocation at every site.
     ("/safety/closed-report/", {"statistician", "dsmb"}),
     ("/safety/closed-report/pdf/", {"statistician", "dsmb"}),
+    # SAEs to assess and SUSARs: the sponsor safety officer only.
+    ("/safety/susars/", {"sponsor_safety"}),
 ]
 RECORD_SURFACES = [
-    ("/visits/{visit}/", {"coordinator", "pharmacist", "investigator", "monitor"}),
-    ("/api/v1/visits/{visit}/", {"coordinator", "pharmacist", "investigator", "monitor"}),
+    ("/visits/{visit}/", {"coordinator", "pharmacist", "investigator", "monitor", "sponsor_safety"}),
+    ("/api/v1/visits/{visit}/", {"coordinator", "pharmacist", "investigator", "monitor", "sponsor_safety"}),
 ]
 
 

@@ -33,6 +33,7 @@ class Capability(models.TextChoices):
     READ_AUDIT = "read_audit", _("Read the audit trail")
     RAISE_QUERIES = "raise_queries", _("Raise data queries")
     VIEW_SAFETY_REPORTS = "view_safety_reports", _("Read the DSMB safety reports")
+    ASSESS_SAE = "assess_sae", _("Assess serious adverse events for expedited reporting (SUSAR)")
 
 
 # The protocol file may override these per trial (`[roles]`); these are the defaults
@@ -65,6 +66,9 @@ DEFAULT_ROLE_CAPABILITIES: dict[str, frozenset[str]] = {
     Role.SUPPLY_MANAGER: frozenset({Capability.MANAGE_SUPPLY, Capability.VIEW_ALLOCATION}),
     # Read-only and unblinded: the closed safety report by arm, and no capability that writes.
     Role.DSMB: frozenset({Capability.VIEW_ALLOCATION, Capability.VIEW_SAFETY_REPORTS}),
+    # Sees participants blinded to assess their SAEs; breaks the blind only of a SUSAR's participant,
+    # through the emergency unblinding (for this user only), so it is an unblinded role (two-factor).
+    Role.SPONSOR_SAFETY: frozenset({Capability.VIEW_PARTICIPANTS, Capability.ASSESS_SAE, Capability.EMERGENCY_UNBLIND}),
 }
 
 

@@ -168,6 +168,8 @@ class Role(models.TextChoices):
     SUPPLY_MANAGER = "supply_manager", _("Unblinded supply manager")
     # The data and safety monitoring board: reads the closed (by-arm) safety report, enters nothing.
     DSMB = "dsmb", _("DSMB member")
+    # The sponsor's safety officer: assesses SAEs for SUSARs and may break the blind of one participant.
+    SPONSOR_SAFETY = "sponsor_safety", _("Sponsor safety officer")
 
 
 class StaffRole(Audited, models.Model):
