@@ -59,6 +59,15 @@ class LoadReport:
     changes: list[str] = field(default_factory=list)
 
 
+def _allocation_basis(randomization) -> tuple:
+    """What allocations rest on: the method, the site as a stratum, and each factor's levels."""
+    return (
+        randomization.method,
+        randomization.stratify_by_site,
+        tuple((factor.code, factor.levels) for factor in randomization.factors),
+    )
+
+
 def _refusals(trial: Trial, protocol: Protocol) -> list[str]:
     """What the new file would change that history forbids, in words, for an existing trial."""
     from enrollment.models import Participant, Screening
@@ -81,12 +90,7 @@ def _refusals(trial: Trial, protocol: Protocol) -> list[str]:
         # Allocations made so far rest on these strata (or minimization factors); new ones would
         # be balanced over other groups, and the audit could not re-derive them.
         old, new = current.randomization, protocol.randomization
-        strata = lambda spec: (  # noqa: E731
-            spec.method,
-            spec.stratify_by_site,
-            tuple((factor.code, factor.levels) for factor in spec.factors),
-        )
-        if strata(old) != strata(new):
+        if _allocation_basis(old) != _allocation_basis(new):
             refusals.append(
                 "randomization: participants are randomized by method "
                 f"{old.method}, site stratification {old.stratify_by_site} and factors "
