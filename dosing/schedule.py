@@ -1,6 +1,7 @@
-"""How a withdrawn participant's visit plan ends. Called by the withdrawal service (enrollment)
-in its own transaction and audit context, and by the daily missed-visit scan for anything left
-over, so no visit of a withdrawn participant stays "scheduled" with its window long closed."""
+"""How a withdrawn or deceased participant's visit plan ends. Called by the withdrawal service
+(enrollment) and the death record (safety) in their own transaction and audit context, and by
+the daily missed-visit scan for anything a withdrawal left over, so no visit of a participant who
+left the trial stays "scheduled" with its window long closed."""
 
 from __future__ import annotations
 
@@ -31,4 +32,20 @@ def visits_end_for_withdrawal(*, participant_ids=None) -> int:
     if participant_ids is not None:
         reminders = reminders.filter(participant_id__in=list(participant_ids))
     reminders.update(status=Reminder.Status.CANCELLED, status_reason=gettext_noop("participant withdrew"))
+    return missed + not_done
+
+
+def visits_end_for_death(*, participant_id: int, died_on) -> int:
+    """Close the still-open visits of a participant who died on `died_on`, as a withdrawal does:
+    a visit whose window closed before the death was missed; every other open one will not
+    happen, "Not done (participant died)". Their scheduled reminders are cancelled. Must run
+    inside the caller's audit context. Returns the visits changed."""
+    visits = Visit.objects.filter(participant_id=participant_id)
+    missed = visits.filter(status=VisitStatus.SCHEDULED, window_end__lt=died_on).update(status=VisitStatus.MISSED)
+    not_done = visits.filter(
+        Q(status=VisitStatus.SCHEDULED) | Q(status=VisitStatus.MISSED, window_end__gte=died_on)
+    ).update(status=VisitStatus.NOT_DONE_DIED)
+    Reminder.objects.filter(status=Reminder.Status.SCHEDULED, participant_id=participant_id).update(
+        status=Reminder.Status.CANCELLED, status_reason=gettext_noop("participant died")
+    )
     return missed + not_done

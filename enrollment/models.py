@@ -145,6 +145,8 @@ class ParticipantStatus(models.TextChoices):
     RANDOMIZED = "randomized", _("Randomized")
     WITHDRAWN = "withdrawn", _("Withdrawn")
     COMPLETED = "completed", _("Completed")
+    # Set with the death record (safety): treatment and follow-up ended on the date of death.
+    DIED = "died", _("Died")
 
 
 class Participant(Audited, models.Model):

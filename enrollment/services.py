@@ -447,6 +447,8 @@ def participant_withdraw(
         )
         if participant.status == ParticipantStatus.WITHDRAWN:
             raise Conflict(_("The participant has already withdrawn."))
+        if participant.status == ParticipantStatus.DIED:
+            raise Conflict(_("The participant died; their participation has already ended."))
         if withdrawn_on < participant.screening.screening_date:
             raise InvalidScreening(_("The withdrawal date cannot be before the screening date."), field="withdrawn_on")
         if withdrawn_on > timezone.localdate(timezone=participant.site.zone):

@@ -39,6 +39,10 @@ class ParticipantWithdrawn(TrialRuleError):
     default_message = gettext_lazy("The participant has withdrawn and cannot be randomized.")
 
 
+class ParticipantDied(TrialRuleError):
+    default_message = gettext_lazy("The participant has died and cannot be randomized.")
+
+
 class EligibilityNotSigned(TrialRuleError):
     """The protocol asks for the principal investigator's eligibility signature first
     (`[randomization] require_eligibility_signature`)."""
@@ -249,6 +253,8 @@ def signature_required(trial: Trial) -> bool:
 def _check_randomizable(participant: Participant) -> None:
     if participant.status == ParticipantStatus.WITHDRAWN or hasattr(participant, "withdrawal"):
         raise ParticipantWithdrawn()
+    if participant.status == ParticipantStatus.DIED:
+        raise ParticipantDied()
     if participant.randomization_number or participant.status != ParticipantStatus.ENROLLED:
         raise AlreadyRandomized()
     screening = participant.screening

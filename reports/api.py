@@ -30,6 +30,7 @@ class CountsSerializer(serializers.Serializer):
     on_treatment = serializers.IntegerField()
     completed = serializers.IntegerField()
     withdrawn = serializers.IntegerField()
+    died = serializers.IntegerField()
 
 
 class ArmCountsSerializer(CountsSerializer):

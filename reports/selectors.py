@@ -17,10 +17,12 @@ Definitions (people are counted, never reasons, unless a count says "by reason")
 - consented: screenings with at least one recorded consent.
 - enrolled: participants (eligible, consented people given a screening number).
 - randomized: participants with a randomization number.
-- on treatment: randomized, not withdrawn, not completed, treatment not stopped by the lab
+- on treatment: randomized, not withdrawn, not dead, not completed, treatment not stopped by the lab
   safety gates and not lost to follow-up.
 - completed: participant status "completed".
 - withdrawn: participants with a Withdrawal record (before or after randomization).
+- died: participants whose death is recorded (a grade 5 adverse event); not on treatment, and
+  in CONSORT a reason of "not received" and "discontinued".
 - CONSORT: assessed for eligibility = screened; excluded = screened - randomized, broken down by
   screening outcome of the people not randomized (not eligible [with reasons], incomplete,
   eligible but not randomized), so assessed = excluded + randomized by construction of the
@@ -74,6 +76,7 @@ ENROLLMENT_COLUMNS: list[tuple[str, str]] = [
     ("on_treatment", _("On treatment")),
     ("completed", _("Completed")),
     ("withdrawn", _("Withdrawn")),
+    ("died", _("Died")),
 ]
 COUNT_KEYS = [key for key, _label in ENROLLMENT_COLUMNS]
 
@@ -169,8 +172,11 @@ def _participants(scope: ReportScope):
 RANDOMIZED = Q(randomization_number__isnull=False)
 COMPLETED = Q(status=ParticipantStatus.COMPLETED)
 WITHDRAWN = Q(withdrawal__isnull=False)
-LOST = RANDOMIZED & ~WITHDRAWN & ~COMPLETED & Q(latest_resolved_visit="missed")
-STOPPED_NOT_LOST = RANDOMIZED & ~WITHDRAWN & ~COMPLETED & Q(treatment_stopped=True) & ~Q(latest_resolved_visit="missed")
+DIED = Q(status=ParticipantStatus.DIED)
+# A participant who left (withdrew or died) is neither lost nor stopped by the gates.
+LEFT = WITHDRAWN | DIED
+LOST = RANDOMIZED & ~LEFT & ~COMPLETED & Q(latest_resolved_visit="missed")
+STOPPED_NOT_LOST = RANDOMIZED & ~LEFT & ~COMPLETED & Q(treatment_stopped=True) & ~Q(latest_resolved_visit="missed")
 NOT_GIVEN = RANDOMIZED & Q(dose_given=False)
 PARTICIPANT_COUNTS: dict[str, Q] = {
     "enrolled": Q(),
@@ -178,19 +184,23 @@ PARTICIPANT_COUNTS: dict[str, Q] = {
     "on_treatment": RANDOMIZED
     & ~WITHDRAWN
     & ~COMPLETED
+    & ~DIED
     & Q(treatment_stopped=False)
     & ~Q(latest_resolved_visit="missed"),
     "completed": COMPLETED,
     "withdrawn": WITHDRAWN,
+    "died": DIED,
     # CONSORT 13a: received the allocated intervention, or not and why (one reason per person).
     "received_intervention": RANDOMIZED & Q(dose_given=True),
     "not_received": NOT_GIVEN,
     "not_received_withdrew": NOT_GIVEN & WITHDRAWN,
-    "not_received_held": NOT_GIVEN & ~WITHDRAWN & Q(dose_held=True),
-    "not_received_not_yet": NOT_GIVEN & ~WITHDRAWN & Q(dose_held=False),
+    "not_received_died": NOT_GIVEN & DIED,
+    "not_received_held": NOT_GIVEN & ~LEFT & Q(dose_held=True),
+    "not_received_not_yet": NOT_GIVEN & ~LEFT & Q(dose_held=False),
     # CONSORT 13b: discontinued intervention and lost to follow-up, with reasons; disjoint.
-    "discontinued": (RANDOMIZED & WITHDRAWN) | STOPPED_NOT_LOST,
+    "discontinued": (RANDOMIZED & LEFT) | STOPPED_NOT_LOST,
     "discontinued_withdrew": RANDOMIZED & WITHDRAWN,
+    "discontinued_died": RANDOMIZED & DIED,
     "discontinued_stopped_by_lab_gates": STOPPED_NOT_LOST,
     "lost_to_follow_up": LOST,
     "lost_missed_last_visit": LOST,
@@ -426,6 +436,7 @@ def _group(label: str, counts: dict[str, int], code: str | None = None) -> Conso
         not_received=n("not_received"),
         not_received_reasons=[
             ("withdrew", gettext("Withdrew before a dose"), n("not_received_withdrew")),
+            ("died", gettext("Died before a dose"), n("not_received_died")),
             ("first_dose_held", gettext("First dose held by the lab safety gates"), n("not_received_held")),
             ("no_dose_yet", gettext("No dose recorded yet"), n("not_received_not_yet")),
         ],
@@ -436,6 +447,7 @@ def _group(label: str, counts: dict[str, int], code: str | None = None) -> Conso
         discontinued=n("discontinued"),
         discontinued_reasons=[
             ("withdrew", gettext("Withdrew from the trial"), n("discontinued_withdrew")),
+            ("died", gettext("Died"), n("discontinued_died")),
             (
                 "stopped_by_lab_gates",
                 gettext("Treatment stopped by the lab safety gates"),

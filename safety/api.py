@@ -56,6 +56,9 @@ class EpisodeInput(serializers.Serializer):
     action_infusion = serializers.ChoiceField(choices=Action.choices, required=False, allow_blank=True, default="")
     action_tablets = serializers.ChoiceField(choices=Action.choices, required=False, allow_blank=True, default="")
     outcome = serializers.ChoiceField(choices=Outcome.choices, default=Outcome.NOT_RECOVERED)
+    # Grade 5 only: the death closes the participant's treatment and follow-up.
+    died_on = serializers.DateField(required=False, allow_null=True, default=None)
+    death_cause = serializers.CharField(required=False, allow_blank=True, default="", max_length=2000)
 
 
 class AdverseEventInput(EpisodeInput):

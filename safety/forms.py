@@ -48,6 +48,12 @@ class EpisodeForm(forms.Form):
         label=_("Action taken with the study tablets"), choices=_blank(Action.choices), required=False
     )
     outcome = forms.ChoiceField(label=_("Outcome"), choices=Outcome.choices, initial=Outcome.NOT_RECOVERED)
+    died_on = forms.DateField(
+        label=_("Date of death (grade 5)"), required=False, widget=forms.DateInput(attrs={"type": "date"})
+    )
+    death_cause = forms.CharField(
+        label=_("Cause of death (grade 5)"), required=False, max_length=2000, widget=forms.Textarea(attrs={"rows": 2})
+    )
 
     def clean_awareness_at(self):
         value = self.cleaned_data.get("awareness_at")
@@ -72,7 +78,8 @@ class ResolveForm(forms.Form):
     resolution_date = forms.DateField(label=_("Resolution date"), widget=forms.DateInput(attrs={"type": "date"}))
     outcome = forms.ChoiceField(
         label=_("Outcome"),
-        choices=[(value, label) for value, label in Outcome.choices if value in ("recovered", "sequelae", "fatal")],
+        # A death is not a resolution: it is a grade 5 episode with its date and cause.
+        choices=[(value, label) for value, label in Outcome.choices if value in ("recovered", "sequelae")],
     )
 
 

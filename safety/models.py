@@ -337,3 +337,52 @@ class SusarAssessment(Audited, models.Model):
     @property
     def is_susar(self) -> bool:
         return self.related and self.expectedness == self.Expectedness.UNEXPECTED
+
+
+class Death(Audited, models.Model):
+    """A participant's death, recorded with the grade 5 episode of the event that caused it. It
+    closes their treatment and follow-up: visits still to come will not happen, reminders stop,
+    and nothing more is dosed. The participant's status becomes "died"."""
+
+    audit_subject_column = "participant_id"
+    audit_clinical_fields = ("died_on", "cause")
+    audit_blinded_visible = (
+        "participant",
+        "site",
+        "died_on",
+        "cause",
+        "adverse_event",
+        "protocol_version",
+        "recorded_by",
+        "recorded_at",
+    )
+
+    participant = models.OneToOneField(
+        Participant, on_delete=models.PROTECT, related_name="death", verbose_name=_("participant")
+    )
+    site = models.ForeignKey(Site, on_delete=models.PROTECT, related_name="+", verbose_name=_("site"))
+    died_on = models.DateField(_("date of death"))
+    cause = models.TextField(_("cause of death"))
+    # The fatal event's first record (its grade 5 episode follows it, or is it).
+    adverse_event = models.ForeignKey(
+        AdverseEvent, on_delete=models.PROTECT, related_name="+", verbose_name=_("adverse event")
+    )
+    protocol_version = models.ForeignKey(
+        "trialsite.ProtocolVersion",
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="+",
+        verbose_name=_("protocol version"),
+    )
+    recorded_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+", verbose_name=_("recorded by")
+    )
+    recorded_at = models.DateTimeField(_("recorded at"), auto_now_add=True)
+
+    class Meta:
+        verbose_name = _("death")
+        verbose_name_plural = _("deaths")
+
+    def __str__(self) -> str:
+        return f"Death of participant {self.participant_id} on {self.died_on}"

@@ -23,9 +23,11 @@ from django.utils.translation import gettext as _
 from django.utils.translation import gettext_noop
 
 from dosing.reminders.channels import OutgoingMessage, PermanentSendError, channel_for
-from enrollment.models import Participant
+from dosing.schedule import visits_end_for_death
+from enrollment.models import Participant, ParticipantStatus
 from safety.ctcae import TERMS, grades_of
-from safety.models import AdverseEvent, Outcome, SaeNotice, SaeReport, Seriousness
+from safety.models import AdverseEvent, Death, Outcome, SaeNotice, SaeReport, Seriousness
+from schedules.models import Visit
 from trialsite import access
 from trialsite.access import Capability
 from trialsite.audit import audit_context
@@ -81,6 +83,9 @@ class AeDetails:
     action_infusion: str = ""
     action_tablets: str = ""
     outcome: str = Outcome.NOT_RECOVERED
+    # A grade 5 episode: the participant's death, which closes their treatment and follow-up.
+    died_on: datetime.date | None = None
+    death_cause: str = ""
 
 
 def _check(details: AeDetails, *, participant: Participant, term: str) -> None:
@@ -99,6 +104,17 @@ def _check(details: AeDetails, *, participant: Participant, term: str) -> None:
         raise InvalidAdverseEvent(_("The onset date cannot be in the future."), field="onset_date")
     if details.grade == 5 and details.outcome != Outcome.FATAL:
         raise InvalidAdverseEvent(_("A grade 5 event is fatal: choose the outcome Fatal."), field="outcome")
+    if details.outcome == Outcome.FATAL and details.grade != 5:
+        raise InvalidAdverseEvent(_("A fatal event is CTCAE grade 5."), field="grade")
+    if details.grade == 5:
+        _check_death(details, participant=participant)
+    else:
+        died_on = Death.objects.filter(participant=participant).values_list("died_on", flat=True).first()
+        if died_on is not None and details.onset_date > died_on:
+            raise InvalidAdverseEvent(
+                _("The participant died on %(date)s; the onset cannot be later.") % {"date": died_on},
+                field="onset_date",
+            )
     unknown = set(details.seriousness) - set(Seriousness.values)
     if unknown:
         raise InvalidAdverseEvent(_("Choose seriousness criteria from the list."), field="seriousness")
@@ -110,6 +126,52 @@ def _check(details: AeDetails, *, participant: Participant, term: str) -> None:
         raise InvalidAdverseEvent(_("Enter when the site became aware the event is serious."), field="awareness_at")
     if details.awareness_at is not None and details.awareness_at > timezone.now():
         raise InvalidAdverseEvent(_("The awareness time cannot be in the future."), field="awareness_at")
+
+
+def _check_death(details: AeDetails, *, participant: Participant) -> None:
+    if Seriousness.DEATH not in details.seriousness:
+        raise InvalidAdverseEvent(
+            _("A fatal event is serious: tick the criterion \u201cResulted in death\u201d."), field="seriousness"
+        )
+    if details.died_on is None:
+        raise InvalidAdverseEvent(_("Enter the date of death."), field="died_on")
+    if details.died_on < details.onset_date:
+        raise InvalidAdverseEvent(_("The date of death cannot be before the onset."), field="died_on")
+    if details.died_on > timezone.localdate(timezone=participant.site.zone):
+        raise InvalidAdverseEvent(_("The date of death cannot be in the future."), field="died_on")
+    if not details.death_cause.strip():
+        raise InvalidAdverseEvent(_("Enter the cause of death."), field="death_cause")
+    # A visit recorded after the death would be a data error on one side or the other.
+    last_visit = (
+        Visit.objects.filter(participant=participant, actual_date__isnull=False)
+        .order_by("-actual_date")
+        .values_list("actual_date", flat=True)
+        .first()
+    )
+    if last_visit is not None and details.died_on < last_visit:
+        raise InvalidAdverseEvent(
+            _("A visit was recorded on %(date)s, after this date of death.") % {"date": last_visit}, field="died_on"
+        )
+
+
+def _record_death(event: AdverseEvent, details: AeDetails, *, recorded_by) -> Death:
+    """The participant's death closes their treatment and follow-up (runs inside the caller's
+    transaction and audit context, with the participant row locked)."""
+    participant = event.participant
+    if Death.objects.filter(participant=participant).exists():
+        raise Conflict(_("The participant's death is already recorded."))
+    death = Death.objects.create(
+        participant=participant,
+        site=participant.site,
+        died_on=details.died_on,
+        cause=details.death_cause.strip(),
+        adverse_event=event.first,
+        protocol_version_id=participant.site.trial.current_version_id,
+        recorded_by=recorded_by,
+    )
+    Participant.objects.filter(pk=participant.pk).update(status=ParticipantStatus.DIED)
+    visits_end_for_death(participant_id=participant.pk, died_on=details.died_on)
+    return death
 
 
 def _fields(details: AeDetails, *, term: str) -> dict:
@@ -126,6 +188,8 @@ def _fields(details: AeDetails, *, term: str) -> dict:
         "action_infusion": details.action_infusion,
         "action_tablets": details.action_tablets,
         "outcome": details.outcome,
+        # A fatal episode ends on the day of death.
+        "resolution_date": details.died_on if details.grade == 5 else None,
     }
 
 
@@ -152,6 +216,8 @@ def ae_record(*, participant: Participant, recorded_by, details: AeDetails) -> A
             recorded_by=recorded_by,
             **_fields(details, term=details.term),
         )
+        if event.grade == 5:
+            _record_death(event, details, recorded_by=recorded_by)
         if event.serious:
             _start_sae_clock(event)
         return event
@@ -173,6 +239,8 @@ def ae_grade_change(*, event: AdverseEvent, recorded_by, details: AeDetails) -> 
         details.awareness_at = already_serious.awareness_at
     _check(details, participant=first.participant, term=first.term)
     with audit_context(actor=recorded_by, reason="Adverse event grade changed"), transaction.atomic():
+        # The participant first, in the order ae_record locks: a death is recorded at most once.
+        Participant.objects.select_for_update(of=("self",)).get(pk=first.participant_id)
         first = AdverseEvent.objects.select_for_update().get(pk=first.pk)
         current = current_episode(first)
         if current.resolution_date is not None:
@@ -201,6 +269,8 @@ def ae_grade_change(*, event: AdverseEvent, recorded_by, details: AeDetails) -> 
             recorded_by=recorded_by,
             **fields,
         )
+        if episode.grade == 5:
+            _record_death(episode, details, recorded_by=recorded_by)
         if episode.serious and not was_serious:
             _start_sae_clock(episode)
         return episode
@@ -209,8 +279,14 @@ def ae_grade_change(*, event: AdverseEvent, recorded_by, details: AeDetails) -> 
 def ae_resolve(*, event: AdverseEvent, recorded_by, resolution_date: datetime.date, outcome: str) -> AdverseEvent:
     first = event.first
     require_record(recorded_by, first.site)
-    if outcome not in (Outcome.RECOVERED, Outcome.SEQUELAE, Outcome.FATAL):
-        raise InvalidAdverseEvent(_("An event ends recovered, recovered with sequelae or fatal."), field="outcome")
+    if outcome == Outcome.FATAL:
+        # A death is a grade 5 episode, recorded with its date and cause.
+        raise InvalidAdverseEvent(
+            _("A fatal outcome is CTCAE grade 5: record a grade change to grade 5 with the date and cause of death."),
+            field="outcome",
+        )
+    if outcome not in (Outcome.RECOVERED, Outcome.SEQUELAE):
+        raise InvalidAdverseEvent(_("An event ends recovered or recovered with sequelae."), field="outcome")
     with audit_context(actor=recorded_by, reason="Adverse event resolved"), transaction.atomic():
         first = AdverseEvent.objects.select_for_update().get(pk=first.pk)
         current = current_episode(first)

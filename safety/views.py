@@ -46,6 +46,8 @@ def _details(data: dict, **extra) -> services.AeDetails:
         action_infusion=data["action_infusion"],
         action_tablets=data["action_tablets"],
         outcome=data["outcome"],
+        died_on=data.get("died_on"),
+        death_cause=data.get("death_cause") or "",
         **extra,
     )
 

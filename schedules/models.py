@@ -32,6 +32,8 @@ class VisitStatus(models.TextChoices):
     CANCELLED = "cancelled", _("Not done (treatment stopped)")
     # A visit after the participant withdrew: it will not happen, and it was not missed.
     NOT_DONE_WITHDRAWN = "not_done_withdrawn", _("Not done (withdrawn)")
+    # A visit after the participant's death.
+    NOT_DONE_DIED = "not_done_died", _("Not done (participant died)")
 
 
 class Visit(Audited, models.Model):
@@ -109,7 +111,9 @@ class Visit(Audited, models.Model):
                 name="visit_target_inside_window",
             ),
             models.CheckConstraint(
-                condition=Q(status__in=["scheduled", "completed", "missed", "cancelled", "not_done_withdrawn"]),
+                condition=Q(
+                    status__in=["scheduled", "completed", "missed", "cancelled", "not_done_withdrawn", "not_done_died"]
+                ),
                 name="visit_status_valid",
             ),
             models.CheckConstraint(

@@ -150,6 +150,7 @@ def build(trial, site, other_site, cast) -> TrialData:
             "on_treatment": 6,
             "completed": 1,
             "withdrawn": 1,
+            "died": 0,
         },
         "SH": {
             "screened": 3,
@@ -162,6 +163,7 @@ def build(trial, site, other_site, cast) -> TrialData:
             "on_treatment": 2,
             "completed": 0,
             "withdrawn": 0,
+            "died": 0,
         },
     }
     return data

@@ -330,11 +330,11 @@ EXPECTED = {
     "allocated": 9,
     "received": 6,
     "not_received": 3,
-    "not_received_reasons": {"withdrew": 1, "first_dose_held": 1, "no_dose_yet": 1},
+    "not_received_reasons": {"withdrew": 1, "died": 0, "first_dose_held": 1, "no_dose_yet": 1},
     "lost_to_follow_up": 2,
     "lost_reasons": {"missed_last_visit": 2},
     "discontinued": 3,
-    "discontinued_reasons": {"withdrew": 2, "stopped_by_lab_gates": 1},
+    "discontinued_reasons": {"withdrew": 2, "died": 0, "stopped_by_lab_gates": 1},
     "on_treatment": 3,
     "completed": 1,
     "analysed": 9,
@@ -388,7 +388,11 @@ def test_the_consort_counts_appear_on_the_page_the_api_the_csv_and_the_pdf(mixed
     api = api_for(cast.investigator).get("/api/v1/reports/consort/").json()
     [group] = api["groups"]
     assert (group["received"], group["not_received"], group["discontinued"], group["lost_to_follow_up"]) == (6, 3, 3, 2)
-    assert {r["key"]: r["n"] for r in group["discontinued_reasons"]} == {"withdrew": 2, "stopped_by_lab_gates": 1}
+    assert {r["key"]: r["n"] for r in group["discontinued_reasons"]} == {
+        "withdrew": 2,
+        "died": 0,
+        "stopped_by_lab_gates": 1,
+    }
     assert group["excluded_from_analysis"] == 0 and "no exclusion" in api["analysis_note"]
     rows = {row[0]: row for row in csv_rows(content_of(run_now(cast.investigator, "consort", "csv")))}
     assert rows["received_intervention"][3] == "6"

@@ -33,6 +33,8 @@ def record(participant, by, *, term, grade, serious=False, outcome="not_recovere
     fields = {"term": term, "grade": grade, "onset_date": onset, "outcome": outcome}
     if serious:
         fields.update(serious=True, seriousness=("hospitalisation",), awareness_at=timezone.now())
+    if grade == 5:
+        fields.update(seriousness=("death",), died_on=onset, death_cause="Haemorrhagic shock")
     return services.ae_record(participant=participant, recorded_by=by, details=services.AeDetails(**fields))
 
 

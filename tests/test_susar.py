@@ -41,6 +41,8 @@ def serious_event(participant, cast, site, *, seriousness=("hospitalisation",), 
             seriousness=seriousness,
             awareness_at=timezone.now() - datetime.timedelta(hours=1),
             outcome=outcome,
+            died_on=timezone.localdate(timezone=site.zone) if grade == 5 else None,
+            death_cause="Septic shock" if grade == 5 else "",
         ),
     )
 

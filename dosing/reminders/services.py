@@ -293,12 +293,16 @@ def _still_wanted(reminder: Reminder) -> str | None:
     """Why the reminder should not go out any more, or None."""
     if reminder.participant.status == ParticipantStatus.WITHDRAWN or hasattr(reminder.participant, "withdrawal"):
         return gettext_noop("participant withdrew")
+    if reminder.participant.status == ParticipantStatus.DIED:
+        return gettext_noop("participant died")
     if reminder.visit.actual_date is not None:
         return gettext_noop("the visit happened")
     if reminder.visit.status == "cancelled":
         return gettext_noop("the visit was cancelled (treatment stopped)")
     if reminder.visit.status == "not_done_withdrawn":
         return gettext_noop("the visit will not happen (participant withdrew)")
+    if reminder.visit.status == "not_done_died":
+        return gettext_noop("the visit will not happen (participant died)")
     if reminder.audience == Reminder.Audience.PARTICIPANT and not reminder.participant.contact_consent:
         return gettext_noop("participant opted out of contact")
     return None
