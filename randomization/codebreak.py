@@ -21,6 +21,7 @@ from django.utils.translation import gettext_lazy
 
 from enrollment.models import Participant
 from randomization.models import CodeBreakSheetSet, RandomizationList, Slot, Unblinding
+from randomization.services import require_unblinding_allowed
 from trialsite import access, two_factor
 from trialsite.access import Capability
 from trialsite.audit import audit_context
@@ -211,6 +212,7 @@ def sealed_sheet_opening_record(
     nothing on the page or in a refusal says what it is."""
     if not access.can(recorded_by, Capability.EMERGENCY_UNBLIND, participant.site_id):
         raise Http404("Not found")
+    require_unblinding_allowed(recorded_by, participant)
     if not (reason or "").strip():
         raise ReasonRequired(_("Give the medical reason the sheet was opened."))
     two_factor.require_verified(user=recorded_by, request=request)

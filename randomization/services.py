@@ -21,7 +21,7 @@ from trialsite import access, two_factor
 from trialsite.access import Capability
 from trialsite.audit import audit_context
 from trialsite.exceptions import Conflict, ReasonRequired, TrialRuleError
-from trialsite.models import Arm, Site, Trial
+from trialsite.models import Arm, Role, Site, StaffRole, Trial
 from trialsite.reauth import confirm_password
 from trialsite.text import looks_like_formula, whole_number
 
@@ -336,12 +336,40 @@ def _allocate(*, participant: Participant, randomized_by) -> Participant:
     return participant
 
 
+class NotASusar(TrialRuleError):
+    status_code = 403
+    default_message = gettext_lazy(
+        "The sponsor's safety officer may break the blind only of a participant with a SUSAR: a serious event "
+        "the sponsor assessed as related and unexpected. Assess the event first."
+    )
+
+
+def require_unblinding_allowed(user, participant: Participant) -> None:
+    """The emergency unblinding is the site's (the investigator's, for treating the participant)
+    at any time; the sponsor's safety officer holds it only for a SUSAR's participant, to write
+    the expedited report, so a sponsor role cannot open the arms of the trial one by one."""
+    site = participant.site
+    granted_by = {
+        role
+        for role in StaffRole.objects.filter(user=user, site=site).values_list("role", flat=True)
+        if Capability.EMERGENCY_UNBLIND in access.role_capabilities(site, role)
+    }
+    if granted_by - {Role.SPONSOR_SAFETY}:
+        return
+    # Imported here: safety's services import the dosing and enrollment services, which this module feeds.
+    from safety.services import has_susar
+
+    if not has_susar(participant):
+        raise NotASusar()
+
+
 def participant_unblind(*, participant: Participant, unblinded_by, password: str, reason: str, request=None) -> Arm:
     """Break the blind for one participant, for this user only; the sponsor is told (not the arm)."""
     if not access.can(unblinded_by, Capability.EMERGENCY_UNBLIND, participant.site_id):
         from django.http import Http404
 
         raise Http404("Not found")
+    require_unblinding_allowed(unblinded_by, participant)
     if not (reason or "").strip():
         raise ReasonRequired(_("Give the medical reason for breaking the blind."))
     two_factor.require_verified(user=unblinded_by, request=request)
