@@ -661,6 +661,16 @@ def susar_report_done(*, assessment, reported_by, reference: str, reported_at: d
         return assessment
 
 
+def has_susar(participant) -> bool:
+    """Has the sponsor judged one of the participant's serious events related and unexpected?
+    Only then may the sponsor's safety officer break this participant's blind."""
+    from safety.models import SusarAssessment
+
+    return SusarAssessment.objects.filter(
+        participant=participant, related=True, expectedness=SusarAssessment.Expectedness.UNEXPECTED
+    ).exists()
+
+
 def susar_rows(user, *, now: datetime.datetime | None = None) -> list[dict]:
     """The serious events at the user's assessing sites, with their SUSAR status, most urgent first."""
     from safety.models import SusarAssessment
