@@ -97,6 +97,7 @@ INSTALLED_APPS = [
     "reports",
     "crf",
     "safety",
+    "datasets",
 ]
 
 MIDDLEWARE = [
