@@ -480,13 +480,21 @@ def recipients_for(notice: SaeNotice) -> list[str]:
     return sorted({*investigators, notice.site.trial.sponsor_contact_email} - {""})
 
 
-def compose(notice: SaeNotice) -> OutgoingMessage:
-    """Participant number, event, grade and seriousness; never an arm (the words are blinded)."""
+# Every notice in English and then in Chinese: the sponsor's safety contact and the Chinese
+# site's investigator read the same message, and a translation never stands in for the English.
+NOTICE_LANGUAGES = ("en", "zh-hans")
+
+
+def _notice_text(notice: SaeNotice, language: str) -> tuple[str, str]:
+    """The subject and body in one language. The words are blinded: event, grade, seriousness."""
     first = notice.adverse_event
     serious = first_serious(first)
     number = notice.participant.randomization_number or notice.participant.screening_number
-    term = TERMS[first.term].term + (f" ({first.term_text})" if first.term_text else "")
-    with translation.override("en"):
+    entry = TERMS[first.term]
+    with translation.override(language):
+        term = (entry.term_zh if language.startswith("zh") else entry.term) + (
+            f" ({first.term_text})" if first.term_text else ""
+        )
         criteria = "; ".join(str(Seriousness(value).label) for value in serious.seriousness)
         values = {
             "number": number,
@@ -495,7 +503,7 @@ def compose(notice: SaeNotice) -> OutgoingMessage:
             "grade": serious.grade,
             "criteria": criteria,
             "site": notice.site.code,
-            "aware": serious.awareness_at.strftime("%Y-%m-%d %H:%M UTC"),
+            "aware": serious.awareness_at.astimezone(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         }
         if notice.kind == SaeNotice.Kind.INITIAL:
             subject = _("SAE: participant %(number)s, %(term)s") % values
@@ -518,9 +526,15 @@ def compose(notice: SaeNotice) -> OutgoingMessage:
             )
             % values
         )
+    return subject, body
+
+
+def compose(notice: SaeNotice) -> OutgoingMessage:
+    """Participant number, event, grade and seriousness, in English then Chinese; never an arm."""
+    texts = [_notice_text(notice, language) for language in NOTICE_LANGUAGES]
     return OutgoingMessage(
-        subject=subject,
-        body=body,
+        subject=" / ".join(subject for subject, _body in texts),
+        body="\n\n----------\n\n".join(body for _subject, body in texts),
         recipients=recipients_for(notice),
         message_id=f"<sae-notice-{notice.pk}@{notice.site.code.lower()}.trialsite>",
     )
