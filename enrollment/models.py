@@ -5,7 +5,7 @@ consented person becomes a Participant; the participant's primary key *is* the s
 one id names the person in every audit row from screening to the last visit."""
 
 from django.conf import settings
-from django.db import models
+from django.db import connection, models, transaction
 from django.db.models import Q
 from django.utils.translation import gettext_lazy as _
 
@@ -46,9 +46,14 @@ class Screening(Audited, models.Model):
         "created_at",
         "protocol_version",
         "updated_at",
+        "subject_key",
     )
 
     site = models.ForeignKey(Site, on_delete=models.PROTECT, related_name="screenings")
+    # The person's permanent key (NT-P00017), given when the screening is first saved and never
+    # changed: exports and imports name the person by it, whatever numbers come later. It is
+    # given before randomization, in screening order, so it says nothing about the arm.
+    subject_key = models.CharField(_("subject key"), max_length=30, editable=False)
     initials = models.CharField(_("initials"), max_length=4)
     date_of_birth = models.DateField(_("date of birth"))
     sex = models.CharField(_("sex"), max_length=1, choices=Sex.choices)
@@ -73,15 +78,47 @@ class Screening(Audited, models.Model):
             models.UniqueConstraint(
                 fields=["site", "hospital_record_number"], name="screening_record_number_unique_per_site"
             ),
+            # Per site, so per trial: the key starts with the site's code, unique in its trial.
+            models.UniqueConstraint(fields=["site", "subject_key"], name="screening_subject_key_unique_per_site"),
         ]
 
     def __str__(self) -> str:
         return f"Screening {self.pk} ({self.initials})"
 
+    def save(self, *args, **kwargs):
+        if self.subject_key:
+            return super().save(*args, **kwargs)
+        # Every way a screening is created (service, demo, tests) passes here, so none lacks a key.
+        with transaction.atomic():
+            self.subject_key = next_subject_key(self.site_id)
+            return super().save(*args, **kwargs)
+
     @property
     def masked_record_number(self) -> str:
         number = self.hospital_record_number
         return "•" * max(len(number) - 3, 0) + number[-3:]
+
+
+SUBJECT_KEY_DIGITS = 5
+
+
+def subject_key_format(site_code: str, number: int) -> str:
+    # "P" (person) keeps the key apart from the randomization number (NT-0017) at a glance.
+    return f"{site_code}-P{number:0{SUBJECT_KEY_DIGITS}d}"
+
+
+def next_subject_key(site_id: int) -> str:
+    """The site's next subject key. The site row stays locked until the transaction ends, so two
+    screenings saved at once at one site take consecutive keys instead of the same one."""
+    code = Site.objects.select_for_update().values_list("code", flat=True).get(pk=site_id)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT coalesce(max(substring(subject_key from '[0-9]+$')::int), 0) "
+            "FROM enrollment_screening WHERE site_id = %s",
+            [site_id],
+        )
+        last = cursor.fetchone()[0]
+    return subject_key_format(code, last + 1)
 
 
 class Consent(Audited, models.Model):
