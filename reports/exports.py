@@ -733,15 +733,24 @@ def _copy_csv_rows(table: Table, stream, counter: Progress) -> int:
     return rows
 
 
+# Listings a script reads: their CSV starts with the heading row (issue 19: `pandas.read_csv`
+# with no options failed on the stamp lines). Who exported them, when and from which data is on
+# the export's row in the audit trail and in the download's X-Data-Version header.
+LISTING_KEYS = frozenset({"subjects", "visits", "adverse_events"})
+
+
 def write_csv(
     tables: list[Table], stream, stamp: Stamp, progress: ProgressCallback | None = None, *, use_copy: bool = True
 ) -> int:
-    """Stamp lines (starting with '#'), then per table its heading row and rows. Returns the
-    number of data rows written. A table with a `copy_query` is streamed from COPY unless
+    """A byte order mark (Excel on Windows reads UTF-8 only with one), the stamp lines (starting
+    with '#') unless every table is a listing, then per table its heading row and rows. Returns
+    the number of data rows written. A table with a `copy_query` is streamed from COPY unless
     `use_copy` is False (then from its Python rows; a test holds the two equal)."""
     writer = csv.writer(stream)
     counter = Progress(expected_rows(tables), progress)
-    for line in stamp.lines():
+    stream.write("\ufeff")
+    stamped = not all(table.key in LISTING_KEYS for table in tables)
+    for line in stamp.lines() if stamped else ():
         # Written as they are (not as a CSV cell), so every stamp line starts with '#'.
         stream.write("# " + line.replace("\r", " ").replace("\n", " ") + "\r\n")
     rows_written = 0

@@ -20,6 +20,8 @@ class ExportKind(models.TextChoices):
     REPORT = "report", _("Enrollment report")
     CONSORT_DIAGRAM = "consort_diagram", _("CONSORT diagram")
     ADVERSE_EVENTS = "adverse_events", _("Adverse events")
+    # Issue 19: every dataset under stable variable names, with its codebook and manifest.
+    ANALYSIS = "analysis", _("Analysis package")
 
 
 class ExportFormat(models.TextChoices):
@@ -29,6 +31,9 @@ class ExportFormat(models.TextChoices):
     PDF = "pdf", "PDF"
     SVG = "svg", "SVG"
     PNG = "png", "PNG"
+    XPT = "xpt", _("SAS transport (XPT v5)")
+    SAV = "sav", _("SPSS (.sav)")
+    DTA = "dta", _("Stata (.dta)")
 
 
 class ExportStatus(models.TextChoices):
@@ -96,5 +101,10 @@ class Export(Audited, models.Model):
 
     @property
     def file_name(self) -> str:
+        if self.kind == ExportKind.ANALYSIS:
+            # A statistician keeps packages of several trials side by side: the trial names the file.
+            extension = "xlsx" if self.format == ExportFormat.XLSX else "zip"
+            trial = self.trial.nct_id if self.trial_id else "trial"
+            return f"{trial}-{self.kind}-{self.pk}.{extension}"
         extension = "xml" if self.format == ExportFormat.ODM else self.format
         return f"{self.kind}-{self.pk}.{extension}"

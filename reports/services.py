@@ -43,9 +43,17 @@ FORMATS: dict[str, set[str]] = {
     ExportKind.REPORT: {ExportFormat.PDF},
     ExportKind.CONSORT_DIAGRAM: {ExportFormat.SVG, ExportFormat.PNG},
     ExportKind.ADVERSE_EVENTS: {ExportFormat.CSV, ExportFormat.XLSX},
+    # CSV and the statistical formats come as a zip with the codebook and manifest.
+    ExportKind.ANALYSIS: {ExportFormat.CSV, ExportFormat.XLSX, ExportFormat.XPT, ExportFormat.SAV, ExportFormat.DTA},
 }
 # Listings grow with the number of participants: always in the background.
-BACKGROUND_KINDS = {ExportKind.SUBJECTS, ExportKind.VISITS, ExportKind.DATASET, ExportKind.ADVERSE_EVENTS}
+BACKGROUND_KINDS = {
+    ExportKind.SUBJECTS,
+    ExportKind.VISITS,
+    ExportKind.DATASET,
+    ExportKind.ADVERSE_EVENTS,
+    ExportKind.ANALYSIS,
+}
 CONTENT_TYPES = {
     ExportFormat.CSV: "text/csv; charset=utf-8",
     ExportFormat.XLSX: "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
@@ -54,6 +62,14 @@ CONTENT_TYPES = {
     ExportFormat.SVG: "image/svg+xml",
     ExportFormat.PNG: "image/png",
 }
+ZIP_CONTENT_TYPE = "application/zip"
+
+
+def content_type(export: Export) -> str:
+    """An analysis package is a zip in every format but XLSX."""
+    if export.kind == ExportKind.ANALYSIS and export.format != ExportFormat.XLSX:
+        return ZIP_CONTENT_TYPE
+    return CONTENT_TYPES[export.format]
 
 
 def export_directory() -> Path:
@@ -184,6 +200,8 @@ def _progress_for(export: Export):
 
 def produce(kind: str, format: str, scope: ReportScope, stamp: exports.Stamp, path: Path, *, progress=None) -> int:
     """Write one export file; returns the number of rows (subjects for ODM)."""
+    if kind == ExportKind.ANALYSIS:
+        return write_analysis_package(format, scope, stamp, path, progress=progress)
     if format == ExportFormat.CSV:
         with open(path, "w", encoding="utf-8", newline="") as stream:
             return exports.write_csv(exports.tables_for(kind, scope), stream, stamp, progress)
@@ -205,6 +223,46 @@ def produce(kind: str, format: str, scope: ReportScope, stamp: exports.Stamp, pa
         else:
             charts.consort_png(flow, path, stamp=stamp)
         return 1
+    raise ExportNotAvailable()
+
+
+def analysis_package(scope: ReportScope, stamp: exports.Stamp):
+    """The package of every dataset for `scope` (blinded unless the scope may see arms),
+    stamped as the export row is: its id, requester, time, data version, sites and blinding."""
+    import dataclasses
+
+    from datasets.build import build_package
+
+    package = build_package(scope, export_id=stamp.export_id)
+    package.manifest = dataclasses.replace(
+        package.manifest,
+        trial=stamp.trial,
+        export_id=stamp.export_id,
+        exported_by=stamp.exported_by,
+        exported_at=stamp.exported_at,
+        data_version=stamp.data_version,
+        blinded=stamp.blinded,
+        site_codes=stamp.site_codes,
+    )
+    return package
+
+
+def write_analysis_package(format: str, scope: ReportScope, stamp: exports.Stamp, path: Path, *, progress=None) -> int:
+    """The analysis package in one format; returns the number of rows over all datasets."""
+    from datasets import writers
+
+    package = analysis_package(scope, stamp)
+
+    def datasets_done(done: int, total: int) -> None:
+        if progress is not None:
+            progress(min(99, done * 100 // max(total, 1)))
+
+    if format == ExportFormat.CSV:
+        return writers.write_csv_zip(package, path, progress=datasets_done)
+    if format == ExportFormat.XLSX:
+        return writers.write_xlsx(package, path, progress=datasets_done)
+    if format in (ExportFormat.XPT, ExportFormat.SAV, ExportFormat.DTA):
+        return writers.write_stats_zip(package, path, format, progress=datasets_done)
     raise ExportNotAvailable()
 
 

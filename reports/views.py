@@ -43,7 +43,18 @@ BACKGROUND_DOWNLOADS = [
     (ExportKind.VISITS, [ExportFormat.CSV, ExportFormat.XLSX]),
     (ExportKind.DATASET, [ExportFormat.XLSX, ExportFormat.ODM]),
     (ExportKind.ADVERSE_EVENTS, [ExportFormat.CSV, ExportFormat.XLSX]),
+    (
+        ExportKind.ANALYSIS,
+        [ExportFormat.CSV, ExportFormat.XLSX, ExportFormat.XPT, ExportFormat.SAV, ExportFormat.DTA],
+    ),
 ]
+# The button of a format where its name alone would not say what the statistician gets.
+BUTTON_TEXT = {
+    ExportFormat.ODM: "CDISC ODM",
+    ExportFormat.XPT: "SAS (XPT)",
+    ExportFormat.SAV: "SPSS",
+    ExportFormat.DTA: "Stata",
+}
 
 
 @login_required
@@ -86,9 +97,18 @@ def reports_home(request: HttpRequest) -> HttpResponse:
                 for reason in report.failure_reasons
             ],
             "table_downloads": [(kind, ExportKind(kind).label, formats) for kind, formats in TABLE_DOWNLOADS],
-            "background_downloads": [(kind, ExportKind(kind).label, formats) for kind, formats in BACKGROUND_DOWNLOADS],
+            "background_downloads": [
+                (kind, ExportKind(kind).label, [(format, _button_text(kind, format)) for format in formats])
+                for kind, formats in BACKGROUND_DOWNLOADS
+            ],
         },
     )
+
+
+def _button_text(kind: str, format: str) -> str:
+    if kind == ExportKind.ANALYSIS and format == ExportFormat.CSV:
+        return gettext("CSV (zip)")
+    return BUTTON_TEXT.get(format, format.upper())
 
 
 def _enrollment_rows(report: selectors.EnrollmentReport) -> list[dict]:
@@ -158,7 +178,7 @@ def _file_response(export: Export) -> FileResponse:
         open(path, "rb"),
         as_attachment=True,
         filename=export.file_name,
-        content_type=services.CONTENT_TYPES[export.format],
+        content_type=services.content_type(export),
     )
     response["X-Data-Version"] = str(export.data_version)
     return response

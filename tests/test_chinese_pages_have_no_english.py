@@ -51,6 +51,8 @@ ALLOWED_WORDS = {
     "ULN", "ALT", "AST", "mm", "kg", "mg", "mL", "ml",
     # File formats and standards, named as the software that opens them names them.
     "CSV", "XLSX", "PDF", "ODM", "PNG", "SVG", "JSON", "API", "TOTP", "CONSORT",
+    # The statistical packages an analysis package opens in, and SAS's transport format.
+    "SAS", "XPT", "SPSS", "Stata",
     # Time zone abbreviation shown after times (Django's "T" date format), and UTC, the trail's clock.
     "CST", "UTC",
     # Protocol codes shown beside their label: the visit at the end of treatment, the age rule,

@@ -775,7 +775,7 @@ class Features:
                 # A detail path answers with its list's serializer: one feature for both.
                 self.walk(read.source.replace("{id}/", ""), read.body)
             elif read.kind == "csv":
-                text = read.body.decode("utf-8")
+                text = read.body.decode("utf-8-sig")
                 self.rows(read.source, list(csv.reader(line for line in text.splitlines() if not line.startswith("#"))))
             elif read.kind == "xlsx":
                 book = openpyxl.load_workbook(io.BytesIO(read.body), read_only=True)

@@ -1,0 +1,206 @@
+"""Issue 19 in the Reports app: the analysis package as a background export in every format a
+statistician opens (a CSV zip, XLSX, SAS transport, SPSS, Stata), blinded unless the requester
+may view allocation at every site; and the listing CSVs start with their heading row."""
+
+from __future__ import annotations
+
+import datetime
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import pandas as pd
+import pyreadstat
+import pytest
+import time_machine
+from django.conf import settings
+
+from reports import exports, selectors, services
+from reports.models import Export, ExportStatus
+from tests import reports_data
+from tests.test_reports_exports import content_of, csv_rows, run_now
+
+BOM = b"\xef\xbb\xbf"
+ANALYSIS_FORMATS = ["csv", "xlsx", "xpt", "sav", "dta"]
+
+
+@pytest.fixture(autouse=True)
+def media(settings, tmp_path):
+    settings.MEDIA_ROOT = tmp_path / "media"
+
+
+@pytest.fixture
+def data(trial, site, other_site, cast):
+    with time_machine.travel(datetime.datetime(2026, 12, 15, 4, tzinfo=datetime.UTC), tick=False):
+        yield reports_data.build(trial, site, other_site, cast)
+
+
+# --- The listings: the heading row first, a byte order mark ------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["subjects", "visits", "adverse_events"])
+def test_a_listing_csv_starts_with_its_heading_row_and_pandas_reads_it_with_no_options(data, cast, kind):
+    content = content_of(run_now(cast.investigator, kind, "csv"))
+    assert content.startswith(BOM)
+    text = content.decode("utf-8-sig")
+    assert not any(line.startswith("#") for line in text.splitlines())
+    scope = selectors.report_scope(cast.investigator)
+    [table] = exports.tables_for(kind, scope)
+    assert text.split("\r\n", 1)[0].split(",") == table.headings
+    frame = pd.read_csv(io.BytesIO(content))
+    assert list(frame.columns) == table.headings
+    rows = csv_rows(content)[1:]
+    assert len(frame) == len(rows)
+    if kind == "subjects":
+        assert len(frame) == 14  # every screening of reports_data at the investigator's site
+        assert sorted(frame[table.headings[0]].astype(str)) == sorted(row[0] for row in rows)
+
+
+def test_a_report_table_csv_keeps_its_stamp_after_the_byte_order_mark(data, cast):
+    content = content_of(run_now(cast.investigator, "enrollment", "csv"))
+    assert content.startswith(BOM + b"# NCT06442709 export")
+
+
+# --- The analysis package on the Reports page and over the API ---------------------------------
+
+
+def test_the_reports_page_offers_the_analysis_package_in_every_format(cast, client_for):
+    page = client_for(cast.statistician).get("/reports/").content.decode()
+    start = page.index('name="kind" value="analysis"')
+    row = page[start : page.index("</tr>", start)]
+    for format in ANALYSIS_FORMATS:
+        assert f'name="format" value="{format}"' in row
+    for button in ("CSV (zip)", "XLSX", "SAS (XPT)", "SPSS", "Stata"):
+        assert f">{button}</button>" in row
+
+
+def test_the_analysis_package_is_queued_in_the_background_and_has_no_odm(
+    cast, api_for, django_capture_on_commit_callbacks
+):
+    api = api_for(cast.statistician)
+    refused = api.post("/api/v1/exports/", {"kind": "analysis", "format": "odm"}, format="json")
+    assert refused.status_code == 400 and "format" in refused.json()
+    for format in ANALYSIS_FORMATS:
+        with django_capture_on_commit_callbacks(execute=False) as callbacks:
+            answer = api.post("/api/v1/exports/", {"kind": "analysis", "format": format}, format="json")
+        assert answer.status_code == 202, answer.content
+        assert len(callbacks) == 1
+        body = answer.json()
+        assert body["kind"] == "analysis" and body["format"] == format and body["status"] == "queued"
+        export = Export.objects.get(pk=body["id"])
+        extension = "xlsx" if format == "xlsx" else "zip"
+        assert export.file_name == f"NCT06442709-analysis-{export.pk}.{extension}"
+        assert services.content_type(export) == (
+            "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+            if format == "xlsx"
+            else "application/zip"
+        )
+    assert api_for(cast.coordinator).post(
+        "/api/v1/exports/", {"kind": "analysis", "format": "csv"}, format="json"
+    ).status_code in (403, 404)
+
+
+# --- The package built from the database (datasets.build) --------------------------------------
+
+
+@pytest.fixture
+def builder():
+    return pytest.importorskip("datasets.build", reason="datasets.build (build_package) has not landed yet")
+
+
+def unpacked(export: Export) -> dict[str, bytes]:
+    content = content_of(export)
+    if export.format == "xlsx":
+        return {"workbook.xlsx": content}
+    with zipfile.ZipFile(io.BytesIO(content)) as archive:
+        return {name: archive.read(name) for name in archive.namelist()}
+
+
+def workbook_text(content: bytes) -> bytes:
+    sheets = pd.read_excel(io.BytesIO(content), sheet_name=None)
+    return repr({name: sheet.astype(str).values.tolist() for name, sheet in sheets.items()}).encode()
+
+
+@pytest.mark.parametrize("format", ANALYSIS_FORMATS)
+def test_a_blinded_analysis_package_has_no_arm_anywhere_and_says_it_is_blinded(data, cast, builder, format):
+    export = run_now(cast.investigator, "analysis", format)
+    assert export.blinded
+    files = unpacked(export)
+    if format == "xlsx":
+        manifest = dict(pd.read_excel(io.BytesIO(files["workbook.xlsx"]), sheet_name="manifest").values.tolist())
+        assert manifest["blinded"] == 0 and manifest["export_id"] == export.pk
+        files = {"workbook": workbook_text(files["workbook.xlsx"])}
+    else:
+        manifest = json.loads(files["manifest.json"])
+        assert manifest["blinded"] is True and manifest["export_id"] == export.pk
+        assert manifest["data_version"] == export.data_version
+        assert manifest["site_codes"] == ["NT"]
+        assert sum(entry["rows"] for entry in manifest["datasets"]) == export.row_count
+        assert set(manifest["files"]) == set(files) - {"manifest.json"}
+    for name, content in files.items():
+        for word in reports_data.ARM_WORDS:
+            assert word.encode() not in content, f"{word} in {name} ({format})"
+
+
+def test_the_unblinded_statisticians_package_is_read_back_by_pandas_and_pyreadstat(
+    data, cast, builder, statistician_both, client_for, tmp_path
+):
+    exports_by_format = {format: run_now(statistician_both, "analysis", format) for format in ANALYSIS_FORMATS}
+    assert not any(export.blinded for export in exports_by_format.values())
+    csv_files = unpacked(exports_by_format["csv"])
+    manifest = json.loads(csv_files["manifest.json"])
+    assert manifest["blinded"] is False and manifest["site_codes"] == ["NT", "SH"]
+    names = [entry["name"] for entry in manifest["datasets"]]
+    assert names, "the package has datasets"
+    folder = tmp_path / "csv"
+    folder.mkdir()
+    frames = {}
+    for name in names:
+        (folder / f"{name}.csv").write_bytes(csv_files[f"{name}.csv"])
+        frames[name] = pd.read_csv(folder / f"{name}.csv")
+        assert frames[name].columns[0] == "subject_key"
+        assert len(frames[name]) == next(entry["rows"] for entry in manifest["datasets"] if entry["name"] == name)
+    workbook = pd.read_excel(io.BytesIO(content_of(exports_by_format["xlsx"])), sheet_name=None)
+    for name in names:
+        sheet = next(sheet for title, sheet in workbook.items() if title == name[:31])
+        assert list(sheet.columns) == list(frames[name].columns)
+        assert len(sheet) == len(frames[name])
+    readers = {"xpt": pyreadstat.read_xport, "sav": pyreadstat.read_sav, "dta": pyreadstat.read_dta}
+    for format, reader in readers.items():
+        files = unpacked(exports_by_format[format])
+        for name in names:
+            path = tmp_path / f"{name}.{format}"
+            path.write_bytes(files[f"{name}.{format}"])
+            frame, meta = reader(str(path))
+            assert len(frame) == len(frames[name]), (format, name)
+            assert all(meta.column_names_to_labels.values()), (format, name)
+            keys = frame.iloc[:, 0].tolist()
+            assert keys == frames[name]["subject_key"].astype(str).tolist(), (format, name)
+
+    download = client_for(statistician_both).get(f"/reports/exports/{exports_by_format['sav'].pk}/download/")
+    assert download.status_code == 200
+    assert download["Content-Type"] == "application/zip"
+    assert f'filename="NCT06442709-analysis-{exports_by_format["sav"].pk}.zip"' in download["Content-Disposition"]
+
+
+@pytest.fixture
+def statistician_both(site, other_site):
+    from tests import factories
+    from trialsite.audit import audit_context
+    from trialsite.models import Role
+
+    user = factories.make_user(Role.STATISTICIAN, site, username="statistician-both")
+    with audit_context(reason="second site"):
+        user.trial_roles.create(site=other_site, role=Role.STATISTICIAN)
+    return user
+
+
+def test_a_queued_analysis_export_runs_once_and_leaves_a_zip(cast, builder):
+    export = services.export_request(user=cast.statistician, kind="analysis", format="sav", background=True)
+    assert export.status == ExportStatus.QUEUED
+    assert services.export_run(export_id=export.pk) is True
+    assert services.export_run(export_id=export.pk) is False  # a second delivery changes nothing
+    export.refresh_from_db()
+    assert export.status == ExportStatus.DONE and export.progress == 100
+    assert (Path(settings.MEDIA_ROOT) / export.file_path).suffix == ".zip"
