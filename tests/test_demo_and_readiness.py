@@ -17,7 +17,7 @@ from dosing.models import Kit, KitStatus, Shipment
 from enrollment.models import Participant, ParticipantStatus, Screening
 from randomization.models import RandomizationList, Slot
 from tests import dosing_factories, factories
-from trialsite.management.commands.load_demo import DEMO_PASSWORD
+from trialsite.management.commands.load_demo import DEMO_PASSWORD, DEMO_USERS
 from trialsite.models import StaffRole
 
 NOW = datetime.datetime(2026, 11, 21, 2, 0, tzinfo=datetime.UTC)
@@ -101,22 +101,25 @@ def test_the_demo_is_ready_for_the_coordinators_day_and_loads_once(debug, site, 
     assert signed.status == ParticipantStatus.RANDOMIZED and signed.randomization_number
     assert Slot.objects.filter(participant=signed, randomization_list=active).exists()
     # Every demo login works.
-    for username in ("pharmacist", "investigator", "monitor", "statistician", "supply"):
+    for username, _role, _name in DEMO_USERS:
         log_in(username)
 
 
 def test_load_demo_empty_loads_the_users_only(debug, site):
     output = load_demo("--empty")
     assert "coordinator" in output and DEMO_PASSWORD in output
+    # The safety roles too: the DSMB member and the sponsor's safety officer.
+    assert "dsmb" in output and "DSMB member" in output
+    assert "safetyofficer" in output and "Sponsor safety officer" in output
     assert counts() == {
-        "staff roles": 6,
+        "staff roles": 8,
         "lists": 0,
         "kits": 0,
         "shipments": 0,
         "screenings": 0,
         "participants": 0,
     }
-    assert load_demo("--empty") and StaffRole.objects.count() == 6
+    assert load_demo("--empty") and StaffRole.objects.count() == 8
 
 
 def test_load_demo_refuses_without_debug(settings, trial):

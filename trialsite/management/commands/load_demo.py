@@ -20,6 +20,8 @@ DEMO_USERS = [
     ("monitor", Role.MONITOR, "Zhang Wei"),
     ("statistician", Role.STATISTICIAN, "Chen Jing"),
     ("supply", Role.SUPPLY_MANAGER, "Liu Yang"),
+    ("dsmb", Role.DSMB, "Gao Yan"),
+    ("safetyofficer", Role.SPONSOR_SAFETY, "Zhou Jie"),
 ]
 # The demo's hospital record numbers start with this; finding one at a trial's site means that
 # trial's demo is loaded.
