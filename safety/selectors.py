@@ -60,18 +60,37 @@ def _scope(user, site_ids: set[int], *, closed: bool) -> SafetyScope:
     return SafetyScope(user=user, trial=trial, sites=sites, closed=closed)
 
 
-def open_scope(user) -> SafetyScope:
-    """The sites whose participants the user sees (or whose safety reports they read)."""
-    allowed = access.site_ids_with(user, Capability.VIEW_PARTICIPANTS) | access.site_ids_with(
+def _open_site_ids(user) -> set[int]:
+    return access.site_ids_with(user, Capability.VIEW_PARTICIPANTS) | access.site_ids_with(
         user, Capability.VIEW_SAFETY_REPORTS
     )
-    return _scope(user, allowed, closed=False)
+
+
+def _closed_site_ids(user) -> set[int]:
+    allowed = access.site_ids_with(user, Capability.VIEW_SAFETY_REPORTS)
+    if not allowed or not allowed <= access.site_ids_with(user, Capability.VIEW_ALLOCATION):
+        return set()
+    return allowed
+
+
+def may_read_open_report(user) -> bool:
+    return bool(_open_site_ids(user))
+
+
+def may_read_closed_report(user) -> bool:
+    """The menu asks this, so that nobody is shown a link to a report that would answer 404."""
+    return bool(_closed_site_ids(user))
+
+
+def open_scope(user) -> SafetyScope:
+    """The sites whose participants the user sees (or whose safety reports they read)."""
+    return _scope(user, _open_site_ids(user), closed=False)
 
 
 def closed_scope(user) -> SafetyScope:
     """The sites the user reads safety reports for, only if they may view allocation at each."""
-    allowed = access.site_ids_with(user, Capability.VIEW_SAFETY_REPORTS)
-    if not allowed or not allowed <= access.site_ids_with(user, Capability.VIEW_ALLOCATION):
+    allowed = _closed_site_ids(user)
+    if not allowed:
         raise Http404("Not found")
     return _scope(user, allowed, closed=True)
 

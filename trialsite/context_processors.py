@@ -10,8 +10,11 @@ def navigation(request):
         return {"navigation": []}
     capabilities = access.capabilities_anywhere(user)
     entries = []
-    for label, url_name, capability in NAVIGATION:
-        if capability is not None and capability not in capabilities:
+    for label, url_name, shown_to in NAVIGATION:
+        if callable(shown_to):
+            if not shown_to(user):
+                continue
+        elif shown_to is not None and shown_to not in capabilities:
             continue
         entries.append({"label": label, "url": reverse(url_name), "current": False})
     # One entry is current: the one whose address is the longest start of this page's
