@@ -16,7 +16,7 @@ from xml.sax.saxutils import escape
 
 from django.db import connection
 from django.db.models import OuterRef, Subquery
-from django.utils import timezone
+from django.utils import timezone, translation
 from django.utils.translation import gettext
 
 from enrollment.models import Consent, EligibilityAnswer, Screening
@@ -461,6 +461,7 @@ def _utc(moment: datetime.datetime | None) -> str:
 
 
 VISIT_FIELDS = [
+    "id",
     "participant_id",
     "participant__randomization_number",
     "participant__screening_number",
@@ -805,8 +806,33 @@ def _sheet_title(title: str) -> str:
 
 
 # --- CDISC ODM 1.3.2 ---------------------------------------------------------------------------
+#
+# What the file holds, and the rules it keeps (issue 19):
+# - One MetaDataVersion per loaded protocol version (MDV.<version>), each complete in itself:
+#   the criteria and forms of that version. A ClinicalData names one MetaDataVersion, so there is
+#   one ClinicalData per version, holding the participants whose screening was recorded under it
+#   (a screening from before versions were kept counts as the first version's). A participant
+#   stays whole in one ClinicalData: records made later under an amendment stay with them, and
+#   each AE record names its own version (IT.AE_VERSION).
+# - Every datetime carries its zone (UTC, "Z"); dates are plain dates.
+# - Texts in both of the system's languages: one TranslatedText per language (en, zh-Hans),
+#   where the protocol or the message catalogue has the Chinese.
+# - A snapshot of the current values. Each screening, randomization, visit and AE record carries
+#   the last AuditRecord of its row (who, when, why, which row and columns), the investigator's
+#   e-signature where one was given (eligibility; the latest signed SAE report of an AE), and each
+#   ClinicalData ends with the whole audit trail of its participants' rows (AuditRecords).
+#   A blinded file holds only what the blinded audit trail shows (trialsite.selectors
+#   `audit_events_for`): no update that changed hidden columns only, only visible column names,
+#   and no row of a table that is not in the file (slots, kits, unblindings).
+# - The subject key is the permanent key given at first screening; the screening and
+#   randomization numbers are items of the randomization form.
 
 ODM_NAMESPACE = "http://www.cdisc.org/ns/odm/v1.3"
+# xml:lang of each language the system speaks, and Django's name for it.
+ODM_LANGUAGES = (("en", "en"), ("zh-Hans", "zh-hans"))
+ODM_SYSTEM_USER = "USR.SYSTEM"
+SIGNATURE_ELIGIBILITY = "SD.ELIGIBILITY"
+SIGNATURE_SAE_REPORT = "SD.SAE_REPORT"
 
 
 def oid_part(value: str) -> str:
@@ -818,7 +844,7 @@ def oid_part(value: str) -> str:
 
 # Attribute values are always double-quoted, with the same escapes in Python and in SQL (below).
 # A backslash is written as a character reference too, so that nothing in a subject's XML is
-# special to any transport it passes through.
+# special to any transport it passes through. Element text uses the same escapes.
 _XML_ATTRIBUTE_ESCAPES = (
     ("&", "&amp;"),
     ("<", "&lt;"),
@@ -831,18 +857,228 @@ _XML_ATTRIBUTE_ESCAPES = (
 )
 
 
-def xml_attribute(value) -> str:
+def xml_text(value) -> str:
     text = str(value)
     for character, reference in _XML_ATTRIBUTE_ESCAPES:
         if character in text:
             text = text.replace(character, reference)
-    return '"' + text + '"'
+    return text
+
+
+def xml_attribute(value) -> str:
+    return '"' + xml_text(value) + '"'
 
 
 def _attrs(**attributes) -> str:
     return "".join(
         f" {name.replace('__', ':')}={xml_attribute(value)}" for name, value in attributes.items() if value is not None
     )
+
+
+def _odm_utc(moment: datetime.datetime | None) -> str:
+    return moment.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if moment else ""
+
+
+def _texts(english: str, chinese: str | None = None) -> dict[str, str]:
+    """A text in each language it exists in: `chinese` when given, else the message catalogue's
+    translation of `english` when it has one."""
+    if chinese is None:
+        with translation.override("zh-hans"):
+            chinese = gettext(english)
+    texts = {"en": english}
+    if chinese and chinese != english:
+        texts["zh-Hans"] = chinese
+    return texts
+
+
+def _label_texts(label) -> dict[str, str]:
+    """A lazily translated label (a model choice) in each language."""
+    with translation.override("en"):
+        english = str(label)
+    with translation.override("zh-hans"):
+        chinese = str(label)
+    return _texts(english, chinese)
+
+
+def _translated(texts: dict[str, str]) -> str:
+    return "".join(
+        f'<TranslatedText xml:lang="{language}">{xml_text(text)}</TranslatedText>' for language, text in texts.items()
+    )
+
+
+def _sql_literal(text: str) -> str:
+    # Only our own identifiers (table and column names, codes) are inlined this way.
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _sql_text_array(values: Iterable[str]) -> str:
+    return "ARRAY[" + ", ".join(_sql_literal(value) for value in values) + "]::text[]"
+
+
+# The person's permanent key, given at first screening and never changed: repeated imports of
+# successive files find the same person under the same key.
+_SQL_ODM_SUBJECT_KEY = "s.subject_key"
+
+
+@dataclass(frozen=True)
+class OdmVersion:
+    """A protocol version as a MetaDataVersion: its OID, name, row id and typed protocol."""
+
+    oid: str
+    name: str
+    pk: int | None
+    effective: str
+    protocol: object
+
+
+# --- Audit records and signatures, in SQL and in Python alike --------------------------------
+
+
+def odm_audited_tables() -> list[str]:
+    """The tables whose rows are in the file, so whose audit trail is."""
+    return [
+        "enrollment_screening",
+        "enrollment_consent",
+        "enrollment_eligibilityanswer",
+        "enrollment_participant",
+        "enrollment_withdrawal",
+        selectors._visit_model()._meta.db_table,
+        "safety_adverseevent",
+        "safety_saereport",
+    ]
+
+
+def _blinded_columns() -> dict[str, frozenset[str]]:
+    from trialsite.selectors import UNDECLARED_VISIBLE, blinded_visible_columns_by_table
+
+    by_table = blinded_visible_columns_by_table()
+    return {table: by_table.get(table, UNDECLARED_VISIBLE) for table in odm_audited_tables()}
+
+
+def _sql_visible_event(scope: ReportScope) -> str:
+    """The events a reader of the scope's audit trail sees: all when unblinded; for a blinded
+    reader not an update that changed only columns hidden from them (as `audit_events_for`)."""
+    if scope.unblinded:
+        return "TRUE"
+    cases = " ".join(
+        f"WHEN {_sql_literal(table)} THEN e.changed_fields && {_sql_text_array(sorted(columns - {'id'}))}"
+        for table, columns in _blinded_columns().items()
+    )
+    return f"(e.action <> 'UPDATE' OR CASE e.table_name {cases} ELSE false END)"
+
+
+def _sql_shown_fields(scope: ReportScope) -> str:
+    if scope.unblinded:
+        return "array_to_string(e.changed_fields, ',')"
+    cases = " ".join(
+        f"WHEN {_sql_literal(table)} THEN array_to_string(ARRAY(SELECT changed.field FROM unnest(e.changed_fields)"
+        f" WITH ORDINALITY AS changed(field, position) WHERE changed.field = ANY({_sql_text_array(sorted(columns))})"
+        " ORDER BY changed.position), ',')"
+        for table, columns in _blinded_columns().items()
+    )
+    return f"CASE e.table_name {cases} ELSE '' END"
+
+
+def _sql_xml_text(expression: str) -> str:
+    escaped = expression
+    for character, reference in _XML_ATTRIBUTE_ESCAPES:
+        literal = {"\n": "E'\\n'", "\r": "E'\\r'", "\t": "E'\\t'", "\\": "E'\\\\'"}.get(character)
+        literal = literal or "'" + character.replace("'", "''") + "'"
+        escaped = f"replace({escaped}, {literal}, '{reference}')"
+    return escaped
+
+
+def _sql_audit_record(scope: ReportScope, location_oid: str, *, with_id: bool = False) -> str:
+    """One <AuditRecord> of audit event `e`; `location_oid` is an SQL expression of the quoted OID."""
+    fields = _sql_shown_fields(scope)
+    source = f"e.table_name || '#' || e.record_pk || ' ' || e.action || CASE WHEN ({fields}) <> '' THEN ' ' || ({fields}) ELSE '' END"
+    identifier = """' ID="AR.' || e.id || '"'""" if with_id else "''"
+    return (
+        f"""'<AuditRecord' || {identifier} || '><UserRef UserOID="USR.' || coalesce(e.actor_id::text, 'SYSTEM') || '"/>'"""
+        f" || '<LocationRef LocationOID=' || {location_oid} || '/><DateTimeStamp>' || {_sql_utc('e.occurred_at')}"
+        " || '</DateTimeStamp>' || CASE WHEN e.reason <> '' THEN '<ReasonForChange>' || "
+        f"{_sql_xml_text('e.reason')} || '</ReasonForChange>' ELSE '' END"
+        f" || '<SourceID>' || {_sql_xml_text(source)} || '</SourceID></AuditRecord>'"
+    )
+
+
+def _sql_latest_audit(scope: ReportScope, table: str, record_pk: str, location_oid: str) -> str:
+    """The row's last audit record the reader may see, or nothing. Uses the (table, pk) index."""
+    return (
+        f"coalesce((SELECT {_sql_audit_record(scope, location_oid)} FROM trialsite_auditevent e"
+        f" WHERE e.table_name = {_sql_literal(table)} AND e.record_pk = ({record_pk})::text"
+        f" AND {_sql_visible_event(scope)} ORDER BY e.occurred_at DESC, e.id DESC LIMIT 1), '')"
+    )
+
+
+def _sql_signature(signature_id: str, definition: str) -> str:
+    location = _sql_xml_attribute("'LOC.' || " + _sql_oid_part("ss.code"))
+    return (
+        f"""coalesce((SELECT '<Signature><UserRef UserOID="USR.' || sg.signer_id || '"/><LocationRef LocationOID='"""
+        f""" || {location} || '/><SignatureRef SignatureOID="{definition}"/><DateTimeStamp>' || {_sql_utc("sg.signed_at")}"""
+        " || '</DateTimeStamp></Signature>' FROM trialsite_signature sg JOIN trialsite_site ss ON ss.id = sg.site_id"
+        f" WHERE sg.id = ({signature_id})), '')"
+    )
+
+
+_SQL_SAE_SIGNATURE_ID = (
+    "SELECT r.signature_id FROM safety_saereport r WHERE r.adverse_event_id = ae.id"
+    " AND r.signature_id IS NOT NULL ORDER BY r.version DESC LIMIT 1"
+)
+
+
+class _OdmAudit:
+    """The same audit records and signatures as the SQL above, from the ORM: the reference the
+    SQL is tested against (one query per record, so for tests only)."""
+
+    def __init__(self, scope: ReportScope):
+        self.scope = scope
+        self.columns = None if scope.unblinded else _blinded_columns()
+
+    def visible(self, event: dict) -> bool:
+        if self.columns is None or event["action"] != "UPDATE":
+            return True
+        return bool(set(event["changed_fields"]) & (self.columns.get(event["table_name"], frozenset()) - {"id"}))
+
+    def record(self, event: dict, location_oid: str, *, with_id: bool = False) -> str:
+        fields = event["changed_fields"]
+        if self.columns is not None:
+            shown = self.columns.get(event["table_name"], frozenset())
+            fields = [field for field in fields if field in shown]
+        source = f"{event['table_name']}#{event['record_pk']} {event['action']}" + (
+            f" {','.join(fields)}" if fields else ""
+        )
+        identifier = f' ID="AR.{event["id"]}"' if with_id else ""
+        reason = f"<ReasonForChange>{xml_text(event['reason'])}</ReasonForChange>" if event["reason"] else ""
+        return (
+            f'<AuditRecord{identifier}><UserRef UserOID="USR.{event["actor_id"] or "SYSTEM"}"/>'
+            f"<LocationRef LocationOID={xml_attribute(location_oid)}/><DateTimeStamp>{_odm_utc(event['occurred_at'])}"
+            f"</DateTimeStamp>{reason}<SourceID>{xml_text(source)}</SourceID></AuditRecord>"
+        )
+
+    def latest(self, table: str, record_pk, location_oid: str) -> str:
+        from trialsite.models import AuditEvent
+
+        events = AuditEvent.objects.filter(table_name=table, record_pk=str(record_pk)).order_by("-occurred_at", "-id")
+        fields = ["id", "table_name", "record_pk", "action", "changed_fields", "actor_id", "reason", "occurred_at"]
+        for event in events.values(*fields):
+            if self.visible(event):
+                return self.record(event, location_oid)
+        return ""
+
+    @staticmethod
+    def signature(signature_id: int | None, definition: str) -> str:
+        from trialsite.models import Signature
+
+        if signature_id is None:
+            return ""
+        signature = Signature.objects.select_related("site").get(pk=signature_id)
+        return (
+            f'<Signature><UserRef UserOID="USR.{signature.signer_id}"/>'
+            f"<LocationRef LocationOID={xml_attribute('LOC.' + oid_part(signature.site.code))}/>"
+            f'<SignatureRef SignatureOID="{definition}"/><DateTimeStamp>{_odm_utc(signature.signed_at)}'
+            "</DateTimeStamp></Signature>"
+        )
 
 
 # --- ODM subjects as SQL -------------------------------------------------------------------------
@@ -853,12 +1089,7 @@ def _attrs(**attributes) -> str:
 
 
 def _sql_xml_attribute(expression: str) -> str:
-    escaped = expression
-    for character, reference in _XML_ATTRIBUTE_ESCAPES:
-        literal = {"\n": "E'\\n'", "\r": "E'\\r'", "\t": "E'\\t'", "\\": "E'\\\\'"}.get(character)
-        literal = literal or "'" + character.replace("'", "''") + "'"
-        escaped = f"replace({escaped}, {literal}, '{reference}')"
-    return f"""('"' || {escaped} || '"')"""
+    return f"""('"' || {_sql_xml_text(expression)} || '"')"""
 
 
 def _sql_oid_part(expression: str) -> str:
@@ -878,9 +1109,16 @@ def _sql_group(oid: str, items: list[tuple[str, str]]) -> str:
     return f"""'<ItemGroupData ItemGroupOID="{oid}">' || {inner} || '</ItemGroupData>'"""
 
 
-def odm_subjects_query(scope: ReportScope, criteria_codes: list[str]) -> tuple[str, list]:
-    """One row per screening in scope, in id order: its whole <SubjectData> element and a newline."""
+def odm_subjects_query(
+    scope: ReportScope,
+    criteria_codes: list[str],
+    version: OdmVersion | None = None,
+    first_version_pk: int | None = None,
+) -> tuple[str, list]:
+    """One row per screening in scope (of `version`, when given), in id order: its whole
+    <SubjectData> element and a newline."""
     visit_table = selectors._visit_model()._meta.db_table
+    location_oid = _sql_xml_attribute("'LOC.' || " + _sql_oid_part("st.code"))
     screening = _sql_group(
         "IG.SCREENING",
         [
@@ -903,7 +1141,7 @@ def odm_subjects_query(scope: ReportScope, criteria_codes: list[str]) -> tuple[s
     randomization_items = [
         ("IT.SCREENING_NUMBER", "p.screening_number"),
         ("IT.RANDOMIZATION_NUMBER", "p.randomization_number"),
-        ("IT.RANDOMIZED_AT", """to_char(p.randomized_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS')"""),
+        ("IT.RANDOMIZED_AT", _sql_utc("p.randomized_at")),
         ("IT.STATUS", "p.status"),
         ("IT.WITHDRAWN_ON", _sql_date("w.withdrawn_on")),
     ]
@@ -921,6 +1159,7 @@ def odm_subjects_query(scope: ReportScope, criteria_codes: list[str]) -> tuple[s
     randomization = (
         "CASE WHEN nullif(p.screening_number, '') IS NULL THEN '' ELSE "
         f"""'<StudyEventData StudyEventOID="{OdmWriter.STUDY_EVENT_RANDOMIZATION}"><FormData FormOID="F.RANDOMIZATION">'"""
+        f" || {_sql_latest_audit(scope, 'enrollment_participant', 'p.screening_id', location_oid)}"
         f" || {_sql_group('IG.RANDOMIZATION', randomization_items)} || '</FormData></StudyEventData>' END"
     )
     visit_group = _sql_group(
@@ -936,24 +1175,34 @@ def odm_subjects_query(scope: ReportScope, criteria_codes: list[str]) -> tuple[s
         ],
     )
     visit_event_oid = _sql_xml_attribute("'SE.VISIT.' || " + _sql_oid_part("v.code"))
+    visit_audit = _sql_latest_audit(scope, visit_table, "v.id", location_oid)
     visits = (
         "coalesce((SELECT string_agg('<StudyEventData StudyEventOID=' || "
         f"{visit_event_oid}"
-        f"""|| '><FormData FormOID="F.VISIT">' || {visit_group} || '</FormData></StudyEventData>', '' """
+        f"""|| '><FormData FormOID="F.VISIT">' || {visit_audit} || {visit_group} || '</FormData></StudyEventData>', '' """
         f"ORDER BY v.target_date, v.id) FROM {visit_table} v WHERE v.participant_id = s.id AND v.site_id = ANY(%s)), '')"
     )
-    location_oid = _sql_xml_attribute("'LOC.' || " + _sql_oid_part("st.code"))
-    adverse_events = _sql_adverse_events()
+    adverse_events = _sql_adverse_events(scope, location_oid)
     subject = (
-        f"'<SubjectData SubjectKey=' || {_sql_xml_attribute(_SQL_SUBJECT_KEY)} || '>'"
+        f"'<SubjectData SubjectKey=' || {_sql_xml_attribute(_SQL_ODM_SUBJECT_KEY)} || '>'"
         f" || '<SiteRef LocationOID=' || {location_oid} || '/>'"
         f"""|| '<StudyEventData StudyEventOID="{OdmWriter.STUDY_EVENT_SCREENING}"><FormData FormOID="F.SCREENING">'"""
+        f" || {_sql_latest_audit(scope, 'enrollment_screening', 's.id', location_oid)}"
+        f" || {_sql_signature('p.eligibility_signature_id', SIGNATURE_ELIGIBILITY)}"
         f" || {screening} || {eligibility} || '</FormData></StudyEventData>'"
         f" || {randomization} || {visits} || {adverse_events} || '</SubjectData>' || E'\\n'"
     )
-    sql = f"SELECT {subject} FROM enrollment_screening s {' '.join(joins)} WHERE s.site_id = ANY(%s) ORDER BY s.id"
     site_ids = list(scope.site_ids)
-    return sql, [criteria_codes, site_ids, site_ids, site_ids]
+    parameters = [criteria_codes, site_ids, site_ids, site_ids]
+    condition = ""
+    if version is not None and version.pk is not None:
+        condition = " AND coalesce(s.protocol_version_id, %s) = %s"
+        parameters += [first_version_pk, version.pk]
+    sql = (
+        f"SELECT {subject} FROM enrollment_screening s {' '.join(joins)} WHERE s.site_id = ANY(%s)"
+        f"{condition} ORDER BY s.id"
+    )
+    return sql, parameters
 
 
 def _sql_meddra_codes() -> str:
@@ -969,7 +1218,7 @@ def _sql_yes_no(condition: str) -> str:
     return f"CASE WHEN {condition} THEN 'yes' ELSE 'no' END"
 
 
-def _sql_adverse_events() -> str:
+def _sql_adverse_events(scope: ReportScope, location_oid: str) -> str:
     """The subject's AE records as one repeating item group each, in `OdmWriter._ae_items`'s
     order, inside one SE.AE event; nothing when the subject has none. Parameter: the site ids."""
     from safety.models import Seriousness
@@ -999,7 +1248,9 @@ def _sql_adverse_events() -> str:
     inner = " || ".join(_sql_item(f"'{item_oid}'", value) for item_oid, value in items)
     group = (
         """'<ItemGroupData ItemGroupOID="IG.AE" ItemGroupRepeatKey="' || ae.repeat_key || '">' """
-        f"|| {inner} || '</ItemGroupData>'"
+        f"|| {_sql_latest_audit(scope, 'safety_adverseevent', 'ae.id', location_oid)}"
+        f" || {_sql_signature(_SQL_SAE_SIGNATURE_ID, SIGNATURE_SAE_REPORT)}"
+        f" || {inner} || '</ItemGroupData>'"
     )
     return (
         f"""coalesce((SELECT '<StudyEventData StudyEventOID="{OdmWriter.STUDY_EVENT_AE}"><FormData FormOID="F.AE">'"""
@@ -1009,6 +1260,17 @@ def _sql_adverse_events() -> str:
         " LEFT JOIN safety_adverseevent f ON f.id = ae.follows_id"
         " LEFT JOIN trialsite_protocolversion pv ON pv.id = ae.protocol_version_id), '')"
     )
+
+
+# Item data types of the protocol's form items in ODM's words.
+_ODM_DATA_TYPES = {
+    "text": "text",
+    "integer": "integer",
+    "decimal": "float",
+    "date": "date",
+    "choice": "text",
+    "yes_no": "boolean",
+}
 
 
 class OdmWriter:
@@ -1025,8 +1287,57 @@ class OdmWriter:
         self.stamp = stamp
         self.trial = scope.trial
         self.study_oid = f"ST.{oid_part(self.trial.nct_id)}"
-        self.mdv_oid = "MDV.1"
-        self.criteria = list(self.trial.protocol.eligibility.criteria)
+        self.versions = self._versions()
+        self.first_version_pk = self.versions[0].pk
+
+    def _versions(self) -> list[OdmVersion]:
+        from trialsite.protocol_schema import protocol_for
+
+        rows = list(self.trial.protocol_versions.order_by("loaded_at", "id"))
+        if not rows:
+            effective = self.trial.loaded_at.date().isoformat()
+            name = f"{self.trial.nct_id} {self.trial.definition_sha256[:12]}"
+            return [OdmVersion("MDV.1", name, None, effective, self.trial.protocol)]
+        return [
+            OdmVersion(
+                oid=f"MDV.{oid_part(row.version)}",
+                name=f"{self.trial.nct_id} protocol version {row.version} ({row.sha256[:12]})",
+                pk=row.pk,
+                effective=(row.effective_date or row.loaded_at.date()).isoformat(),
+                protocol=protocol_for(row.definition),
+            )
+            for row in rows
+        ]
+
+    @property
+    def mdv_oid(self) -> str:
+        """The version in force's MetaDataVersion (the last loaded)."""
+        return self.versions[-1].oid
+
+    def file_oid(self, export_id: int | None, data_version: int) -> str:
+        # From the export's own row and data version: the same file always has the same OID.
+        return f"FILE.{oid_part(self.trial.nct_id)}.EXPORT{export_id or 0}.V{data_version}"
+
+    def _prior_file_oid(self) -> str | None:
+        """The FileOID of this trial's previous ODM export of the same sites and blinding."""
+        from reports.models import Export, ExportStatus
+
+        if not self.stamp.export_id:
+            return None
+        prior = (
+            Export.objects.filter(
+                trial=self.trial,
+                format="odm",
+                status=ExportStatus.DONE,
+                blinded=not self.scope.unblinded,
+                site_ids=sorted(self.scope.site_ids),
+                pk__lt=self.stamp.export_id,
+            )
+            .order_by("-pk")
+            .values("pk", "data_version")
+            .first()
+        )
+        return self.file_oid(prior["pk"], prior["data_version"] or 0) if prior else None
 
     def write(self, progress: ProgressCallback | None = None, *, use_sql: bool = True) -> int:
         """`use_sql` False builds the subjects in Python (the reference the SQL is tested against)."""
@@ -1034,7 +1345,7 @@ class OdmWriter:
         expected = subject_count(self.scope) + (0 if use_sql else visit_count(self.scope))
         counter = Progress(expected, progress)
         w = self.stream.write
-        created = self.stamp.exported_at.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S+00:00")
+        created = _odm_utc(self.stamp.exported_at)
         w('<?xml version="1.0" encoding="UTF-8"?>\n')
         w("<!-- " + escape(" | ".join(self.stamp.lines())).replace("--", "- -") + " -->\n")
         w(
@@ -1042,7 +1353,10 @@ class OdmWriter:
             + _attrs(
                 xmlns=ODM_NAMESPACE,
                 FileType="Snapshot",
-                FileOID=f"FILE.{oid_part(self.trial.nct_id)}.EXPORT{self.stamp.export_id or 0}.V{self.stamp.data_version}",
+                Granularity="All",
+                Archival="Yes",
+                FileOID=self.file_oid(self.stamp.export_id, self.stamp.data_version),
+                PriorFileOID=self._prior_file_oid(),
                 CreationDateTime=created,
                 AsOfDateTime=created,
                 ODMVersion="1.3.2",
@@ -1055,11 +1369,29 @@ class OdmWriter:
         )
         self._write_study(visit_codes)
         self._write_admin_data()
-        w("<ClinicalData" + _attrs(StudyOID=self.study_oid, MetaDataVersionOID=self.mdv_oid) + ">\n")
-        if use_sql:
-            subjects = self._write_subjects_from_sql(counter)
-            w("</ClinicalData>\n</ODM>\n")
-            return subjects
+        subjects = 0
+        audit = None if use_sql else _OdmAudit(self.scope)
+        version_of = None
+        if not use_sql and self.first_version_pk is not None:
+            version_of = {
+                pk: version or self.first_version_pk
+                for pk, version in Screening.objects.filter(site_id__in=self.scope.site_ids).values_list(
+                    "pk", "protocol_version_id"
+                )
+            }
+        for version in self.versions:
+            w("<ClinicalData" + _attrs(StudyOID=self.study_oid, MetaDataVersionOID=version.oid) + ">\n")
+            if use_sql:
+                subjects += self._write_subjects_from_sql(version, counter)
+            else:
+                subjects += self._write_subjects_from_python(version, version_of, audit, counter)
+            self._write_audit_trail(version)
+            w("</ClinicalData>\n")
+        w("</ODM>\n")
+        return subjects
+
+    def _write_subjects_from_python(self, version: OdmVersion, version_of, audit: _OdmAudit, counter) -> int:
+        criteria = list(version.protocol.eligibility.criteria)
         subjects = 0
         answers = _grouped(
             EligibilityAnswer.objects.filter(site_id__in=self.scope.site_ids)
@@ -1070,17 +1402,23 @@ class OdmWriter:
         )
         visits = _grouped(visit_values(self.scope), "participant_id")
         adverse_events = _grouped(ae_values(self.scope), "participant_id")
+        keys = dict(Screening.objects.filter(site_id__in=self.scope.site_ids).values_list("pk", "subject_key"))
         for subject in subject_values(self.scope):
             own_answers = answers.take(subject["id"])
             own_visits = visits.take(subject["id"])
-            self._write_subject(subject, own_answers, own_visits, adverse_events.take(subject["id"]))
+            own_events = adverse_events.take(subject["id"])
+            if version_of is not None and version_of[subject["id"]] != version.pk:
+                continue
+            self._write_subject(
+                subject, own_answers, own_visits, own_events, key=keys[subject["id"]], criteria=criteria, audit=audit
+            )
             subjects += 1
             counter.step(1 + len(own_visits))
-        w("</ClinicalData>\n</ODM>\n")
         return subjects
 
-    def _write_subjects_from_sql(self, counter: Progress) -> int:
-        sql, parameters = odm_subjects_query(self.scope, [criterion.code for criterion in self.criteria])
+    def _write_subjects_from_sql(self, version: OdmVersion, counter: Progress) -> int:
+        criteria = [criterion.code for criterion in version.protocol.eligibility.criteria]
+        sql, parameters = odm_subjects_query(self.scope, criteria, version, self.first_version_pk)
         subjects = 0
         # A server-side cursor: the subjects are fetched a chunk at a time, and the progress
         # callback may use the connection between chunks.
@@ -1091,6 +1429,31 @@ class OdmWriter:
                 subjects += len(chunk)
                 counter.step(len(chunk))
         return subjects
+
+    def _audit_trail_query(self, version: OdmVersion) -> tuple[str, list]:
+        location_oid = _sql_xml_attribute("'LOC.' || " + _sql_oid_part("st.code"))
+        parameters: list = [list(self.scope.site_ids), odm_audited_tables()]
+        condition = ""
+        if version.pk is not None:
+            condition = " AND coalesce(s.protocol_version_id, %s) = %s"
+            parameters += [self.first_version_pk, version.pk]
+        sql = (
+            f"SELECT {_sql_audit_record(self.scope, location_oid, with_id=True)} FROM trialsite_auditevent e"
+            " JOIN enrollment_screening s ON s.id = e.subject_id JOIN trialsite_site st ON st.id = s.site_id"
+            f" WHERE s.site_id = ANY(%s) AND e.table_name = ANY(%s) AND {_sql_visible_event(self.scope)}{condition}"
+            " ORDER BY e.occurred_at, e.id"
+        )
+        return sql, parameters
+
+    def _write_audit_trail(self, version: OdmVersion) -> None:
+        """Every audit record of the version's participants' rows in the file, oldest first."""
+        sql, parameters = self._audit_trail_query(version)
+        self.stream.write("<AuditRecords>")
+        with connection.chunked_cursor() as cursor:
+            cursor.execute(sql, parameters)
+            while chunk := cursor.fetchmany(CHUNK):
+                self.stream.write("".join(row[0] for row in chunk))
+        self.stream.write("</AuditRecords>\n")
 
     def _visit_codes(self) -> list[str]:
         """Every visit code used in scope, in schedule order (one StudyEventDef each)."""
@@ -1105,28 +1468,51 @@ class OdmWriter:
             .values_list("code", flat=True)
         )
 
-    def _items(self) -> dict[str, list[tuple[str, str, str, int | None, str | None]]]:
-        """Item groups and their items: (OID, name, data type, length, code list OID)."""
+    def _crf_forms(self, protocol) -> list:
+        return list(protocol.forms)
+
+    def _crf_items(self, form) -> list:
+        # An unblinded-only item is not even declared in a blinded file.
+        return [item for item in form.items if self.scope.unblinded or not item.unblinded_only]
+
+    @staticmethod
+    def _unit_oid(unit: str) -> str:
+        return f"MU.{oid_part(unit)}"
+
+    def _units(self) -> dict[str, dict[str, str]]:
+        """The measurement units of every version's items, by OID."""
+        units = {"MU.YEARS": _texts("years", "岁")}
+        for version in self.versions:
+            for form in self._crf_forms(version.protocol):
+                for item in self._crf_items(form):
+                    if item.unit:
+                        units.setdefault(self._unit_oid(item.unit), _texts(item.unit, item.unit_zh or item.unit))
+        return units
+
+    def _items(
+        self, protocol
+    ) -> tuple[dict[str, list[tuple[str, str, str, int | None, str | None]]], dict[str, dict], dict[str, str]]:
+        """Item groups and their items: (OID, name, data type, length, code list OID); each
+        item's question in both languages; the unit OID of items that have one."""
         from safety.models import Seriousness
 
+        criteria = list(protocol.eligibility.criteria)
         groups = {
             "IG.SCREENING": [
                 ("IT.SITE", "Site", "text", 20, None),
                 ("IT.SCREENING_DATE", "Screening date", "date", None, None),
                 ("IT.SEX", "Sex", "text", 1, "CL.SEX"),
-                ("IT.AGE", "Age at screening (years)", "integer", 3, None),
+                ("IT.AGE", "Age at screening", "integer", 3, None),
                 ("IT.CONSENT_DATE", "Consent date", "date", None, None),
                 ("IT.OUTCOME", "Screening outcome", "text", 12, "CL.OUTCOME"),
                 ("IT.FAILED_CRITERIA", "Failed criteria", "text", 200, None),
                 ("IT.UNANSWERED_CRITERIA", "Unanswered criteria", "text", 200, None),
             ],
-            "IG.ELIGIBILITY": [
-                (f"IT.ELIG.{oid_part(c.code)}", c.text[:100], "text", 3, "CL.ANSWER") for c in self.criteria
-            ],
+            "IG.ELIGIBILITY": [(f"IT.ELIG.{oid_part(c.code)}", c.text[:100], "text", 3, "CL.ANSWER") for c in criteria],
             "IG.RANDOMIZATION": [
                 ("IT.SCREENING_NUMBER", "Screening number", "text", 20, None),
                 ("IT.RANDOMIZATION_NUMBER", "Randomization number", "text", 20, None),
-                ("IT.RANDOMIZED_AT", "Randomized at", "datetime", None, None),
+                ("IT.RANDOMIZED_AT", "Randomized at (UTC)", "datetime", None, None),
                 ("IT.STATUS", "Participant status", "text", 12, "CL.STATUS"),
                 ("IT.WITHDRAWN_ON", "Withdrawal date", "date", None, None),
             ],
@@ -1150,7 +1536,7 @@ class OdmWriter:
                 ("IT.AE_RESOLUTION_DATE", "Resolution date", "date", None, None),
                 ("IT.AE_SERIOUS", "Serious", "text", 3, "CL.YES_NO"),
                 *[
-                    (f"IT.AE_SER_{criterion.value.upper()}", str(criterion.label), "text", 3, "CL.YES_NO")
+                    (f"IT.AE_SER_{criterion.value.upper()}", criterion.label, "text", 3, "CL.YES_NO")
                     for criterion in Seriousness
                 ],
                 ("IT.AE_RELATION_INFUSION", "Relation to the study infusion", "text", 20, "CL.AE_RELATION"),
@@ -1165,28 +1551,73 @@ class OdmWriter:
         }
         if self.scope.unblinded:
             groups["IG.RANDOMIZATION"].append(("IT.ARM", "Arm", "text", 20, "CL.ARM"))
-        return groups
+        questions = {}
+        for members in groups.values():
+            for index, (oid, name, *rest) in enumerate(members):
+                if isinstance(name, str):
+                    questions[oid] = _texts(name)
+                else:
+                    questions[oid] = _label_texts(name)
+                    members[index] = (oid, questions[oid]["en"], *rest)
+        for criterion in criteria:
+            questions[f"IT.ELIG.{oid_part(criterion.code)}"] = _texts(criterion.text, criterion.text_zh or "")
+        units = {"IT.AGE": "MU.YEARS"}
+        for form in self._crf_forms(protocol):
+            members = []
+            for item in self._crf_items(form):
+                oid = self._crf_item_oid(form.code, item.code)
+                length = item.max_length if item.type == "text" else None
+                if item.type == "integer" and item.max is not None:
+                    length = len(str(int(abs(item.max)))) + (1 if item.min is not None and item.min < 0 else 0)
+                code_list = f"CL.CRF.{oid_part(item.code_list)}" if item.type == "choice" and item.code_list else None
+                members.append((oid, item.label[:100], _ODM_DATA_TYPES[item.type], length, code_list))
+                questions[oid] = _texts(item.label, item.label_zh or "")
+                if item.unit:
+                    units[oid] = self._unit_oid(item.unit)
+            groups[self._crf_group_oid(form.code)] = members
+        return groups, questions, units
 
-    def _code_lists(self) -> dict[str, list[tuple[str, str]]]:
+    @staticmethod
+    def _crf_item_oid(form_code: str, item_code: str) -> str:
+        # The codes as the protocol spells them (lower case): upper case could spell an arm code.
+        return f"IT.CRF.{oid_part(form_code)}.{oid_part(item_code)}"
+
+    @staticmethod
+    def _crf_group_oid(form_code: str) -> str:
+        return f"IG.CRF.{oid_part(form_code)}"
+
+    @staticmethod
+    def _crf_form_oid(form_code: str) -> str:
+        return f"F.CRF.{oid_part(form_code)}"
+
+    def _code_lists(self, protocol) -> dict[str, list[tuple[str, dict[str, str]]]]:
         from enrollment.models import Answer, Outcome, ParticipantStatus, Sex
         from safety.ctcae import TERMS
         from safety.models import Action, Relation
         from safety.models import Outcome as AeOutcome
 
+        def choices(pairs):
+            return [(value, _label_texts(label)) for value, label in pairs]
+
         lists = {
-            "CL.SEX": [(value, str(label)) for value, label in Sex.choices],
-            "CL.OUTCOME": [(value, str(label)) for value, label in Outcome.choices],
-            "CL.ANSWER": [(value, str(label)) for value, label in Answer.choices],
-            "CL.STATUS": [(value, str(label)) for value, label in ParticipantStatus.choices],
-            "CL.VISIT_STATUS": [(value, str(label)) for value, label in _visit_status_choices()],
-            "CL.AE_TERM": [(code, term.term) for code, term in TERMS.items()],
-            "CL.YES_NO": [("yes", "Yes"), ("no", "No")],
-            "CL.AE_RELATION": [(value, str(label)) for value, label in Relation.choices],
-            "CL.AE_ACTION": [(value, str(label)) for value, label in Action.choices],
-            "CL.AE_OUTCOME": [(value, str(label)) for value, label in AeOutcome.choices],
+            "CL.SEX": choices(Sex.choices),
+            "CL.OUTCOME": choices(Outcome.choices),
+            "CL.ANSWER": choices(Answer.choices),
+            "CL.STATUS": choices(ParticipantStatus.choices),
+            "CL.VISIT_STATUS": choices(_visit_status_choices()),
+            "CL.AE_TERM": [(code, _texts(term.term, term.term_zh or "")) for code, term in TERMS.items()],
+            "CL.YES_NO": [("yes", _texts("Yes")), ("no", _texts("No"))],
+            "CL.AE_RELATION": choices(Relation.choices),
+            "CL.AE_ACTION": choices(Action.choices),
+            "CL.AE_OUTCOME": choices(AeOutcome.choices),
         }
+        for code_list in protocol.code_lists:
+            lists[f"CL.CRF.{oid_part(code_list.code)}"] = [
+                (str(entry.code), _texts(entry.label, entry.label_zh or "")) for entry in code_list.entries
+            ]
         if self.scope.unblinded:
-            lists["CL.ARM"] = [(arm.code, arm.name) for arm in self.scope.arms()]
+            names_zh = {arm.code: arm.name_zh for arm in protocol.arms}
+            lists["CL.ARM"] = [(arm.code, _texts(arm.name, names_zh.get(arm.code) or "")) for arm in self.scope.arms()]
         return lists
 
     def _write_study(self, visit_codes: list[str]) -> None:
@@ -1195,40 +1626,63 @@ class OdmWriter:
         w(f"<StudyName>{escape(self.trial.nct_id)}</StudyName>")
         w(f"<StudyDescription>{escape(self.trial.title)}</StudyDescription>")
         w(f"<ProtocolName>{escape(self.trial.sponsor_protocol_id)}</ProtocolName>")
-        w("</GlobalVariables>\n")
-        w(
-            "<MetaDataVersion"
-            + _attrs(OID=self.mdv_oid, Name=f"{self.trial.nct_id} {self.trial.definition_sha256[:12]}")
-            + ">\n"
-        )
+        w("</GlobalVariables>\n<BasicDefinitions>")
+        for oid, texts in self._units().items():
+            w("<MeasurementUnit" + _attrs(OID=oid, Name=texts["en"]) + "><Symbol>" + _translated(texts) + "</Symbol>")
+            w("</MeasurementUnit>")
+        w("</BasicDefinitions>\n")
+        for version in self.versions:
+            self._write_metadata_version(version, visit_codes)
+        w("</Study>\n")
+
+    def _write_metadata_version(self, version: OdmVersion, visit_codes: list[str]) -> None:
+        w = self.stream.write
+        protocol = version.protocol
+        forms = self._crf_forms(protocol)
+        w("<MetaDataVersion" + _attrs(OID=version.oid, Name=version.name) + ">\n")
+        crf_at_visit = {
+            code: [self._crf_form_oid(form.code) for form in forms if form.carried_at(code)] for code in visit_codes
+        }
         events = [
             (self.STUDY_EVENT_SCREENING, "Screening", ["F.SCREENING"]),
             (self.STUDY_EVENT_RANDOMIZATION, "Randomization", ["F.RANDOMIZATION"]),
-        ] + [(f"SE.VISIT.{oid_part(code)}", code, ["F.VISIT"]) for code in visit_codes]
+        ] + [(f"SE.VISIT.{oid_part(code)}", code, ["F.VISIT", *crf_at_visit[code]]) for code in visit_codes]
         events.append((self.STUDY_EVENT_AE, "Adverse events", ["F.AE"]))
+        events += [
+            (f"SE.LOG.{oid_part(form.code)}", form.name, [self._crf_form_oid(form.code)])
+            for form in forms
+            if form.kind == "log"
+        ]
         w("<Protocol>")
         for order, (oid, _name, _forms) in enumerate(events, start=1):
             w("<StudyEventRef" + _attrs(StudyEventOID=oid, OrderNumber=order, Mandatory="No") + "/>")
         w("</Protocol>\n")
-        for oid, name, forms in events:
-            # Adverse events are not a scheduled visit: CDISC's "Common" event type.
-            kind = "Common" if oid == self.STUDY_EVENT_AE else "Scheduled"
+        for oid, name, form_oids in events:
+            # Adverse events and logs are not a scheduled visit: CDISC's "Common" event type.
+            kind = "Common" if oid == self.STUDY_EVENT_AE or oid.startswith("SE.LOG.") else "Scheduled"
             w("<StudyEventDef" + _attrs(OID=oid, Name=name, Repeating="No", Type=kind) + ">")
-            for form in forms:
+            for form in form_oids:
                 w("<FormRef" + _attrs(FormOID=form, Mandatory="No") + "/>")
             w("</StudyEventDef>\n")
-        forms = {
-            "F.SCREENING": ("Screening", ["IG.SCREENING", "IG.ELIGIBILITY"]),
-            "F.RANDOMIZATION": ("Randomization and status", ["IG.RANDOMIZATION"]),
-            "F.VISIT": ("Visit", ["IG.VISIT"]),
-            "F.AE": ("Adverse events", ["IG.AE"]),
+        form_defs = {
+            "F.SCREENING": (_texts("Screening"), ["IG.SCREENING", "IG.ELIGIBILITY"], "No"),
+            "F.RANDOMIZATION": (_texts("Randomization and status"), ["IG.RANDOMIZATION"], "No"),
+            "F.VISIT": (_texts("Visit"), ["IG.VISIT"], "No"),
+            "F.AE": (_texts("Adverse events"), ["IG.AE"], "No"),
         }
-        for oid, (name, groups) in forms.items():
-            w("<FormDef" + _attrs(OID=oid, Name=name, Repeating="No") + ">")
+        for form in forms:
+            form_defs[self._crf_form_oid(form.code)] = (
+                _texts(form.name, form.name_zh or ""),
+                [self._crf_group_oid(form.code)],
+                "Yes" if form.kind == "log" else "No",
+            )
+        for oid, (names, groups, repeating) in form_defs.items():
+            w("<FormDef" + _attrs(OID=oid, Name=names["en"], Repeating=repeating) + ">")
+            w("<Description>" + _translated(names) + "</Description>")
             for group in groups:
                 w("<ItemGroupRef" + _attrs(ItemGroupOID=group, Mandatory="No") + "/>")
             w("</FormDef>\n")
-        items = self._items()
+        items, questions, units = self._items(protocol)
         for group, members in items.items():
             # One AE record per repeat of IG.AE (ItemGroupRepeatKey 1, 2, ... within the subject).
             repeating = "Yes" if group == "IG.AE" else "No"
@@ -1239,38 +1693,97 @@ class OdmWriter:
         for members in items.values():
             for item_oid, name, data_type, length, code_list in members:
                 w("<ItemDef" + _attrs(OID=item_oid, Name=name, DataType=data_type, Length=length) + ">")
+                w("<Question>" + _translated(questions[item_oid]) + "</Question>")
+                if item_oid in units:
+                    w("<MeasurementUnitRef" + _attrs(MeasurementUnitOID=units[item_oid]) + "/>")
                 if code_list:
                     w("<CodeListRef" + _attrs(CodeListOID=code_list) + "/>")
                 w("</ItemDef>\n")
-        for oid, entries in self._code_lists().items():
+        for oid, entries in self._code_lists(protocol).items():
             w("<CodeList" + _attrs(OID=oid, Name=oid.removeprefix("CL."), DataType="text") + ">")
-            for value, label in entries:
-                w("<CodeListItem" + _attrs(CodedValue=value) + "><Decode>")
-                w('<TranslatedText xml:lang="en">' + escape(label) + "</TranslatedText>")
-                w("</Decode></CodeListItem>")
+            for value, texts in entries:
+                w(
+                    "<CodeListItem"
+                    + _attrs(CodedValue=value)
+                    + "><Decode>"
+                    + _translated(texts)
+                    + "</Decode></CodeListItem>"
+                )
             w("</CodeList>\n")
-        w("</MetaDataVersion>\n</Study>\n")
+        w("</MetaDataVersion>\n")
+
+    def _users(self) -> list[dict]:
+        """The staff who appear in the file: whoever made a visible audited change to its rows, and
+        the signers of its signatures. Names only: no e-mail, no password."""
+        from django.contrib.auth import get_user_model
+
+        site_ids = list(self.scope.site_ids)
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT DISTINCT e.actor_id FROM trialsite_auditevent e JOIN enrollment_screening s ON s.id = e.subject_id"
+                f" WHERE s.site_id = ANY(%s) AND e.table_name = ANY(%s) AND e.actor_id IS NOT NULL AND {_sql_visible_event(self.scope)}"
+                " UNION SELECT sg.signer_id FROM trialsite_signature sg WHERE sg.id IN"
+                " (SELECT eligibility_signature_id FROM enrollment_participant WHERE site_id = ANY(%s)"
+                " UNION SELECT signature_id FROM safety_saereport WHERE site_id = ANY(%s))",
+                [site_ids, odm_audited_tables(), site_ids, site_ids],
+            )
+            ids = [row[0] for row in cursor.fetchall()]
+        User = get_user_model()
+        return list(User.objects.filter(pk__in=ids).order_by("pk").values("pk", "username", "first_name", "last_name"))
 
     def _write_admin_data(self) -> None:
         w = self.stream.write
         w("<AdminData" + _attrs(StudyOID=self.study_oid) + ">\n")
-        effective = self.trial.loaded_at.date().isoformat()
+        w("<User" + _attrs(OID=ODM_SYSTEM_USER, UserType="Other") + "><LoginName>system</LoginName>")
+        w("<FullName>trialsite (database triggers and scheduled jobs)</FullName></User>\n")
+        for user in self._users():
+            full_name = f"{user['first_name']} {user['last_name']}".strip()
+            w("<User" + _attrs(OID=f"USR.{user['pk']}") + f"><LoginName>{xml_text(user['username'])}</LoginName>")
+            if full_name:
+                w(f"<FullName>{xml_text(full_name)}</FullName>")
+            w("</User>\n")
         for site in self.scope.sites:
             w("<Location" + _attrs(OID=f"LOC.{oid_part(site.code)}", Name=site.name, LocationType="Site") + ">")
-            w(
-                "<MetaDataVersionRef"
-                + _attrs(StudyOID=self.study_oid, MetaDataVersionOID=self.mdv_oid, EffectiveDate=effective)
-                + "/>"
-            )
+            for version in self.versions:
+                w(
+                    "<MetaDataVersionRef"
+                    + _attrs(StudyOID=self.study_oid, MetaDataVersionOID=version.oid, EffectiveDate=version.effective)
+                    + "/>"
+                )
             w("</Location>\n")
+        signature_defs = [
+            (
+                SIGNATURE_ELIGIBILITY,
+                "The investigator confirms the participant's eligibility verdict.",
+            ),
+            (
+                SIGNATURE_SAE_REPORT,
+                "The investigator signs a complete version of the serious adverse event report.",
+            ),
+        ]
+        for oid, meaning in signature_defs:
+            w("<SignatureDef" + _attrs(OID=oid, Methodology="Electronic") + f"><Meaning>{xml_text(meaning)}</Meaning>")
+            w(
+                "<LegalReason>Electronic signature under 21 CFR Part 11: the signer re-entered their password;"
+                " the meaning signed is stored with the signature.</LegalReason></SignatureDef>\n"
+            )
         w("</AdminData>\n")
 
     def _write_subject(
-        self, subject: dict, answers: list[dict], visits: list[dict], adverse_events: list[dict] = ()
+        self,
+        subject: dict,
+        answers: list[dict],
+        visits: list[dict],
+        adverse_events: list[dict] = (),
+        *,
+        key: str,
+        criteria: list,
+        audit: _OdmAudit,
     ) -> None:
         w = self.stream.write
-        w("<SubjectData" + _attrs(SubjectKey=subject_key(subject)) + ">")
-        w("<SiteRef" + _attrs(LocationOID=f"LOC.{oid_part(subject['site__code'])}") + "/>")
+        location = f"LOC.{oid_part(subject['site__code'])}"
+        w("<SubjectData" + _attrs(SubjectKey=key) + ">")
+        w("<SiteRef" + _attrs(LocationOID=location) + "/>")
         failed, unanswered = reason_codes(subject)
         screening_items = [
             ("IT.SITE", subject["site__code"]),
@@ -1285,9 +1798,16 @@ class OdmWriter:
         eligibility_items = [
             (f"IT.ELIG.{oid_part(answer['criterion_code'])}", answer["answer"])
             for answer in answers
-            if answer["answer"] and any(c.code == answer["criterion_code"] for c in self.criteria)
+            if answer["answer"] and any(c.code == answer["criterion_code"] for c in criteria)
         ]
+        from enrollment.models import Participant
+
+        signature_id = (
+            Participant.objects.filter(pk=subject["id"]).values_list("eligibility_signature_id", flat=True).first()
+        )
         w(f'<StudyEventData StudyEventOID="{self.STUDY_EVENT_SCREENING}"><FormData FormOID="F.SCREENING">')
+        w(audit.latest("enrollment_screening", subject["id"], location))
+        w(audit.signature(signature_id, SIGNATURE_ELIGIBILITY))
         self._item_group("IG.SCREENING", screening_items)
         if eligibility_items:
             self._item_group("IG.ELIGIBILITY", eligibility_items)
@@ -1296,21 +1816,24 @@ class OdmWriter:
             randomization_items = [
                 ("IT.SCREENING_NUMBER", subject["screening_number"]),
                 ("IT.RANDOMIZATION_NUMBER", subject["randomization_number"] or ""),
-                ("IT.RANDOMIZED_AT", _odm_datetime(subject["randomized_at"])),
+                ("IT.RANDOMIZED_AT", _odm_utc(subject["randomized_at"])),
                 ("IT.STATUS", subject["status"]),
                 ("IT.WITHDRAWN_ON", _iso(subject["withdrawn_on"])),
             ]
             if self.scope.unblinded:
                 randomization_items.append(("IT.ARM", subject.get("arm") or ""))
             w(f'<StudyEventData StudyEventOID="{self.STUDY_EVENT_RANDOMIZATION}"><FormData FormOID="F.RANDOMIZATION">')
+            w(audit.latest("enrollment_participant", subject["id"], location))
             self._item_group("IG.RANDOMIZATION", randomization_items)
             w("</FormData></StudyEventData>")
+        visit_table = selectors._visit_model()._meta.db_table
         for visit in visits:
             w(
                 "<StudyEventData"
                 + _attrs(StudyEventOID=f"SE.VISIT.{oid_part(visit['code'])}")
                 + '><FormData FormOID="F.VISIT">'
             )
+            w(audit.latest(visit_table, visit["id"], location))
             self._item_group(
                 "IG.VISIT",
                 [
@@ -1325,9 +1848,20 @@ class OdmWriter:
             )
             w("</FormData></StudyEventData>")
         if adverse_events:
+            from safety.models import SaeReport
+
             w(f'<StudyEventData StudyEventOID="{self.STUDY_EVENT_AE}"><FormData FormOID="F.AE">')
             for repeat_key, event in enumerate(adverse_events, start=1):
-                self._item_group("IG.AE", self._ae_items(event), repeat_key=repeat_key)
+                signed = (
+                    SaeReport.objects.filter(adverse_event_id=event["id"], signature__isnull=False)
+                    .order_by("-version")
+                    .values_list("signature_id", flat=True)
+                    .first()
+                )
+                header = audit.latest("safety_adverseevent", event["id"], location) + audit.signature(
+                    signed, SIGNATURE_SAE_REPORT
+                )
+                self._item_group("IG.AE", self._ae_items(event), repeat_key=repeat_key, header=header)
             w("</FormData></StudyEventData>")
         w("</SubjectData>\n")
 
@@ -1360,20 +1894,19 @@ class OdmWriter:
             ("IT.AE_VERSION", event["protocol_version__version"]),
         ]
 
-    def _item_group(self, oid: str, items: list[tuple[str, object]], *, repeat_key: int | None = None) -> None:
-        """Empty values are left out: ODM has no item rather than an empty one."""
+    def _item_group(
+        self, oid: str, items: list[tuple[str, object]], *, repeat_key: int | None = None, header: str = ""
+    ) -> None:
+        """Empty values are left out: ODM has no item rather than an empty one. `header`: the
+        group's audit record and signature."""
         w = self.stream.write
         repeat = f' ItemGroupRepeatKey="{repeat_key}"' if repeat_key is not None else ""
-        w(f'<ItemGroupData ItemGroupOID="{oid}"{repeat}>')
+        w(f'<ItemGroupData ItemGroupOID="{oid}"{repeat}>{header}')
         for item_oid, value in items:
             if value is None or value == "":
                 continue
             w(f'<ItemData ItemOID="{item_oid}" Value={xml_attribute(value)}/>')
         w("</ItemGroupData>")
-
-
-def _odm_datetime(moment: datetime.datetime | None) -> str:
-    return moment.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S") if moment else ""
 
 
 def _visit_status_choices():

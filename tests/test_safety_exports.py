@@ -210,7 +210,15 @@ def test_the_odm_carries_each_ae_record_as_a_repeat_and_validates(events, cast, 
     assert odm_reference_problems(ElementTree.fromstring(document)) == []
     groups = ae_groups(document)
     [(subject, repeats)] = groups.items()
-    assert subject == events["first"].participant.randomization_number
+    assert subject == events["first"].participant.screening.subject_key
+    [numbered] = [
+        item.get("Value")
+        for element in ElementTree.fromstring(document).iter(f"{ODM}SubjectData")
+        if element.get("SubjectKey") == subject
+        for item in element.iter(f"{ODM}ItemData")
+        if item.get("ItemOID") == "IT.RANDOMIZATION_NUMBER"
+    ]
+    assert numbered == events["first"].participant.randomization_number
     csv_body = csv_rows(content_of(run_now(cast.monitor, "adverse_events", "csv")))[1:]
     for repeat, row, name in zip(repeats, csv_body, ("first", "change", "serious"), strict=True):
         event = events[name]
