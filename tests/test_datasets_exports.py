@@ -208,3 +208,72 @@ def test_a_queued_analysis_export_runs_once_and_leaves_a_zip(cast, builder):
     export.refresh_from_db()
     assert export.status == ExportStatus.DONE and export.progress == 100
     assert (Path(settings.MEDIA_ROOT) / export.file_path).suffix == ".zip"
+
+
+# --- Through a real Celery worker and the browser ----------------------------------------------
+
+
+@pytest.fixture
+def celery_worker(transactional_db, tmp_path):
+    from tests.worker import CeleryWorker, close_test_connection
+
+    worker = CeleryWorker(
+        broker_url=settings.CELERY_BROKER_URL,
+        log_path=tmp_path / "worker.log",
+        extra_env={"MEDIA_ROOT": str(settings.MEDIA_ROOT)},
+    )
+    worker.start()
+    yield worker
+    worker.stop()
+    close_test_connection()
+
+
+@pytest.mark.worker
+@pytest.mark.browser
+@pytest.mark.django_db(transaction=True)
+def test_the_statistician_asks_for_the_spss_package_and_downloads_it_when_the_worker_is_done(
+    trial, site, other_site, cast, builder, celery_worker, live_server, request, monkeypatch, tmp_path
+):
+    # Playwright's sync API runs an event loop; only for this test (check --deploy refuses it).
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    from django.test import Client
+    from playwright.sync_api import sync_playwright
+
+    from tests.browser_support import SCREENSHOTS, launch_chromium
+
+    reports_data.build(trial, site, other_site, cast)
+    client = Client()
+    client.force_login(cast.statistician)
+    with sync_playwright() as playwright:
+        browser = launch_chromium(playwright)
+        context = browser.new_context(accept_downloads=True)
+        context.add_cookies(
+            [
+                {
+                    "name": settings.SESSION_COOKIE_NAME,
+                    "value": client.cookies[settings.SESSION_COOKIE_NAME].value,
+                    "url": live_server.url,
+                }
+            ]
+        )
+        page = context.new_page()
+        page.goto(f"{live_server.url}/reports/")
+        page.locator("form:has(input[name=kind][value=analysis]):has(input[name=format][value=sav]) button").click()
+        link = page.wait_for_selector("tr[data-export-status=done] .export-link a", timeout=60_000)
+        with page.expect_download() as download_info:
+            link.click()
+        download = download_info.value
+        export = Export.objects.get(requested_by=cast.statistician, kind="analysis")
+        assert download.suggested_filename == f"NCT06442709-analysis-{export.pk}.zip"
+        page.screenshot(path=str(SCREENSHOTS / f"{request.node.name}.png"), full_page=True)
+        archive_path = tmp_path / download.suggested_filename
+        download.save_as(archive_path)
+        browser.close()
+    with zipfile.ZipFile(archive_path) as archive:
+        manifest = json.loads(archive.read("manifest.json"))
+        assert manifest["export_id"] == export.pk and manifest["blinded"] is False
+        subjects = tmp_path / "subjects.sav"
+        subjects.write_bytes(archive.read("subjects.sav"))
+    frame, meta = pyreadstat.read_sav(str(subjects))
+    assert len(frame) == 14 and meta.column_names[0] == "subject_key"
+    assert export.row_count == sum(entry["rows"] for entry in manifest["datasets"])
