@@ -91,7 +91,8 @@ class Manifest:
     data_version: int
     blinded: bool
     site_codes: tuple[str, ...]
-    protocol_version: int | None
+    # The protocol version in force, as the trial names it ("1.0"); an int is read alike.
+    protocol_version: str | int | None
 
 
 @dataclass
