@@ -504,6 +504,10 @@ def _frame(dataset: Dataset, fmt: str):
     for column, variable in zip(columns, dataset.variables, strict=True):
         if variable.type in ("integer", "decimal", "boolean"):
             data[variable.name] = pd.Series([np.nan if value is None else value for value in column], dtype="float64")
+        elif variable.type in ("date", "datetime") and all(value is None for value in column):
+            # pyreadstat types an object column by its values: with none it would write text.
+            # A numeric column of missing values with the date format is a date column.
+            data[variable.name] = pd.Series([np.nan] * len(column), dtype="float64")
         elif variable.type in ("date", "datetime"):
             data[variable.name] = pd.Series(column, dtype=object)
         else:
@@ -539,12 +543,30 @@ def _label(variable: Variable, limit: int | None) -> str:
     return label[:limit].rstrip() if limit else label
 
 
+# The display format of a date and a moment in each package (days or seconds since its epoch).
+DATE_FORMATS = {
+    "xpt": {"date": "DATE9", "datetime": "DATETIME20"},
+    "sav": {"date": "DATE11", "datetime": "DATETIME20"},
+    "dta": {"date": "%td", "datetime": "%tc"},
+}
+
+
+def _empty_date_formats(frame, dataset: Dataset, fmt: str, names: dict[str, str]) -> dict[str, str]:
+    """Formats for the date and moment columns with no value at all (written as numbers)."""
+    return {
+        names[variable.name]: DATE_FORMATS[fmt][variable.type]
+        for variable in dataset.variables
+        if variable.type in ("date", "datetime") and frame[variable.name].dtype == "float64"
+    }
+
+
 def _write_stats_file(dataset: Dataset, fmt: str, path: Path, sas_member: str, package: Package) -> tuple[int, int]:
     import pyreadstat
 
     frame, cut = _frame(dataset, fmt)
     if fmt == "xpt":
         short = sas_names(dataset)
+        formats = _empty_date_formats(frame, dataset, fmt, short)
         frame = frame.rename(columns=short)
         pyreadstat.write_xport(
             frame,
@@ -553,9 +575,11 @@ def _write_stats_file(dataset: Dataset, fmt: str, path: Path, sas_member: str, p
             column_labels={short[v.name]: _label(v, XPT_LABEL_CHARACTERS) for v in dataset.variables},
             table_name=sas_member,
             file_format_version=5,
+            variable_format=formats,
         )
         return len(frame), cut
     names = {variable.name: sav_dta_name(variable.name) for variable in dataset.variables}
+    formats = _empty_date_formats(frame, dataset, fmt, names)
     frame = frame.rename(columns=names)
     value_labels: dict[str, dict] = {}
     for variable in dataset.variables:
@@ -578,6 +602,7 @@ def _write_stats_file(dataset: Dataset, fmt: str, path: Path, sas_member: str, p
             file_label=dataset.label,
             column_labels={names[v.name]: _label(v, None) for v in dataset.variables},
             variable_value_labels=value_labels,
+            variable_format=formats,
         )
     else:
         pyreadstat.write_dta(
@@ -587,6 +612,7 @@ def _write_stats_file(dataset: Dataset, fmt: str, path: Path, sas_member: str, p
             column_labels={names[v.name]: _label(v, DTA_LABEL_CHARACTERS) for v in dataset.variables},
             variable_value_labels=value_labels,
             version=15,
+            variable_format=formats,
         )
     return len(frame), cut
 

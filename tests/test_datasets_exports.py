@@ -4,11 +4,14 @@ may view allocation at every site; and the listing CSVs start with their heading
 
 from __future__ import annotations
 
+import csv
 import datetime
 import io
 import json
+import math
 import re
 import zipfile
+from decimal import Decimal
 from pathlib import Path
 
 import pandas as pd
@@ -21,6 +24,7 @@ from reports import exports, selectors, services
 from reports.models import Export, ExportStatus
 from tests import reports_data
 from tests.test_reports_exports import content_of, csv_rows, run_now
+from trialsite.text import defuse_formula
 
 BOM = b"\xef\xbb\xbf"
 ANALYSIS_FORMATS = ["csv", "xlsx", "xpt", "sav", "dta"]
@@ -147,40 +151,91 @@ def test_a_blinded_analysis_package_has_no_arm_anywhere_and_says_it_is_blinded(d
             )
 
 
-def test_the_unblinded_statisticians_package_is_read_back_by_pandas_and_pyreadstat(
+def normalized(kind: str, value, format: str):
+    """A value as read back by the statistician's tools, in one comparable form: None when
+    missing, text as the CSV has it, numbers as floats, dates and UTC moments as Python values."""
+    if value is None or value is pd.NaT or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if kind == "text":
+        text = str(value)
+        if format in ("xpt", "sav", "dta"):
+            # No missing text in these formats; CSV and XLSX defuse formulas, these do not.
+            return defuse_formula(text) if text else None
+        return text.replace("\r\n", "\n") if format == "xlsx" else text
+    if kind in ("integer", "decimal", "boolean"):
+        return float(Decimal(value) if isinstance(value, str) else value)
+    if kind == "date":
+        if isinstance(value, str):
+            return datetime.date.fromisoformat(value)
+        return value.date() if isinstance(value, datetime.datetime) else value
+    if kind == "datetime":
+        if isinstance(value, str):
+            return datetime.datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ")
+        return pd.Timestamp(value).to_pydatetime()
+    raise AssertionError(kind)
+
+
+def test_the_unblinded_statisticians_package_has_the_same_values_in_every_format(
     data, cast, builder, statistician_both, client_for, tmp_path
 ):
+    """Every value of every dataset, read back from the CSV (csv module and pandas), the
+    workbook (pandas), SAS transport, SPSS and Stata (pyreadstat), is the same value."""
     exports_by_format = {format: run_now(statistician_both, "analysis", format) for format in ANALYSIS_FORMATS}
     assert not any(export.blinded for export in exports_by_format.values())
     csv_files = unpacked(exports_by_format["csv"])
     manifest = json.loads(csv_files["manifest.json"])
     assert manifest["blinded"] is False and manifest["site_codes"] == ["NT", "SH"]
+    codebook = pd.read_csv(io.BytesIO(csv_files["codebook.csv"]), dtype=str, keep_default_na=False)
     names = [entry["name"] for entry in manifest["datasets"]]
     assert names, "the package has datasets"
-    folder = tmp_path / "csv"
-    folder.mkdir()
-    frames = {}
-    for name in names:
-        (folder / f"{name}.csv").write_bytes(csv_files[f"{name}.csv"])
-        frames[name] = pd.read_csv(folder / f"{name}.csv")
-        assert frames[name].columns[0] == "subject_key"
-        assert len(frames[name]) == next(entry["rows"] for entry in manifest["datasets"] if entry["name"] == name)
+    assert sum(entry["rows"] for entry in manifest["datasets"]) > 14
     workbook = pd.read_excel(io.BytesIO(content_of(exports_by_format["xlsx"])), sheet_name=None)
-    for name in names:
-        sheet = next(sheet for title, sheet in workbook.items() if title == name[:31])
-        assert list(sheet.columns) == list(frames[name].columns)
-        assert len(sheet) == len(frames[name])
     readers = {"xpt": pyreadstat.read_xport, "sav": pyreadstat.read_sav, "dta": pyreadstat.read_dta}
-    for format, reader in readers.items():
-        files = unpacked(exports_by_format[format])
-        for name in names:
+    stats_files = {format: unpacked(exports_by_format[format]) for format in readers}
+    compared = 0
+    for name in names:
+        variables = codebook[codebook.dataset == name].drop_duplicates("variable")
+        kinds = dict(zip(variables.variable, variables.type, strict=True))
+        # The CSV as text, cell by cell: the reference every other format is compared with.
+        records = list(csv.reader(io.StringIO(csv_files[f"{name}.csv"].decode("utf-8-sig"), newline="")))
+        assert records[0] == list(variables.variable)
+        reference = [
+            {
+                column: normalized(kinds[column], cell or None, "csv")
+                for column, cell in zip(records[0], row, strict=True)
+            }
+            for row in records[1:]
+        ]
+        assert len(reference) == next(entry["rows"] for entry in manifest["datasets"] if entry["name"] == name)
+        frame = pd.read_csv(io.BytesIO(csv_files[f"{name}.csv"]))
+        assert list(frame.columns) == records[0] and len(frame) == len(reference)
+        sheet = workbook[name[:31]]
+        assert list(sheet.columns) == records[0] and len(sheet) == len(reference)
+        read = {"xlsx": (sheet, {column: column for column in records[0]})}
+        for format, reader in readers.items():
             path = tmp_path / f"{name}.{format}"
-            path.write_bytes(files[f"{name}.{format}"])
-            frame, meta = reader(str(path))
-            assert len(frame) == len(frames[name]), (format, name)
+            path.write_bytes(stats_files[format][f"{name}.{format}"])
+            stats, meta = reader(str(path))
+            column = "sas_name" if format == "xpt" else "sav_dta_name"
+            read[format] = (stats, dict(zip(variables.variable, variables[column], strict=True)))
             assert all(meta.column_names_to_labels.values()), (format, name)
-            keys = frame.iloc[:, 0].tolist()
-            assert keys == frames[name]["subject_key"].astype(str).tolist(), (format, name)
+        for index, expected_row in enumerate(reference):
+            for column, expected in expected_row.items():
+                kind = kinds[column]
+                for format, (table, renamed) in read.items():
+                    actual = normalized(kind, table[renamed[column]].iloc[index], format)
+                    wanted = expected
+                    if format == "xpt" and kind == "text" and wanted:
+                        wanted = wanted.encode()[:200].decode("utf-8", errors="ignore")
+                    if format == "xlsx" and kind == "text" and wanted:
+                        wanted = wanted.replace("\r\n", "\n")
+                    if kind == "text" and format == "xlsx" and not isinstance(table[column].iloc[index], str):
+                        # A column of digits is read as numbers by pandas; compare what it shows.
+                        actual = None if actual is None else str(table[column].iloc[index])
+                        wanted = None if wanted is None else str(type(table[column].iloc[index])(wanted))
+                    assert actual == wanted, (name, column, index, format, actual, wanted)
+                    compared += 1
+    assert compared > 1000
 
     download = client_for(statistician_both).get(f"/reports/exports/{exports_by_format['sav'].pk}/download/")
     assert download.status_code == 200

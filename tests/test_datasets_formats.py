@@ -47,6 +47,9 @@ SUBJECT_VARIABLES = [
         label_zh="研究者签署入选确认",
     ),
     Variable("notes", "Notes", "text", label_zh="备注"),
+    # Nobody has died: a date column without a single value is still a date column.
+    Variable("death_date", "Date of death", "date", label_zh="死亡日期"),
+    Variable("death_recorded_at", "Death recorded at", "datetime"),
 ]
 SUBJECT_ROWS = [
     (
@@ -106,6 +109,7 @@ SUBJECT_ROWS = [
         'line one\r\nline "two", with a comma\n' + LONG_TEXT,
     ),
 ]
+SUBJECT_ROWS = [(*row, None, None) for row in SUBJECT_ROWS]  # death_date, death_recorded_at
 AE_VARIABLES = [
     Variable("subject_key", "Subject key", "text", label_zh="受试者编号"),
     Variable("ae_number", "AE number", "integer", label_zh="不良事件编号"),
@@ -267,8 +271,8 @@ def test_csv_bytes_header_first_bom_crlf_and_cells_exactly(csv_zip):
         assert raw.endswith(b"\r\n")
     subjects = list(csv.reader(io.StringIO((folder / "subjects.csv").read_bytes().decode("utf-8-sig"), newline="")))
     assert subjects[1][8] == "1" and subjects[2][8] == "0" and subjects[3][8] == ""
-    assert subjects[2][-1] == '\'=HYPERLINK("http://x")'
-    assert subjects[4][-1].startswith('line one\r\nline "two", with a comma\n肝功能异常伴黄疸')
+    assert subjects[2][11] == '\'=HYPERLINK("http://x")'
+    assert subjects[4][11].startswith('line one\r\nline "two", with a comma\n肝功能异常伴黄疸')
 
 
 def test_codebook_lists_every_variable_its_names_labels_type_and_codes(csv_zip):
@@ -366,9 +370,12 @@ def test_pandas_read_excel_gives_every_value_in_its_type(tmp_path):
         frame = sheets[name[:31]]
         assert list(frame.columns) == [variable.name for variable in variables]
         assert len(frame) == len(rows)
-        for variable in variables:
+        for index_, variable in enumerate(variables):
             column = frame[variable.name]
-            if variable.type in ("date", "datetime"):
+            if all(row[index_] is None for row in rows):
+                # An empty cell has no type: a column without a value is read as missing numbers.
+                assert column.isna().all()
+            elif variable.type in ("date", "datetime"):
                 assert pd.api.types.is_datetime64_any_dtype(column), variable.name
             elif variable.type in ("integer", "decimal", "boolean"):
                 assert pd.api.types.is_numeric_dtype(column), variable.name
@@ -468,6 +475,14 @@ def test_pyreadstat_reads_back_every_value_and_label(tmp_path, fmt):
             assert meta.table_name == manifest["datasets"][[n for n, _v, _r in DATASETS].index(name)]["sas_name"]
             assert len(meta.table_name) <= 8
     _subjects, meta = read_stats(folder, "subjects", fmt)
+    for column, kind in (("death_date", "DATE"), ("death_recorded_at", "DATETIME")):
+        name = {"death_date": "DEATH_DA", "death_recorded_at": "DEATH_RE"}[column] if fmt == "xpt" else column
+        stata = {"DATE": "%td", "DATETIME": "%tc"}[kind]
+        assert (
+            meta.original_variable_types[name] == stata
+            if fmt == "dta"
+            else meta.original_variable_types[name].startswith(kind)
+        )
     if fmt == "sav":
         assert meta.variable_value_labels["sex"] == {"M": "Male", "F": "Female"}
         assert meta.variable_value_labels["eligible"] == {1.0: "yes", 0.0: "no"}
