@@ -1014,7 +1014,7 @@ def _sql_latest_audit(scope: ReportScope, table: str, record_pk: str, location_o
 def _sql_signature(signature_id: str, definition: str) -> str:
     location = _sql_xml_attribute("'LOC.' || " + _sql_oid_part("ss.code"))
     return (
-        f"""coalesce((SELECT '<Signature><UserRef UserOID="USR.' || sg.signer_id || '"/><LocationRef LocationOID='"""
+        f"""coalesce((SELECT '<Signature ID="SG.' || sg.id || '"><UserRef UserOID="USR.' || sg.signer_id || '"/><LocationRef LocationOID='"""
         f""" || {location} || '/><SignatureRef SignatureOID="{definition}"/><DateTimeStamp>' || {_sql_utc("sg.signed_at")}"""
         " || '</DateTimeStamp></Signature>' FROM trialsite_signature sg JOIN trialsite_site ss ON ss.id = sg.site_id"
         f" WHERE sg.id = ({signature_id})), '')"
@@ -1074,7 +1074,7 @@ class _OdmAudit:
             return ""
         signature = Signature.objects.select_related("site").get(pk=signature_id)
         return (
-            f'<Signature><UserRef UserOID="USR.{signature.signer_id}"/>'
+            f'<Signature ID="SG.{signature.pk}"><UserRef UserOID="USR.{signature.signer_id}"/>'
             f"<LocationRef LocationOID={xml_attribute('LOC.' + oid_part(signature.site.code))}/>"
             f'<SignatureRef SignatureOID="{definition}"/><DateTimeStamp>{_odm_utc(signature.signed_at)}'
             "</DateTimeStamp></Signature>"
