@@ -1,7 +1,9 @@
 """Shared pieces of the benchmarks: a scratch database, gunicorn serving the app with the
 production settings, and a closed-loop HTTP load generator on loopback.
 
-Nothing here runs in `make test`; the scripts print figures, they do not assert times."""
+Nothing here runs in `make test`; the scripts print figures, they do not assert times. Each figure
+that issue 20 sets a target for is printed by `report()` as one line, `figure  value  target
+PASS|MISS`; `bench/run_all.py` (`make bench`) collects those lines into its summary."""
 
 from __future__ import annotations
 
@@ -29,10 +31,19 @@ def base_database_url() -> str:
     return os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/trialsite")
 
 
+def database_name(name: str) -> str:
+    """`name` behind BENCH_DATABASE_PREFIX, so that benches run side by side (or beside the tests
+    of someone else on the same server) never drop each other's scratch databases."""
+    prefix = os.environ.get("BENCH_DATABASE_PREFIX", "")
+    return name if name.startswith(prefix) else prefix + name
+
+
 def scratch_database_url(name: str) -> str:
-    """Create (or re-create) a database `name` next to DATABASE_URL's and return its URL."""
+    """Create (or re-create) a database `name` (behind BENCH_DATABASE_PREFIX) next to
+    DATABASE_URL's and return its URL."""
     import psycopg
 
+    name = database_name(name)
     parsed = urlparse(base_database_url())
     admin_url = parsed._replace(path="/postgres").geturl().replace("postgres://", "postgresql://", 1)
     with psycopg.connect(admin_url, autocommit=True) as admin:
@@ -55,6 +66,21 @@ def bench_environment(database_url: str, **extra: str) -> dict[str, str]:
         "LOG_LEVEL": "WARNING",
         **extra,
     }
+
+
+# The first protocol by name, as settings.PROTOCOL_FILE picks it (no trial is named in the code).
+PROTOCOL_FILE = min((ROOT / "protocols").glob("*.toml"))
+
+
+def load_first_protocol(env: dict[str, str]) -> None:
+    """The benches measure one trial: `load_protocol` without a path would load every file."""
+    manage(env, "load_protocol", str(PROTOCOL_FILE))
+
+
+def report(figure: str, value: str, target: str, passed: bool) -> bool:
+    """One figure beside its target (issue 20), in the form `bench/run_all.py` collects."""
+    print(f"{figure:<58}  {value:<26}  {target:<26}  {'PASS' if passed else 'MISS'}", flush=True)
+    return passed
 
 
 def setup_django(database_url: str) -> None:

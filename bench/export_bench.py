@@ -30,7 +30,9 @@ from urllib.parse import urlparse, urlunparse
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-SCRATCH = "trialsite_bench"
+from bench.common import database_name, report  # noqa: E402
+
+SCRATCH = database_name("trialsite_bench")
 UTC = datetime.UTC
 
 
@@ -146,6 +148,7 @@ def load(participants: int) -> dict:
             {
                 "id": index,
                 "site_id": site.pk,
+                "subject_key": f"{site.code}-P{index:05d}",
                 "initials": "XX",
                 "date_of_birth": datetime.date(1960 + index % 30, 1 + index % 12, 1 + index % 28),
                 "sex": "F" if index % 2 else "M",
@@ -395,6 +398,7 @@ def run_exports(loaded: dict, *, keep: bool) -> None:
     copy_subjects = postgres_copy("COPY subjects", subjects_sql)
     ratio = results["subjects.csv blinded"]["seconds"] / copy_subjects
     print(f"subjects CSV (blinded) / COPY = {ratio:.1f}x")
+    report("subjects CSV (blinded) time / COPY", f"{ratio:.1f}x", "<= 5x", ratio <= 5)
     if _visit_model() is not None:
         table = _visit_model()._meta.db_table
         copy_visits = postgres_copy(
@@ -404,7 +408,9 @@ def run_exports(loaded: dict, *, keep: bool) -> None:
             f"JOIN enrollment_participant p ON p.screening_id = v.participant_id "
             f"JOIN trialsite_site st ON st.id = v.site_id ORDER BY v.participant_id, v.target_date, v.id",
         )
-        print(f"visits CSV (blinded) / COPY = {results['visits.csv blinded']['seconds'] / copy_visits:.1f}x")
+        visits_ratio = results["visits.csv blinded"]["seconds"] / copy_visits
+        print(f"visits CSV (blinded) / COPY = {visits_ratio:.1f}x")
+        report("visits CSV (blinded) time / COPY", f"{visits_ratio:.1f}x", "<= 5x", visits_ratio <= 5)
         copy_answers = postgres_copy(
             "COPY eligibility answers",
             "SELECT a.screening_id, a.criterion_code, a.answer FROM enrollment_eligibilityanswer a "
@@ -413,10 +419,12 @@ def run_exports(loaded: dict, *, keep: bool) -> None:
         # The ODM holds the subjects, their answers and their visits: all three COPYs together.
         odm_ratio = results["odm blinded"]["seconds"] / (copy_subjects + copy_visits + copy_answers)
         print(f"ODM (blinded) / COPY of subjects, answers and visits = {odm_ratio:.1f}x")
+        report("ODM (blinded) time / COPY of its rows", f"{odm_ratio:.1f}x", "<= 5x", odm_ratio <= 5)
     worst = max(result["peak_mb"] for result in results.values())
     print(
         f"\nhighest Python peak over all exports: {worst:.1f} MB (limit 200 MB): {'OK' if worst < 200 else 'TOO HIGH'}"
     )
+    report("export Python peak (worst export)", f"{worst:.1f} MB", "< 200 MB", worst < 200)
     if not keep:
         shutil.rmtree(output)
 

@@ -32,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import Gunicorn, bench_environment, manage  # noqa: E402
+from bench.common import Gunicorn, bench_environment, load_first_protocol, manage  # noqa: E402
 
 CLIENTS = 32
 FOLDER = ROOT / "var" / "drill"
@@ -130,7 +130,7 @@ def main() -> int:
     os.environ["AUDIT_SEAL_FILE"] = str(FOLDER / "audit-seals.jsonl")
     env = bench_environment(app_url, DATABASE_OWNER_URL=owner_url)
     manage(env, "migrate", "--no-input")
-    manage(env, "load_protocol")
+    load_first_protocol(env)
     os.environ.update(bench_environment(app_url))
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "trialsite.settings")
     import django

@@ -23,9 +23,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import (
     Gunicorn,
     bench_environment,
+    database_name,
     dumps,
+    load_first_protocol,
     manage,
     median_of,
+    report,
     run_load,
     scratch_database_url,
     setup_django,
@@ -44,10 +47,12 @@ def main() -> None:
     from trialsite.devstack import create_roles
 
     # gunicorn connects as the restricted application role, migrate as the owner, as in production.
-    database_url, owner_url = create_roles(scratch_database_url("trialsite_bench_http"), "trialsite_bench_http")
+    database_url, owner_url = create_roles(
+        scratch_database_url("trialsite_bench_http"), database_name("trialsite_bench_http")
+    )
     env = bench_environment(database_url, DATABASE_OWNER_URL=owner_url)
     manage(env, "migrate", "--no-input")
-    manage(env, "load_protocol")
+    load_first_protocol(env)
     manage(env, "collectstatic", "--no-input")
     setup_django(database_url)
 
@@ -131,10 +136,22 @@ def randomization_section(server, cast, options) -> None:
         floor, randomize = median_of(floor_runs), median_of(randomize_runs)
         print("  " + floor.line())
         print("  " + randomize.line())
-        print(
-            f"  ratio randomize/floor throughput at {clients} clients: "
-            f"{randomize.requests_per_second / floor.requests_per_second:.2f}"
-        )
+        ratio = randomize.requests_per_second / floor.requests_per_second
+        print(f"  ratio randomize/floor throughput at {clients} clients: {ratio:.2f}")
+        if clients == 32:
+            report("randomization/floor throughput, 32 clients", f"{ratio:.2f}", ">= 0.50", ratio >= 0.5)
+            report(
+                "randomization p99, 32 clients",
+                f"{randomize.percentile(99):.0f} ms",
+                f"<= {2 * floor.percentile(99):.0f} ms (2x floor p99)",
+                randomize.percentile(99) <= 2 * floor.percentile(99),
+            )
+            report(
+                "randomization answered 2xx, 32 clients",
+                f"{sum(n for s, n in randomize.statuses.items() if s < 300)}/{len(randomize.latencies)}",
+                "all",
+                all(status < 300 for status in randomize.statuses),
+            )
     used = Slot.objects.filter(randomization_list=randomization_list, participant__isnull=False)
     gaps = 0
     for stratum in used.values_list("stratum", flat=True).distinct():
@@ -143,6 +160,10 @@ def randomization_section(server, cast, options) -> None:
     print(
         f"  verify: {used.count():,} slots used, {used.values('participant').distinct().count():,} participants, "
         f"{gaps} skipped or out of order"
+    )
+    doubled = used.count() - used.values("participant").distinct().count()
+    report(
+        "randomization slots used twice or skipped", f"{doubled} twice, {gaps} skipped", "0", not doubled and not gaps
     )
 
 
@@ -182,6 +203,13 @@ def kit_section(server, cast, options) -> None:
             "ast_uln": "0.9",
         }
     )
+    floor = run_load(
+        name="floor GET /api/v1/me/",
+        port=server.port,
+        clients=32,
+        requests=[("GET", "/api/v1/me/", None)] * len(visits),
+        token_for=tokens.__getitem__,
+    )
     result = run_load(
         name="POST visits/<pk>/record/",
         port=server.port,
@@ -190,7 +218,16 @@ def kit_section(server, cast, options) -> None:
         token_for=tokens.__getitem__,
     )
     print(f"kit assignment: {count} dosing visits recorded at once, 2 kits each")
+    print("  " + floor.line())
     print("  " + result.line())
+    ratio = result.requests_per_second / floor.requests_per_second
+    report("kit assignment/floor throughput, 32 clients", f"{ratio:.2f}", ">= 0.50", ratio >= 0.5)
+    report(
+        "kit assignment p99, 32 clients",
+        f"{result.percentile(99):.0f} ms",
+        f"<= {2 * floor.percentile(99):.0f} ms (2x floor p99)",
+        result.percentile(99) <= 2 * floor.percentile(99),
+    )
     assigned = Kit.objects.filter(visit__in=visits)
     print(
         f"  verify: {assigned.count():,} kits assigned to {count} visits; "
@@ -211,6 +248,8 @@ def pages_section(cast, options) -> None:
         "measured at two sizes to show the query count does not grow with the rows"
     )
     pages = (
+        (coordinator, "/"),
+        (pharmacist, "/"),
         (coordinator, "/participants/"),
         (coordinator, "/api/v1/participants/"),
         (pharmacist, "/pharmacy/"),
@@ -218,7 +257,7 @@ def pages_section(cast, options) -> None:
         (coordinator, "/reminders/"),
     )
     smaller = site.participants.count()
-    at_smaller = {url: measure_page(user, url) for user, url in pages}
+    at_smaller = {(user.pk, url): measure_page(user, url) for user, url in pages}
     for _ in range(max(0, options.page_participants - smaller)):
         factories.make_participant(site, by=coordinator)
     larger = site.participants.count()
@@ -230,9 +269,20 @@ def pages_section(cast, options) -> None:
         cursor.execute("ANALYZE")
     for user, url in pages:
         status, median_ms, queries = measure_page(user, url)
+        was = at_smaller[(user.pk, url)]
         print(
             f"  GET {url:<24} status={status} median={median_ms:6.1f}ms at {larger:,} participants "
-            f"(was {at_smaller[url][1]:.1f}ms at {smaller:,}); queries={queries} (was {at_smaller[url][2]})"
+            f"(was {was[1]:.1f}ms at {smaller:,}); queries={queries} (was {was[2]})"
+        )
+        role = user.username.split("-")[0]
+        report(
+            f"GET {url} ({role}) median at {larger:,}", f"{median_ms:.1f} ms, HTTP {status}", "< 50 ms", median_ms < 50
+        )
+        report(
+            f"GET {url} ({role}) queries at {larger:,}",
+            f"{queries} (was {was[2]} at {smaller:,})",
+            "constant",
+            queries == was[2] and status == 200,
         )
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import manage, scratch_database_url, setup_django
+from bench.common import load_first_protocol, manage, scratch_database_url, setup_django
 
 
 def main() -> None:
@@ -32,7 +32,7 @@ def main() -> None:
 
     env = bench_environment(database_url)
     manage(env, "migrate", "--no-input")
-    manage(env, "load_protocol")
+    load_first_protocol(env)
 
     from tests.worker import RedisServer
 
