@@ -10,7 +10,9 @@ here independently of the builder, blinded and unblinded. Nothing here names a t
 from __future__ import annotations
 
 import datetime
+import json
 import re
+import tomllib
 import types
 from decimal import Decimal
 
@@ -24,7 +26,7 @@ from crf.models import FormRecord
 from datasets.build import build_package
 from datasets.spec import NAME
 from dosing import services as dosing_services
-from dosing.models import DoseRecord, Kit
+from dosing.models import DoseRecord, Kit, RepeatLabs
 from enrollment import services as enrollment_services
 from enrollment.eligibility import age_on
 from enrollment.models import EligibilityAnswer, Participant, ProtocolDeviation, Screening
@@ -32,7 +34,7 @@ from randomization.models import Slot, Unblinding
 from reports.selectors import ReportScope
 from safety import services as safety_services
 from safety.ctcae import TERMS
-from safety.models import AdverseEvent, Death, SaeReport, Seriousness
+from safety.models import AdverseEvent, Death, SaeReport, Seriousness, SusarAssessment
 from schedules.models import Visit
 from tests import factories
 from tests import test_trial_journeys as journeys
@@ -115,6 +117,13 @@ def build_trial(trial, *, participants_per_site: int = journeys.PER_SITE) -> dic
         event=event, written_by=role(Role.INVESTIGATOR), narrative="Admitted for observation.", complete=True
     )
     safety_services.sae_report_sign(report=report, signer=role(Role.INVESTIGATOR), password=factories.PASSWORD)
+    safety_services.sae_assess(
+        event=event,
+        assessed_by=role(Role.SPONSOR_SAFETY),
+        related=True,
+        expectedness="unexpected",
+        reference="Investigator's brochure 4.2",
+    )
 
     # A death.
     safety_services.ae_record(
@@ -132,6 +141,24 @@ def build_trial(trial, *, participants_per_site: int = journeys.PER_SITE) -> dic
             death_cause="Haemorrhage",
         ),
     )
+    # Labs repeated at a dose's visit, written directly (a held infusion is dosing's own test).
+    dose = DoseRecord.objects.filter(site__trial=trial).order_by("participant_id").first()
+    if dose is not None:
+        with audit_context(actor=role(Role.COORDINATOR, dose.site), reason="test repeat labs"):
+            RepeatLabs.objects.create(
+                visit=dose.visit,
+                participant=dose.participant,
+                site=dose.site,
+                measured_on=TODAY,
+                neutrophils=1400,
+                platelets=90000,
+                alt_uln=Decimal("2.50"),
+                ast_uln=Decimal("1.25"),
+                decision="hold",
+                reasons=["Neutrophils 1,400/mm³: below the limit of 1,500/mm³"],
+                recorded_by=role(Role.COORDINATOR, dose.site),
+                protocol_version=trial.current_version,
+            )
     # A withdrawal.
     enrollment_services.participant_withdraw(
         participant=mine[2], withdrawn_by=role(Role.COORDINATOR), withdrawn_on=TODAY, reason="Moved away"
@@ -427,6 +454,55 @@ def expected_sae_reports(trial) -> list[dict]:
     ]
 
 
+def expected_repeat_labs(trial) -> list[dict]:
+    repeats = sorted(
+        RepeatLabs.objects.filter(site__trial=trial),
+        key=lambda r: (_key(r.participant_id), r.visit.sequence, r.recorded_at, r.pk),
+    )
+    rows, counts = [], {}
+    for repeat in repeats:
+        key = (_key(repeat.participant_id), repeat.visit.code)
+        counts[key] = counts.get(key, 0) + 1
+        rows.append(
+            {
+                "subject_key": key[0],
+                "visit_code": key[1],
+                "repeat": counts[key],
+                "measured_on": repeat.measured_on,
+                "neutrophils": repeat.neutrophils,
+                "platelets": repeat.platelets,
+                "alt_uln": repeat.alt_uln,
+                "ast_uln": repeat.ast_uln,
+                "decision": repeat.decision,
+                "decision_reasons": "; ".join(repeat.reasons) or None,
+                "recorded_at": repeat.recorded_at,
+                "protocol_version": _version(repeat),
+            }
+        )
+    return rows
+
+
+def expected_susar_assessments(trial) -> list[dict]:
+    assessments = sorted(
+        SusarAssessment.objects.filter(site__trial=trial),
+        key=lambda a: (_key(a.participant_id), a.adverse_event.sequence),
+    )
+    return [
+        {
+            "subject_key": _key(assessment.participant_id),
+            "ae_number": assessment.adverse_event.sequence,
+            "related": assessment.related,
+            "expectedness": assessment.expectedness,
+            "reference": assessment.reference,
+            "assessed_at": assessment.assessed_at,
+            "deadline": assessment.deadline,
+            "reported_at": assessment.reported_at,
+            "report_reference": _text(assessment.report_reference),
+        }
+        for assessment in assessments
+    ]
+
+
 def _typed(item, value):
     if value is None:
         return None
@@ -515,6 +591,8 @@ def expected(trial, *, unblinded: bool) -> dict[str, list[dict]]:
         "adverse_events": expected_adverse_events(trial),
         "deaths": expected_deaths(trial),
         "sae_reports": expected_sae_reports(trial),
+        "repeat_labs": expected_repeat_labs(trial),
+        "susar_assessments": expected_susar_assessments(trial),
     }
     if unblinded or len({frozenset(arm.kit_contents) for arm in protocol.arms}) == 1:
         datasets["kits"] = expected_kits(trial, unblinded=unblinded)
@@ -550,7 +628,16 @@ def test_every_value_of_every_dataset_is_the_databases_blinded_and_unblinded(tri
                 got = table(package.dataset(name))
                 assert got == rows, (trial.nct_id, unblinded, name)
             # The journey and its extras leave something in every dataset the trial can have.
-            for name in ("subjects", "eligibility", "visits", "deviations", "adverse_events", "deaths", "sae_reports"):
+            for name in (
+                "subjects",
+                "eligibility",
+                "visits",
+                "deviations",
+                "adverse_events",
+                "deaths",
+                "sae_reports",
+                "susar_assessments",
+            ):
                 assert wanted[name], (trial.nct_id, name)
             for form in trial.protocol.forms:
                 assert table(package.dataset(form.code.lower())), (trial.nct_id, form.code)
@@ -562,7 +649,7 @@ def test_every_value_of_every_dataset_is_the_databases_blinded_and_unblinded(tri
             statuses = {row["status"] for row in wanted["subjects"]}
             assert {"randomized", "enrolled", "withdrawn", "died", None} <= statuses, statuses
             if trial.protocol.dosing.infusion is not None:
-                assert wanted["doses"]
+                assert wanted["doses"] and wanted["repeat_labs"]
             manifest = package.manifest
             assert (manifest.trial, manifest.export_id, manifest.blinded) == (trial.nct_id, 7, not unblinded)
             assert manifest.site_codes == tuple(site.code for site in trial.sites.order_by("code"))
@@ -718,3 +805,93 @@ def test_the_number_of_queries_does_not_grow_with_the_participants(trials):
         assert (many[False], many[True]) == (few[False], few[True]), trial.nct_id
         # One query per dataset and a few to set up, whatever the number of participants.
         assert few[True] < 40
+
+
+def _toml(value) -> str:
+    """A value as TOML (every table inline, which TOML allows at the top level too)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, datetime.date | datetime.time):
+        return value.isoformat()
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(entry) for entry in value) + "]"
+    return "{" + ", ".join(f"{json.dumps(key)} = {_toml(entry)}" for key, entry in value.items()) + "}"
+
+
+def _write_protocol(document: dict, path) -> None:
+    path.write_text("\n".join(f"{json.dumps(key)} = {_toml(value)}" for key, value in document.items()) + "\n")
+
+
+SECRET = "known only to the unblinded"
+
+
+@pytest.mark.parametrize("source", journeys.PROTOCOLS, ids=lambda path: path.stem)
+def test_unblinded_only_items_stay_out_of_a_blinded_package_and_amended_away_items_stay_in(source, tmp_path, db):
+    """Each protocol, copied as a trial of its own whose first visit form has an item only the
+    unblinded see and an item a later amendment drops."""
+    from crf.services import form_save, sees_unblinded
+    from tests import dosing_factories
+
+    document = tomllib.loads(source.read_text())
+    # A registry number of its own, so it loads beside nothing else.
+    document["trial"]["nct_id"] = f"NCT{(int(document['trial']['nct_id'][3:]) + 50_000_000) % 10**8:08d}"
+    form = next(form for form in document["forms"] if form["kind"] == "visit")
+    form["items"] += [
+        {"code": "Dropped_Later", "label": "Asked in version 1 only", "type": "integer"},
+        {"code": "allocation_note", "label": "Allocation note", "type": "text", "unblinded_only": True},
+    ]
+    _write_protocol(document, tmp_path / "first.toml")
+    with time_machine.travel(NOW, tick=False):
+        trial = journeys.load_protocol(tmp_path / "first.toml")
+        site = trial.sites.order_by("code").first()
+        people = {role: factories.make_user(role, site, username=f"amend-{role}") for role in Role.values}
+        unblinded_user = next(user for user in people.values() if sees_unblinded(user, site.pk, trial.protocol))
+        participant = dosing_factories.randomized_participant(
+            site, arm_code=trial.protocol.arms[0].code, by=people[Role.COORDINATOR], day0=TODAY
+        )
+        visit = next(
+            v for v in participant.visits.order_by("sequence") if trial.protocol.form(form["code"]).carried_at(v.code)
+        )
+        values = journeys._fill(trial.protocol, trial.protocol.form(form["code"]), TODAY)
+        values.pop("allocation_note")
+        values["Dropped_Later"] = 41
+        form_save(
+            user=people[Role.COORDINATOR],
+            participant=participant,
+            form_code=form["code"],
+            visit_code=visit.code,
+            values=values,
+        )
+        form_save(
+            user=unblinded_user,
+            participant=participant,
+            form_code=form["code"],
+            visit_code=visit.code,
+            values={"allocation_note": SECRET},
+        )
+
+        document["trial"]["protocol_version"] = "9.1"
+        document["trial"]["effective_date"] = datetime.date(2026, 11, 19)
+        form["items"] = [item for item in form["items"] if item["code"] != "Dropped_Later"]
+        _write_protocol(document, tmp_path / "amended.toml")
+        trial = journeys.load_protocol(tmp_path / "amended.toml")
+        assert trial.current_version.version == "9.1"
+        assert trial.protocol.form(form["code"]).item("Dropped_Later") is None
+
+        packages = {
+            unblinded: build_package(scope_of(trial, unblinded=unblinded, user=unblinded_user))
+            for unblinded in (False, True)
+        }
+    name = form["code"].lower()
+    blinded_rows = table(packages[False].dataset(name))
+    unblinded_rows = table(packages[True].dataset(name))
+    assert "allocation_note" not in blinded_rows[0]
+    assert all(SECRET not in map(str, row) for dataset in packages[False].datasets for row in dataset.rows)
+    assert unblinded_rows[0]["allocation_note"] == SECRET
+    # The value captured under version 1 of an item version 9.1 dropped is still exported.
+    assert blinded_rows[0]["dropped_later"] == unblinded_rows[0]["dropped_later"] == 41
+    assert blinded_rows[0]["subject_key"] == participant.screening.subject_key
