@@ -300,7 +300,7 @@ class Builder:
             field_variable(Screening, "sex", type="text", code_list=self.choices("sex", Sex.choices)),
             variable(
                 "screening_outcome",
-                _("screening outcome"),
+                _("Screening outcome"),
                 "text",
                 code_list=self.choices("screening_outcome", Outcome.choices),
             ),
@@ -311,7 +311,7 @@ class Builder:
             ],
             field_variable(Consent, "version", "consent_version", type="text"),
             field_variable(Consent, "signed_on", "consent_date", type="date"),
-            variable("elig_signed_by", _("eligibility signed off by"), "text"),
+            variable("elig_signed_by", _("Eligibility signed off by"), "text"),
             variable("elig_signed_at", _("eligibility signed off at"), "datetime"),
             variable("elig_sign_meaning", _("meaning of the eligibility signature"), "text"),
             field_variable(Participant, "screening_number", type="text"),
@@ -434,7 +434,7 @@ class Builder:
             field_variable(Visit, "window_start", type="date"),
             field_variable(Visit, "window_end", type="date"),
             variable(
-                "visit_status", _("visit status"), "text", code_list=self.choices("visit_status", VisitStatus.choices)
+                "visit_status", _("Visit status"), "text", code_list=self.choices("visit_status", VisitStatus.choices)
             ),
             field_variable(Visit, "actual_date", "visit_date", type="date"),
             variable("out_of_window", _("protocol deviation"), "boolean"),
@@ -478,7 +478,7 @@ class Builder:
             field_variable(DoseRecord, "platelets", type="integer", unit="/mm3"),
             field_variable(DoseRecord, "alt_uln", type="decimal", unit="x ULN"),
             field_variable(DoseRecord, "ast_uln", type="decimal", unit="x ULN"),
-            variable("decision", _("decision"), "text", code_list=decision),
+            variable("decision", _("Decision"), "text", code_list=decision),
             variable("decision_reasons", _("reasons for the decision"), "text"),
             variable("weight_kg", _("body weight (kg)"), "decimal", unit="kg"),
             variable("baseline_weight_kg", _("baseline weight (kg)"), "decimal", unit="kg"),
@@ -536,7 +536,7 @@ class Builder:
             field_variable(RepeatLabs, "platelets", type="integer", unit="/mm3"),
             field_variable(RepeatLabs, "alt_uln", type="decimal", unit="x ULN"),
             field_variable(RepeatLabs, "ast_uln", type="decimal", unit="x ULN"),
-            variable("decision", _("decision"), "text", code_list="dose_decision"),
+            variable("decision", _("Decision"), "text", code_list="dose_decision"),
             variable("decision_reasons", _("reasons for the decision"), "text"),
             variable("recorded_at", _("recorded at"), "datetime"),
             PROTOCOL_VERSION,

@@ -766,9 +766,19 @@ def test_names_are_machine_names_the_same_in_every_language(trials):
                 for name in package.code_lists:
                     assert NAME.match(name)
             assert shapes[0] == shapes[1], (trial.nct_id, unblinded)
-            # Chinese labels come from the protocol and the translations.
-            labels = [v.label_zh for d in package.datasets for v in d.variables]
-            assert any(label for label in labels)
+            # Chinese labels come from the protocol and the translations: every dataset and
+            # variable has one (both protocols label every item in Chinese), and every code
+            # but the bare codes of kit types and factor levels.
+            assert [d.name for d in package.datasets if not d.label_zh] == []
+            assert [f"{d.name}.{v.name}" for d in package.datasets for v in d.variables if not v.label_zh] == []
+            untranslated = [
+                f"{name}:{code}"
+                for name, code_list in package.code_lists.items()
+                if name != "kit_type" and not name.startswith("factor_")
+                for code, _label, chinese in code_list.entries
+                if not chinese
+            ]
+            assert untranslated == []
 
 
 def _queries(trial, user, *, unblinded: bool) -> int:
