@@ -86,7 +86,7 @@ class Screening(Audited, models.Model):
         return f"Screening {self.pk} ({self.initials})"
 
     def save(self, *args, **kwargs):
-        if self.subject_key:
+        if self.subject_key or self.pk is not None:
             return super().save(*args, **kwargs)
         # Every way a screening is created (service, demo, tests) passes here, so none lacks a key.
         with transaction.atomic():
