@@ -945,6 +945,8 @@ def odm_audited_tables() -> list[str]:
         selectors._visit_model()._meta.db_table,
         "safety_adverseevent",
         "safety_saereport",
+        "crf_formrecord",
+        "crf_itemvalue",
     ]
 
 
@@ -1081,6 +1083,100 @@ class _OdmAudit:
         )
 
 
+# --- Case report forms ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CrfLayout:
+    """Which form records and item values of a protocol version the file holds, in what order:
+    visit forms at the visits that carry them, log forms as repeats of their own event, and
+    the items a reader of the scope may see (an unblinded-only item only unblinded, from its
+    unblinded value)."""
+
+    form_order: tuple[str, ...] = ()
+    visit_forms: tuple[str, ...] = ()  # "visit code|form code"
+    log_forms: tuple[str, ...] = ()
+    items: tuple[str, ...] = ()  # "form code|item code", in form and item order
+    unblinded_items: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, protocol, visit_codes: list[str], unblinded: bool) -> CrfLayout:
+        forms = list(protocol.forms)
+        items = [(form.code, item) for form in forms for item in form.items if unblinded or not item.unblinded_only]
+        return cls(
+            form_order=tuple(form.code for form in forms),
+            visit_forms=tuple(f"{code}|{form.code}" for code in visit_codes for form in forms if form.carried_at(code)),
+            log_forms=tuple(form.code for form in forms if form.kind == "log"),
+            items=tuple(f"{form}|{item.code}" for form, item in items),
+            unblinded_items=tuple(f"{form}|{item.code}" for form, item in items if item.unblinded_only),
+        )
+
+
+def _crf_value(value) -> str:
+    """An item value as PostgreSQL's `#>> '{}'` gives it: JSON scalars as text, booleans as true/false."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _sql_crf_form(scope: ReportScope, layout: CrfLayout, location_oid: str, repeat_key: bool) -> str:
+    """One <FormData> of form record `r`: its last audit record and its item values."""
+    pair = "r.form_code || '|' || iv.item_code"
+    value = "iv.value"
+    if layout.unblinded_items:
+        value = f"CASE WHEN {pair} = ANY({_sql_text_array(layout.unblinded_items)}) THEN iv.unblinded_value ELSE iv.value END"
+    item_oid = f"'IT.CRF.' || {_sql_oid_part('r.form_code')} || '.' || {_sql_oid_part('iv.item_code')}"
+    text = f"(({value}) #>> '{{}}')"
+    # Each value with the last audit record of its row: who entered or changed it, and why.
+    item = (
+        f"CASE WHEN nullif({text}, '') IS NULL THEN '' "
+        f"""ELSE '<ItemData ItemOID="' || {item_oid} || '" Value=' || {_sql_xml_attribute(text)} || '>' || """
+        f"{_sql_latest_audit(scope, 'crf_itemvalue', 'iv.id', location_oid)} || '</ItemData>' END"
+    )
+    items = (
+        f"coalesce((SELECT string_agg({item}, ''"
+        f" ORDER BY array_position({_sql_text_array(layout.items)}, {pair})) FROM crf_itemvalue iv"
+        f" WHERE iv.record_id = r.id AND {pair} = ANY({_sql_text_array(layout.items)})), '')"
+    )
+    form_oid = _sql_xml_attribute("'F.CRF.' || " + _sql_oid_part("r.form_code"))
+    group_oid = _sql_xml_attribute("'IG.CRF.' || " + _sql_oid_part("r.form_code"))
+    repeat = """ || ' FormRepeatKey="' || r.sequence || '"'""" if repeat_key else ""
+    return (
+        f"'<FormData FormOID=' || {form_oid}{repeat} || '>' || "
+        f"{_sql_latest_audit(scope, 'crf_formrecord', 'r.id', location_oid)}"
+        f" || '<ItemGroupData ItemGroupOID=' || {group_oid} || '>' || {items} || '</ItemGroupData></FormData>'"
+    )
+
+
+def _sql_visit_forms(scope: ReportScope, layout: CrfLayout, location_oid: str) -> str:
+    """The visit forms of visit `v`, in the protocol's form order."""
+    if not layout.visit_forms:
+        return "''"
+    return (
+        f"coalesce((SELECT string_agg({_sql_crf_form(scope, layout, location_oid, False)}, ''"
+        f" ORDER BY array_position({_sql_text_array(layout.form_order)}, r.form_code), r.id) FROM crf_formrecord r"
+        " WHERE r.participant_id = v.participant_id AND r.visit_code = v.code"
+        f" AND (r.visit_code || '|' || r.form_code) = ANY({_sql_text_array(layout.visit_forms)})), '')"
+    )
+
+
+def _sql_log_forms(scope: ReportScope, layout: CrfLayout, location_oid: str) -> str:
+    """Subject `s`'s log entries: one SE.LOG.<form> event per log form, an entry per repeat."""
+    if not layout.log_forms:
+        return "''"
+    event_oid = _sql_xml_attribute("'SE.LOG.' || " + _sql_oid_part("r.form_code"))
+    return (
+        "coalesce((SELECT string_agg(logged.xml, '' ORDER BY logged.position) FROM ("
+        f"SELECT array_position({_sql_text_array(layout.form_order)}, r.form_code) AS position,"
+        f" '<StudyEventData StudyEventOID=' || {event_oid} || '>' || string_agg("
+        f"{_sql_crf_form(scope, layout, location_oid, True)}, '' ORDER BY r.sequence, r.id) || '</StudyEventData>' AS xml"
+        " FROM crf_formrecord r WHERE r.participant_id = s.id AND r.visit_code IS NULL"
+        f" AND r.form_code = ANY({_sql_text_array(layout.log_forms)}) GROUP BY r.form_code) AS logged), '')"
+    )
+
+
 # --- ODM subjects as SQL -------------------------------------------------------------------------
 #
 # Writing 100,000 subjects with their answers and visits element by element in Python took a
@@ -1114,6 +1210,7 @@ def odm_subjects_query(
     criteria_codes: list[str],
     version: OdmVersion | None = None,
     first_version_pk: int | None = None,
+    layout: CrfLayout | None = None,
 ) -> tuple[str, list]:
     """One row per screening in scope (of `version`, when given), in id order: its whole
     <SubjectData> element and a newline."""
@@ -1176,10 +1273,13 @@ def odm_subjects_query(
     )
     visit_event_oid = _sql_xml_attribute("'SE.VISIT.' || " + _sql_oid_part("v.code"))
     visit_audit = _sql_latest_audit(scope, visit_table, "v.id", location_oid)
+    layout = layout or CrfLayout()
+    visit_forms = _sql_visit_forms(scope, layout, location_oid)
     visits = (
         "coalesce((SELECT string_agg('<StudyEventData StudyEventOID=' || "
         f"{visit_event_oid}"
-        f"""|| '><FormData FormOID="F.VISIT">' || {visit_audit} || {visit_group} || '</FormData></StudyEventData>', '' """
+        f"""|| '><FormData FormOID="F.VISIT">' || {visit_audit} || {visit_group} || '</FormData>' || {visit_forms}"""
+        " || '</StudyEventData>', '' "
         f"ORDER BY v.target_date, v.id) FROM {visit_table} v WHERE v.participant_id = s.id AND v.site_id = ANY(%s)), '')"
     )
     adverse_events = _sql_adverse_events(scope, location_oid)
@@ -1190,7 +1290,8 @@ def odm_subjects_query(
         f" || {_sql_latest_audit(scope, 'enrollment_screening', 's.id', location_oid)}"
         f" || {_sql_signature('p.eligibility_signature_id', SIGNATURE_ELIGIBILITY)}"
         f" || {screening} || {eligibility} || '</FormData></StudyEventData>'"
-        f" || {randomization} || {visits} || {adverse_events} || '</SubjectData>' || E'\\n'"
+        f" || {randomization} || {visits} || {adverse_events} || {_sql_log_forms(scope, layout, location_oid)}"
+        " || '</SubjectData>' || E'\\n'"
     )
     site_ids = list(scope.site_ids)
     parameters = [criteria_codes, site_ids, site_ids, site_ids]
@@ -1341,7 +1442,7 @@ class OdmWriter:
 
     def write(self, progress: ProgressCallback | None = None, *, use_sql: bool = True) -> int:
         """`use_sql` False builds the subjects in Python (the reference the SQL is tested against)."""
-        visit_codes = self._visit_codes()
+        visit_codes = self.visit_codes = self._visit_codes()
         expected = subject_count(self.scope) + (0 if use_sql else visit_count(self.scope))
         counter = Progress(expected, progress)
         w = self.stream.write
@@ -1392,6 +1493,7 @@ class OdmWriter:
 
     def _write_subjects_from_python(self, version: OdmVersion, version_of, audit: _OdmAudit, counter) -> int:
         criteria = list(version.protocol.eligibility.criteria)
+        layout = CrfLayout.of(version.protocol, self.visit_codes, self.scope.unblinded)
         subjects = 0
         answers = _grouped(
             EligibilityAnswer.objects.filter(site_id__in=self.scope.site_ids)
@@ -1410,7 +1512,14 @@ class OdmWriter:
             if version_of is not None and version_of[subject["id"]] != version.pk:
                 continue
             self._write_subject(
-                subject, own_answers, own_visits, own_events, key=keys[subject["id"]], criteria=criteria, audit=audit
+                subject,
+                own_answers,
+                own_visits,
+                own_events,
+                key=keys[subject["id"]],
+                criteria=criteria,
+                audit=audit,
+                layout=layout,
             )
             subjects += 1
             counter.step(1 + len(own_visits))
@@ -1418,7 +1527,8 @@ class OdmWriter:
 
     def _write_subjects_from_sql(self, version: OdmVersion, counter: Progress) -> int:
         criteria = [criterion.code for criterion in version.protocol.eligibility.criteria]
-        sql, parameters = odm_subjects_query(self.scope, criteria, version, self.first_version_pk)
+        layout = CrfLayout.of(version.protocol, self.visit_codes, self.scope.unblinded)
+        sql, parameters = odm_subjects_query(self.scope, criteria, version, self.first_version_pk, layout)
         subjects = 0
         # A server-side cursor: the subjects are fetched a chunk at a time, and the progress
         # callback may use the connection between chunks.
@@ -1779,6 +1889,7 @@ class OdmWriter:
         key: str,
         criteria: list,
         audit: _OdmAudit,
+        layout: CrfLayout,
     ) -> None:
         w = self.stream.write
         location = f"LOC.{oid_part(subject['site__code'])}"
@@ -1846,7 +1957,11 @@ class OdmWriter:
                     ("IT.VISIT_DATE", _iso(visit["actual_date"])),
                 ],
             )
-            w("</FormData></StudyEventData>")
+            w("</FormData>")
+            for record in self._crf_records(subject["id"], visit["code"], layout):
+                if f"{visit['code']}|{record.form_code}" in layout.visit_forms:
+                    self._write_crf_form(record, layout, audit, location, repeat_key=None)
+            w("</StudyEventData>")
         if adverse_events:
             from safety.models import SaeReport
 
@@ -1863,7 +1978,53 @@ class OdmWriter:
                 )
                 self._item_group("IG.AE", self._ae_items(event), repeat_key=repeat_key, header=header)
             w("</FormData></StudyEventData>")
+        logged = [
+            record for record in self._crf_records(subject["id"], None, layout) if record.form_code in layout.log_forms
+        ]
+        for form_code in layout.form_order:
+            entries = [record for record in logged if record.form_code == form_code]
+            if entries:
+                w("<StudyEventData" + _attrs(StudyEventOID=f"SE.LOG.{oid_part(form_code)}") + ">")
+                for record in sorted(entries, key=lambda record: (record.sequence, record.pk)):
+                    self._write_crf_form(record, layout, audit, location, repeat_key=record.sequence)
+                w("</StudyEventData>")
         w("</SubjectData>\n")
+
+    @staticmethod
+    def _crf_records(participant_id: int, visit_code: str | None, layout: CrfLayout) -> list:
+        from crf.models import FormRecord
+
+        records = FormRecord.objects.filter(participant_id=participant_id, visit_code=visit_code).prefetch_related(
+            "values"
+        )
+        order = {code: position for position, code in enumerate(layout.form_order)}
+        return sorted(
+            (record for record in records if record.form_code in order),
+            key=lambda record: (order[record.form_code], record.pk),
+        )
+
+    def _write_crf_form(self, record, layout: CrfLayout, audit: _OdmAudit, location: str, *, repeat_key) -> None:
+        w = self.stream.write
+        form_code = record.form_code
+        repeat = f" FormRepeatKey={xml_attribute(repeat_key)}" if repeat_key is not None else ""
+        w(f"<FormData FormOID={xml_attribute('F.CRF.' + oid_part(form_code))}{repeat}>")
+        w(audit.latest("crf_formrecord", record.pk, location))
+        order = {pair: position for position, pair in enumerate(layout.items)}
+        values = sorted(
+            (value for value in record.values.all() if f"{form_code}|{value.item_code}" in order),
+            key=lambda value: order[f"{form_code}|{value.item_code}"],
+        )
+        w(f"<ItemGroupData ItemGroupOID={xml_attribute('IG.CRF.' + oid_part(form_code))}>")
+        for value in values:
+            pair = f"{form_code}|{value.item_code}"
+            text = _crf_value(value.unblinded_value if pair in layout.unblinded_items else value.value)
+            if text == "":
+                continue
+            w(
+                f"<ItemData ItemOID={xml_attribute(f'IT.CRF.{oid_part(form_code)}.{oid_part(value.item_code)}')}"
+                f" Value={xml_attribute(text)}>{audit.latest('crf_itemvalue', value.pk, location)}</ItemData>"
+            )
+        w("</ItemGroupData></FormData>")
 
     @staticmethod
     def _ae_items(event: dict) -> list[tuple[str, object]]:

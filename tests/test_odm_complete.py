@@ -297,7 +297,7 @@ def test_audit_records_come_from_the_audit_trail(data, cast, statistician_both, 
 
 
 def test_a_blinded_odm_has_no_arm_and_no_audit_value_the_blinded_trail_hides(
-    data, cast, monitor_both, statistician_both, odm_schema, monkeypatch
+    data, forms, cast, monitor_both, statistician_both, odm_schema, monkeypatch
 ):
     # Every column of the file's tables is visible to a blinded reader today; a column hidden
     # from them (as one added later without a declaration would be) must stay out of the file.
@@ -319,6 +319,8 @@ def test_a_blinded_odm_has_no_arm_and_no_audit_value_the_blinded_trail_hides(
     for word in [*reports_data.ARM_WORDS, *arm_names_zh]:
         assert word not in document, word
     assert "IT.ARM" not in document and "CL.ARM" not in document
+    # A form item's unblinded value is a hidden column: never named to a blinded reader.
+    assert "crf_itemvalue#" in document and "unblinded_value" not in document
     ids = {record.get("ID") for record in root.iter(f"{ODM}AuditRecord")}
     assert f"AR.{hidden.pk}" not in ids and "hidden column only" not in document
     visible = {table: blinded_visible_columns(model) for table, model in _models_by_table().items()}
@@ -428,3 +430,72 @@ def test_the_second_protocols_odm_is_complete(db, odm_schema):
     assert len(list(root.iter(f"{ODM}SubjectData"))) == 2
     zh = [text.text for text in root.iter(f"{ODM}TranslatedText") if text.get(XML_LANG) == "zh-Hans"]
     assert any(criterion.text_zh in zh for criterion in protocol.eligibility.criteria if criterion.text_zh)
+
+
+# --- case report forms --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def forms(data, cast):
+    from crf import services as crf_services
+    from schedules.services import visit_schedule_create
+
+    vitals_of, conmeds_of = data.randomized[5], data.randomized[6]
+    with audit_context(actor=cast.coordinator, reason="visit plan"):
+        visit_schedule_create(participant=vitals_of, day0=datetime.date(2026, 11, 3))
+    assert vitals_of.visits.filter(code="C1").exists()
+    vitals = {"weight": "47.5", "systolic": "120", "diastolic": "80", "pulse": "72", "temperature": "36.6"}
+    record = crf_services.form_save(
+        user=cast.coordinator, values=vitals, participant=vitals_of, form_code="vitals", visit_code="C1"
+    ).record
+    crf_services.form_save(user=cast.coordinator, values={"weight": "48.0"}, record=record, reason="scale recalibrated")
+    for name, ongoing in (('Heparin <sc> & "more"', True), ("Ibuprofen", False)):
+        values = {"drug_name": name, "indication": "Pain", "drug_class": "nsaid", "start_date": "2026-11-01"}
+        values |= {"ongoing": ongoing} if ongoing else {"ongoing": False, "stop_date": "2026-11-05"}
+        crf_services.form_save(user=cast.coordinator, values=values, participant=conmeds_of, form_code="conmeds")
+    return vitals_of, conmeds_of
+
+
+def test_the_case_report_forms_are_in_the_file_with_their_units_and_audit(
+    forms, statistician_both, monitor_both, odm_schema
+):
+    vitals_of, conmeds_of = forms
+    for user in (statistician_both, monitor_both):
+        root = check_complete(content_of(run_now(user, "dataset", "odm")).decode("utf-8"), odm_schema)
+        by_number = subjects_by_number(root)
+        [c1] = [
+            event
+            for event in by_number[vitals_of.screening_number].iter(f"{ODM}StudyEventData")
+            if event.get("StudyEventOID") == "SE.VISIT.C1"
+        ]
+        [vitals] = [form for form in c1.findall(f"{ODM}FormData") if form.get("FormOID") == "F.CRF.vitals"]
+        values = {item.get("ItemOID"): item.get("Value") for item in vitals.iter(f"{ODM}ItemData")}
+        assert values["IT.CRF.vitals.weight"] == "48" and values["IT.CRF.vitals.pulse"] == "72"
+        [weight] = [item for item in vitals.iter(f"{ODM}ItemData") if item.get("ItemOID") == "IT.CRF.vitals.weight"]
+        assert weight.find(f"{ODM}AuditRecord/{ODM}ReasonForChange").text == "scale recalibrated"
+        assert vitals.find(f"{ODM}AuditRecord") is not None
+        [log] = [
+            event
+            for event in by_number[conmeds_of.screening_number].iter(f"{ODM}StudyEventData")
+            if event.get("StudyEventOID") == "SE.LOG.conmeds"
+        ]
+        entries = log.findall(f"{ODM}FormData")
+        assert [entry.get("FormRepeatKey") for entry in entries] == ["1", "2"]
+        first = {item.get("ItemOID"): item.get("Value") for item in entries[0].iter(f"{ODM}ItemData")}
+        assert first["IT.CRF.conmeds.drug_name"] == 'Heparin <sc> & "more"'
+        assert first["IT.CRF.conmeds.ongoing"] == "true" and first["IT.CRF.conmeds.drug_class"] == "nsaid"
+        second = {item.get("ItemOID"): item.get("Value") for item in entries[1].iter(f"{ODM}ItemData")}
+        assert second["IT.CRF.conmeds.stop_date"] == "2026-11-05" and second["IT.CRF.conmeds.ongoing"] == "false"
+
+
+def test_postgresql_and_python_build_the_same_case_report_forms(forms, statistician_both, monitor_both):
+    for user in (statistician_both, monitor_both):
+        scope = selectors.report_scope(user)
+        stamp = exports.make_stamp(scope, export_id=5)
+        written = {}
+        for use_sql in (True, False):
+            stream = io.StringIO()
+            exports.write_odm(scope, stream, stamp, use_sql=use_sql)
+            written[use_sql] = stream.getvalue()
+        assert written[True] == written[False], user.username
+        assert 'ItemOID="IT.CRF.vitals.weight" Value="48"' in written[True]
