@@ -294,9 +294,10 @@ class SusarAssessment(Audited, models.Model):
         "assessed_by",
         "assessed_at",
         "deadline",
-        "reported_at",
-        "report_reference",
-        "reported_by",
+        # Not reported_at, report_reference, reported_by: the sponsor sends the expedited report
+        # after breaking the blind, and only for a participant on active product (a SUSAR on
+        # placebo is no adverse reaction), so whether and when it was sent names the arm. An
+        # update of only these columns is left out of a blinded reader's audit trail altogether.
     )
 
     participant = models.ForeignKey(

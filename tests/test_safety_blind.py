@@ -624,12 +624,8 @@ def sponsor_reports_active_only(frozen, trial, site, other_site, cast, django_ca
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="LEAK (open): SusarAssessment.audit_blinded_visible (safety/models.py) shows reported_at, "
-    "report_reference and reported_by to blinded audit readers; the sponsor sends the expedited report "
-    "only once unblinding shows an active arm, so the audit trail names the participants on active product",
-)
+# Was a leak: SusarAssessment.audit_blinded_visible showed reported_at, report_reference and
+# reported_by to blinded audit readers, so the audit trail named the participants on active product.
 @pytest.mark.parametrize("role", ["investigator", "monitor"])
 def test_the_sponsor_reporting_only_active_susars_is_not_readable_at_the_site(sponsor_reports_active_only, role):
     twins = sponsor_reports_active_only
