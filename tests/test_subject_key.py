@@ -146,3 +146,9 @@ def test_the_participant_page_shows_the_key(cast, site, client_for):
     participant = factories.make_participant(site, by=cast.coordinator)
     page = client_for(cast.coordinator).get(f"/participants/{participant.pk}/")
     assert participant.screening.subject_key in page.content.decode()
+
+
+def test_the_participant_list_shows_the_key(cast, site, client_for):
+    participant = factories.make_participant(site, by=cast.coordinator)
+    page = client_for(cast.coordinator).get("/participants/")
+    assert f"<td>{participant.screening.subject_key}</td>" in page.content.decode()
