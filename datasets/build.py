@@ -137,12 +137,38 @@ def _item(entry: dict) -> Item:
     )
 
 
-def protocol_forms(trial) -> tuple[list[Form], dict[str, dict]]:
+def older_definitions(trial) -> list[dict]:
+    """The files of the trial's earlier protocol versions, newest first (one query)."""
+    from trialsite.models import ProtocolVersion
+
+    return [
+        definition or {}
+        for definition in ProtocolVersion.objects.filter(trial=trial)
+        .exclude(pk=trial.current_version_id)
+        .order_by("-loaded_at", "-id")
+        .values_list("definition", flat=True)
+    ]
+
+
+def protocol_criteria(trial, older: list[dict]) -> list[tuple[str, str, str, str | None]]:
+    """(code, kind, text, text_zh) of every criterion the current protocol or an earlier version
+    asked: answers given under an amended-away criterion are still data."""
+    criteria = [(c.code, c.kind, c.text, c.text_zh) for c in trial.protocol.eligibility.criteria]
+    known = {criterion[0] for criterion in criteria}
+    for definition in older:
+        for entry in (definition.get("eligibility") or {}).get("criteria", []):
+            if entry.get("code") and entry["code"] not in known:
+                known.add(entry["code"])
+                criteria.append(
+                    (entry["code"], entry.get("kind"), entry.get("text") or entry["code"], entry.get("text_zh"))
+                )
+    return criteria
+
+
+def protocol_forms(trial, older: list[dict]) -> tuple[list[Form], dict[str, dict]]:
     """The forms of the current protocol, each with the items earlier versions had and this one
     dropped appended (their values were captured and stay in the data), and the code lists of
     every version (the current one's wording first)."""
-    from trialsite.models import ProtocolVersion
-
     protocol = trial.protocol
     forms: dict[str, Form] = {}
     code_lists: dict[str, dict] = {}
@@ -169,14 +195,7 @@ def protocol_forms(trial) -> tuple[list[Form], dict[str, dict]]:
                 for item in form.items
             ],
         )
-    older = (
-        ProtocolVersion.objects.filter(trial=trial)
-        .exclude(pk=trial.current_version_id)
-        .order_by("-loaded_at", "-id")
-        .values_list("definition", flat=True)
-    )
     for definition in older:
-        definition = definition or {}
         for code_list in definition.get("code_lists", []):
             known = code_lists.setdefault(code_list["code"], {"entries": []})
             codes = {entry[0] for entry in known["entries"]}
@@ -234,6 +253,7 @@ class Builder:
         self.site_ids = scope.site_ids
         self.unblinded = bool(scope.unblinded)
         self.code_lists: dict[str, CodeList] = {}
+        self.older = older_definitions(scope.trial)
 
     # Code lists -----------------------------------------------------------------------------
     def add_list(self, code_list: CodeList) -> str:
@@ -387,9 +407,11 @@ class Builder:
     def eligibility(self) -> Dataset:
         from enrollment.models import Answer, EligibilityAnswer
 
-        criteria = self.protocol.eligibility.criteria
-        kinds = {criterion.code: criterion.kind for criterion in criteria}
-        criterion_list = self.add_list(CodeList("criterion", tuple((c.code, c.text, c.text_zh) for c in criteria)))
+        criteria = protocol_criteria(self.trial, self.older)
+        kinds = {code: kind for code, kind, _text, _text_zh in criteria}
+        criterion_list = self.add_list(
+            CodeList("criterion", tuple((code, words, words_zh) for code, _kind, words, words_zh in criteria))
+        )
         variables = [
             SUBJECT_KEY,
             variable("criterion", _("criterion"), "text", code_list=criterion_list),
@@ -791,23 +813,28 @@ class Builder:
             field_variable(SusarAssessment, "reference", type="text"),
             field_variable(SusarAssessment, "assessed_at", type="datetime"),
             field_variable(SusarAssessment, "deadline", type="datetime"),
-            field_variable(SusarAssessment, "reported_at", type="datetime"),
-            field_variable(SusarAssessment, "report_reference", type="text"),
         ]
+        columns = [
+            SUBJECT,
+            "adverse_event__sequence",
+            "related",
+            "expectedness",
+            "reference",
+            "assessed_at",
+            "deadline",
+        ]
+        if self.unblinded:
+            # The sponsor sends the expedited report after breaking the blind, and only for a
+            # participant on active product: whether and when it went names the arm.
+            variables += [
+                field_variable(SusarAssessment, "reported_at", type="datetime"),
+                field_variable(SusarAssessment, "report_reference", type="text"),
+            ]
+            columns += ["reported_at", "report_reference"]
         query = (
             SusarAssessment.objects.filter(site_id__in=self.site_ids)
             .order_by(SUBJECT, "adverse_event__sequence")
-            .values_list(
-                SUBJECT,
-                "adverse_event__sequence",
-                "related",
-                "expectedness",
-                "reference",
-                "assessed_at",
-                "deadline",
-                "reported_at",
-                "report_reference",
-            )
+            .values_list(*columns)
         )
         return self.dataset(
             "susar_assessments", _("SUSAR assessments"), variables, self.texts(query), ("subject_key", "ae_number")
@@ -817,7 +844,7 @@ class Builder:
         from crf.models import FormRecord, FormStatus, ItemValue
         from schedules.models import Visit
 
-        forms, lists = protocol_forms(self.trial)
+        forms, lists = protocol_forms(self.trial, self.older)
         list_names: dict[str, str] = {}
         reserved = set(self.code_lists)
         for code, spec in lists.items():

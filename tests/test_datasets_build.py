@@ -482,7 +482,7 @@ def expected_repeat_labs(trial) -> list[dict]:
     return rows
 
 
-def expected_susar_assessments(trial) -> list[dict]:
+def expected_susar_assessments(trial, *, unblinded: bool) -> list[dict]:
     assessments = sorted(
         SusarAssessment.objects.filter(site__trial=trial),
         key=lambda a: (_key(a.participant_id), a.adverse_event.sequence),
@@ -496,8 +496,12 @@ def expected_susar_assessments(trial) -> list[dict]:
             "reference": assessment.reference,
             "assessed_at": assessment.assessed_at,
             "deadline": assessment.deadline,
-            "reported_at": assessment.reported_at,
-            "report_reference": _text(assessment.report_reference),
+            # Unblinded only: the expedited report goes only for a participant on active product.
+            **(
+                {"reported_at": assessment.reported_at, "report_reference": _text(assessment.report_reference)}
+                if unblinded
+                else {}
+            ),
         }
         for assessment in assessments
     ]
@@ -592,7 +596,7 @@ def expected(trial, *, unblinded: bool) -> dict[str, list[dict]]:
         "deaths": expected_deaths(trial),
         "sae_reports": expected_sae_reports(trial),
         "repeat_labs": expected_repeat_labs(trial),
-        "susar_assessments": expected_susar_assessments(trial),
+        "susar_assessments": expected_susar_assessments(trial, unblinded=unblinded),
     }
     if unblinded or len({frozenset(arm.kit_contents) for arm in protocol.arms}) == 1:
         datasets["kits"] = expected_kits(trial, unblinded=unblinded)
@@ -887,6 +891,7 @@ def test_unblinded_only_items_stay_out_of_a_blinded_package_and_amended_away_ite
         document["trial"]["protocol_version"] = "9.1"
         document["trial"]["effective_date"] = datetime.date(2026, 11, 19)
         form["items"] = [item for item in form["items"] if item["code"] != "Dropped_Later"]
+        dropped_criterion = document["eligibility"]["criteria"].pop()
         _write_protocol(document, tmp_path / "amended.toml")
         trial = journeys.load_protocol(tmp_path / "amended.toml")
         assert trial.current_version.version == "9.1"
@@ -905,3 +910,10 @@ def test_unblinded_only_items_stay_out_of_a_blinded_package_and_amended_away_ite
     # The value captured under version 1 of an item version 9.1 dropped is still exported.
     assert blinded_rows[0]["dropped_later"] == unblinded_rows[0]["dropped_later"] == 41
     assert blinded_rows[0]["subject_key"] == participant.screening.subject_key
+    # So is the answer to a criterion the amendment no longer asks, with its words.
+    for package in packages.values():
+        answers = {row["criterion"]: row for row in table(package.dataset("eligibility"))}
+        assert answers[dropped_criterion["code"]]["criterion_kind"] == dropped_criterion["kind"]
+        assert (dropped_criterion["code"], dropped_criterion["text"], dropped_criterion.get("text_zh")) in (
+            package.code_lists["criterion"].entries
+        )
