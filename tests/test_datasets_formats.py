@@ -11,6 +11,8 @@ import hashlib
 import io
 import json
 import math
+import shutil
+import subprocess
 import zipfile
 from decimal import Decimal
 from zoneinfo import ZoneInfo
@@ -336,6 +338,70 @@ def test_r_script_reads_every_csv_through_the_codebook(csv_zip):
     assert 'fileEncoding = "UTF-8-BOM"' in script
     assert "%Y-%m-%dT%H:%M:%SZ" in script
     assert "library(" not in script and "require(" not in script
+
+
+R_PROGRAM = r"""
+source("read_NCT06442709.R")
+for (language in c("en", "zh")) {
+  package <- read_package(language = language)
+  for (name in names(package)) for (column in names(package[[name]])) {
+    x <- package[[name]][[column]]
+    shown <- if (inherits(x, "POSIXct")) format(x, "%Y-%m-%dT%H:%M:%SZ", tz = "UTC") else as.character(x)
+    shown <- gsub("\n", "\\\\n", ifelse(is.na(shown), "<NA>", shown))
+    cat(language, name, column, class(x)[1], attr(x, "label"), paste(levels(x), collapse = "|"),
+        paste(shown, collapse = "|"), sep = "\t")
+    cat("\n")
+  }
+}
+"""
+
+
+def r_expected(variable: Variable, value, language: str) -> str:
+    if value is None:
+        return "<NA>"
+    match variable.type:
+        case "text" if variable.code_list:
+            code_list = {"sex": SEX, "ctcae_grade": GRADE}[variable.code_list]
+            label, label_zh = next((en, zh) for code, en, zh in code_list.entries if code == value)
+            return label_zh if language == "zh" else label
+        case "text":
+            # R reads a line break inside a quoted cell as LF.
+            return csv_expected(variable, value).replace("\r\n", "\n").replace("\n", "\\n")
+        case "decimal":
+            return format(float(value), ".15g")
+        case "boolean":
+            return "TRUE" if value else "FALSE"
+        case _:
+            return str(csv_expected(variable, value))
+
+
+@pytest.mark.skipif(shutil.which("Rscript") is None, reason="R is not installed here")
+def test_r_reads_every_csv_with_its_types_labels_and_code_lists(csv_zip):
+    folder, _names = csv_zip
+    output = subprocess.run(
+        ["Rscript", "--vanilla", "-e", R_PROGRAM], cwd=folder, capture_output=True, text=True, check=True
+    ).stdout
+    read = {tuple(line.split("\t")[:3]): line.split("\t")[3:] for line in output.splitlines() if line}
+    classes = {"integer": "integer", "decimal": "numeric", "date": "Date", "datetime": "POSIXct", "boolean": "logical"}
+    for language in ("en", "zh"):
+        for name, variables, rows in DATASETS:
+            for index, variable in enumerate(variables):
+                r_class, label, levels, values = read[language, name, variable.name]
+                expected_class = classes.get(variable.type, "factor" if variable.code_list else "character")
+                assert r_class == expected_class, (name, variable.name)
+                expected_label = (variable.label_zh or variable.label) if language == "zh" else variable.label
+                if variable.unit:
+                    expected_label += f" [{variable.unit}]"
+                assert label == expected_label
+                if variable.code_list:
+                    code_list = {"sex": SEX, "ctcae_grade": GRADE}[variable.code_list]
+                    column = 2 if language == "zh" else 1
+                    assert levels.split("|") == [entry[column] for entry in code_list.entries]
+                assert values.split("|") == [r_expected(variable, row[index], language) for row in rows], (
+                    language,
+                    name,
+                    variable.name,
+                )
 
 
 # --- XLSX ------------------------------------------------------------------------------------
