@@ -8,6 +8,7 @@ import datetime
 import re
 
 import pytest
+import time_machine
 from django.core.exceptions import ImproperlyConfigured
 
 from dosing.models import Kit, Shipment
@@ -231,3 +232,58 @@ def test_the_audit_trail_still_shows_a_monitor_what_they_verify(site, cast, api_
     screening = factories.make_screening(site, by=cast.coordinator)
     [created] = api_events(api_for(cast.monitor), f"subject={screening.pk}&table=enrollment_screening")
     assert BLINDED not in created["new_values"].values()
+
+
+@pytest.fixture
+def susars_reported_on_active_only(site, cast):
+    with time_machine.travel(datetime.datetime(2026, 11, 21, 1, 0, tzinfo=datetime.UTC), tick=False):
+        yield _susars_reported_on_active_only(site, cast)
+
+
+def _susars_reported_on_active_only(site, cast):
+    """What a real sponsor does after breaking the blind of a SUSAR: the expedited report goes to
+    the regulators when the participant is on active product; a placebo case is not expedited."""
+    from safety import services as safety
+
+    assessments = {}
+    for arm in ("TOC", "PBO"):
+        participant = df.randomized_participant(site, arm_code=arm, by=cast.coordinator)
+        event = safety.ae_record(
+            participant=participant,
+            recorded_by=cast.coordinator,
+            details=safety.AeDetails(
+                term="sepsis",
+                grade=4,
+                onset_date=datetime.date(2026, 11, 20),
+                serious=True,
+                seriousness=("life_threatening",),
+                awareness_at=datetime.datetime(2026, 11, 20, 3, 0, tzinfo=datetime.UTC),
+            ),
+        )
+        assessments[arm] = safety.sae_assess(
+            event=event, assessed_by=cast.sponsor_safety, related=True, expectedness="unexpected", reference="IB"
+        )
+    safety.susar_report_done(assessment=assessments["TOC"], reported_by=cast.sponsor_safety, reference="CIOMS-1")
+    return assessments
+
+
+@pytest.mark.parametrize("role", ["monitor", "investigator"])
+def test_the_sponsors_expedited_report_is_not_in_a_blinded_readers_trail(
+    susars_reported_on_active_only, cast, api_for, role
+):
+    events = api_events(api_for(cast[role]), "table=safety_susarassessment")
+    by_record = {}
+    for event in events:
+        by_record.setdefault(event["record_pk"], []).append(
+            (event["action"], sorted((event["new_values"] or {}).items()))
+        )
+    # Both assessments read alike: the same actions, the same values but their own ids.
+    shapes = [
+        [
+            (action, [(column, value) for column, value in values if not column.endswith("_id") and column != "id"])
+            for action, values in rows
+        ]
+        for rows in by_record.values()
+    ]
+    assert len(shapes) == 2
+    assert shapes[0] == shapes[1]

@@ -624,10 +624,10 @@ def sponsor_reports_active_only(frozen, trial, site, other_site, cast, django_ca
     )
 
 
-# Was a leak: SusarAssessment.audit_blinded_visible showed reported_at, report_reference and
-# reported_by to blinded audit readers, so the audit trail named the participants on active product.
 @pytest.mark.parametrize("role", ["investigator", "monitor"])
 def test_the_sponsor_reporting_only_active_susars_is_not_readable_at_the_site(sponsor_reports_active_only, role):
+    """The leak this test found: the expedited report's columns were blinded-visible in the audit
+    trail, and a real sponsor sends it only for a participant on active product."""
     twins = sponsor_reports_active_only
     participants = twins.participants["NT"]
     reads = read_everything(twins.staff[role], participants)
