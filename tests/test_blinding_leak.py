@@ -20,7 +20,16 @@ from tests import dosing_factories, factories
 LEAK = re.compile(
     r"\b(TOC|ASA|COMBO|PBO|Tocilizumab alone|Aspirin alone|Tocilizumab \+ aspirin|Placebo|active|placebo)\b"
 )
-BLINDED = ["coordinator", "pharmacist", "investigator", "monitor", "other_coordinator", "other_monitor"]
+BLINDED = [
+    "coordinator",
+    "pharmacist",
+    "investigator",
+    "monitor",
+    "other_coordinator",
+    "other_monitor",
+    # Blinded until it breaks the blind of a SUSAR's participant (none here).
+    "sponsor_safety",
+]
 HREF = re.compile(r'href="([^"#]+)"')
 SKIP = ("/accounts/logout/", "/static/", "/i18n/", "/admin/")
 
@@ -53,7 +62,48 @@ def all_arms_randomized(trial, cast, site):
             alt_uln=Decimal("1.0"),
             ast_uln=Decimal("1.0"),
         )
+    adverse_events(participants, cast)
     return participants
+
+
+def adverse_events(participants, cast):
+    """Issue 18's pages have something to show: an event with a grade change in every arm, and a
+    serious one with a signed SAE report and the sponsor's assessment (related but expected: no
+    SUSAR, so nobody may break the blind)."""
+    from safety import services as safety
+
+    for index, participant in enumerate(participants):
+        today = timezone.localdate(timezone=participant.site.zone)
+        event = safety.ae_record(
+            participant=participant,
+            recorded_by=cast.coordinator,
+            details=safety.AeDetails(
+                term="fatigue", grade=1, onset_date=today, relation_infusion="possible", action_infusion="none"
+            ),
+        )
+        safety.ae_grade_change(
+            event=event, recorded_by=cast.coordinator, details=safety.AeDetails(grade=2, onset_date=today)
+        )
+        if index % 2 == 0:
+            serious = safety.ae_record(
+                participant=participant,
+                recorded_by=cast.coordinator,
+                details=safety.AeDetails(
+                    term="sepsis",
+                    grade=4,
+                    onset_date=today,
+                    serious=True,
+                    seriousness=("hospitalisation",),
+                    awareness_at=timezone.now(),
+                    action_infusion="withdrawn",
+                    action_tablets="held",
+                ),
+            )
+            report = safety.sae_report_write(event=serious, written_by=cast.coordinator, narrative="n", complete=True)
+            safety.sae_report_sign(report=report, signer=cast.investigator, password=factories.PASSWORD)
+            safety.sae_assess(
+                event=serious, assessed_by=cast.sponsor_safety, related=True, expectedness="expected", reference="IB"
+            )
 
 
 def leaks(response) -> list[str]:
@@ -70,8 +120,15 @@ def leaks(response) -> list[str]:
     return found + LEAK.findall(text)
 
 
-def crawl(client, start="/", limit=250):
-    seen, queue, visited = set(), [start], []
+def unlinked_roots() -> list[str]:
+    """Every route of the URL conf that takes no id: a page no menu links to yet is read too."""
+    from tests.sweep import web_routes
+
+    return ["/" + route for route in web_routes() if "<" not in route]
+
+
+def crawl(client, start="/", limit=300):
+    seen, queue, visited = set(), [start, *unlinked_roots()], []
     while queue and len(visited) < limit:
         url = queue.pop(0)
         if url in seen or url.startswith(SKIP):
@@ -94,7 +151,8 @@ def api_paths(client, ids):
             continue
         names = re.findall(r"{(\w+)}", path)
         for record_id in ids if names else [None]:
-            yield re.sub(r"{\w+}", str(record_id), path) if names else path
+            filled = re.sub(r"{(sequence|version)}", "1", path)
+            yield re.sub(r"{\w+}", str(record_id), filled) if names else path
 
 
 @pytest.mark.parametrize("role", BLINDED)
