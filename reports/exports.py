@@ -1767,10 +1767,12 @@ class OdmWriter:
         for order, (oid, _name, _forms) in enumerate(events, start=1):
             w("<StudyEventRef" + _attrs(StudyEventOID=oid, OrderNumber=order, Mandatory="No") + "/>")
         w("</Protocol>\n")
-        for oid, name, form_oids in events:
+        for oid, names, form_oids in events:
             # Adverse events and logs are not a scheduled visit: CDISC's "Common" event type.
             kind = "Common" if oid == self.STUDY_EVENT_AE or oid.startswith("SE.LOG.") else "Scheduled"
-            w("<StudyEventDef" + _attrs(OID=oid, Name=name, Repeating="No", Type=kind) + ">")
+            w("<StudyEventDef" + _attrs(OID=oid, Name=names["en"], Repeating="No", Type=kind) + ">")
+            if len(names) > 1:
+                w("<Description>" + _translated(names) + "</Description>")
             for form in form_oids:
                 w("<FormRef" + _attrs(FormOID=form, Mandatory="No") + "/>")
             w("</StudyEventDef>\n")
