@@ -1754,12 +1754,12 @@ class OdmWriter:
             code: [self._crf_form_oid(form.code) for form in forms if form.carried_at(code)] for code in visit_codes
         }
         events = [
-            (self.STUDY_EVENT_SCREENING, "Screening", ["F.SCREENING"]),
-            (self.STUDY_EVENT_RANDOMIZATION, "Randomization", ["F.RANDOMIZATION"]),
-        ] + [(f"SE.VISIT.{oid_part(code)}", code, ["F.VISIT", *crf_at_visit[code]]) for code in visit_codes]
-        events.append((self.STUDY_EVENT_AE, "Adverse events", ["F.AE"]))
+            (self.STUDY_EVENT_SCREENING, _texts("Screening"), ["F.SCREENING"]),
+            (self.STUDY_EVENT_RANDOMIZATION, _texts("Randomization"), ["F.RANDOMIZATION"]),
+        ] + [(f"SE.VISIT.{oid_part(code)}", {"en": code}, ["F.VISIT", *crf_at_visit[code]]) for code in visit_codes]
+        events.append((self.STUDY_EVENT_AE, _texts("Adverse events"), ["F.AE"]))
         events += [
-            (f"SE.LOG.{oid_part(form.code)}", form.name, [self._crf_form_oid(form.code)])
+            (f"SE.LOG.{oid_part(form.code)}", _texts(form.name, form.name_zh or ""), [self._crf_form_oid(form.code)])
             for form in forms
             if form.kind == "log"
         ]
