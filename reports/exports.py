@@ -1431,7 +1431,9 @@ class OdmWriter:
                 format="odm",
                 status=ExportStatus.DONE,
                 blinded=not self.scope.unblinded,
-                site_ids=sorted(self.scope.site_ids),
+                # The same sites in any order.
+                site_ids__contains=list(self.scope.site_ids),
+                site_ids__contained_by=list(self.scope.site_ids),
                 pk__lt=self.stamp.export_id,
             )
             .order_by("-pk")
