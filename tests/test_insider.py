@@ -243,6 +243,80 @@ def send_due_reminders(now):
         reminders.reminder_send(reminder_id=reminder_id)
 
 
+AE_TERMS = ("fatigue", "nausea", "epistaxis")
+
+
+def adverse_events(world: World, cast, staff, investigators: dict, coordinators: dict):
+    """Issue 18's safety data, given by enrollment order and never by arm: every participant but
+    every third has an adverse event (a third of those with a grade change, resolved), every
+    sixth a serious one whose clock sends its e-mails, with a signed SAE report. The sponsor's
+    officer assesses each serious one a SUSAR, breaks the blind and sends the expedited report
+    (that it sends it only on active product is tests/test_safety_blind.py's)."""
+    from safety import services as safety
+
+    now = datetime.datetime.now(tz=datetime.UTC)
+    for index, participant in enumerate(world.participants):
+        code = "NT" if participant.site_id == world.sites["NT"].pk else "SH"
+        today = timezone_today(participant.site)
+        if index % 3 != 2:
+            event = safety.ae_record(
+                participant=participant,
+                recorded_by=coordinators[code],
+                details=safety.AeDetails(
+                    term=AE_TERMS[index % 3],
+                    grade=1,
+                    onset_date=today - DAY * (1 + index % 4),
+                    relation_infusion="possible",
+                    relation_tablets="unlikely",
+                    action_infusion="none",
+                    action_tablets="none",
+                ),
+            )
+            if index % 3 == 0:
+                safety.ae_grade_change(
+                    event=event, recorded_by=coordinators[code], details=safety.AeDetails(grade=2, onset_date=today)
+                )
+            if index % 2 == 0:
+                safety.ae_resolve(
+                    event=event, recorded_by=coordinators[code], resolution_date=today, outcome="recovered"
+                )
+        if index % 6 == 1:
+            serious = safety.ae_record(
+                participant=participant,
+                recorded_by=coordinators[code],
+                details=safety.AeDetails(
+                    # Not of special interest: an open grade 3+ one of those holds the next dose.
+                    term="nausea",
+                    grade=3,
+                    onset_date=today - DAY,
+                    serious=True,
+                    seriousness=("hospitalisation",),
+                    awareness_at=now - datetime.timedelta(hours=2 + index),
+                    relation_infusion="probable",
+                    relation_tablets="possible",
+                    action_infusion="withdrawn",
+                    action_tablets="held",
+                ),
+            )
+            report = safety.sae_report_write(
+                event=serious, written_by=coordinators[code], narrative="Admitted for IV fluids.", complete=True
+            )
+            safety.sae_report_sign(report=report, signer=investigators[code], password=factories.PASSWORD)
+            assessment = safety.sae_assess(
+                event=serious, assessed_by=cast.sponsor_safety, related=True, expectedness="unexpected", reference="IB"
+            )
+            if participant != world.unblinded:
+                randomization.participant_unblind(
+                    participant=participant,
+                    unblinded_by=cast.sponsor_safety,
+                    password=factories.PASSWORD,
+                    reason="SUSAR: the expedited report needs the treatment",
+                )
+            safety.susar_report_done(assessment=assessment, reported_by=cast.sponsor_safety, reference=f"CIOMS-{index}")
+    for notice_id in safety.due_notice_ids(now=now):
+        safety.sae_notice_send(notice_id=notice_id)
+
+
 def play_trial(trial, site, other_site, cast, traveller, *, per_site: int = 18) -> World:
     """Days 0-8: two participants a day at each site randomized and given cycle 1; day 4 every
     infusion placebo kit at SH is destroyed after a fridge failure, so SH's visits get no kit
@@ -268,6 +342,7 @@ def play_trial(trial, site, other_site, cast, traveller, *, per_site: int = 18) 
     with audit_context(reason="test cast: second site"):
         cast.supply_manager.trial_roles.create(site=sh, role=Role.SUPPLY_MANAGER)
         cast.statistician.trial_roles.create(site=sh, role=Role.STATISTICIAN)
+        cast.sponsor_safety.trial_roles.create(site=sh, role=Role.SPONSOR_SAFETY)
     for name, user in staff.items():
         user.email = f"{name}@hospital.example"
         user.save(update_fields=["email"])
@@ -361,6 +436,8 @@ def play_trial(trial, site, other_site, cast, traveller, *, per_site: int = 18) 
                 reason="severe bleeding: is the participant on aspirin?",
             )
             world.unblinded, world.unblinded_by = target, cast.investigator
+        if day == 10:
+            adverse_events(world, cast, staff, {"NT": cast.investigator, "SH": staff["sh_investigator"]}, coordinators)
         dosing.resupply_all_sites()
         send_due_reminders(START + day * DAY)
         traveller.shift(DAY)
@@ -463,7 +540,7 @@ def api_reads(client, world: World, export_ids: list[int]) -> list[Read]:
             continue
         collection = path.split("/")[3]
         for record_id in ids[collection]:
-            answer = client.get(re.sub(r"{\w+}", str(record_id), path))
+            answer = client.get(re.sub(r"{\w+}", str(record_id), re.sub(r"{(sequence|version)}", "1", path)))
             assert answer.status_code in (200, 404), (path, answer.status_code)
             if answer.status_code == 200:
                 reads.append(Read(path, path.replace("{id}", str(record_id)), "json", answer.json()))
@@ -473,6 +550,8 @@ def api_reads(client, world: World, export_ids: list[int]) -> list[Read]:
 # Every kind of export; a table's CSV and XLSX are written from the same rows, so one of the two.
 # The dataset comes in both its formats (the ODM is written by its own SQL).
 EXPORTS = [
+    ("adverse_events", "csv"),
+    ("adverse_events", "xlsx"),
     ("consort", "csv"),
     ("consort_diagram", "svg"),
     ("dataset", "odm"),
