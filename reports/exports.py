@@ -792,7 +792,8 @@ def write_xlsx(tables: list[Table], path, stamp: Stamp, progress: ProgressCallba
         sheet = workbook.create_sheet(_sheet_title(table.title))
         sheet.append([safe_cell(heading) for heading in table.headings])
         for row in table.rows:
-            sheet.append([safe_cell(value) for value in row])
+            # An empty value is an empty cell, not an empty string (issue 19).
+            sheet.append([None if value == "" else safe_cell(value) for value in row])
             rows_written += 1
             counter.step()
     workbook.save(path)

@@ -10,6 +10,8 @@ import io
 import json
 import math
 import re
+import shutil
+import subprocess
 import zipfile
 from decimal import Decimal
 from pathlib import Path
@@ -332,3 +334,38 @@ def test_the_statistician_asks_for_the_spss_package_and_downloads_it_when_the_wo
     frame, meta = pyreadstat.read_sav(str(subjects))
     assert len(frame) == 14 and meta.column_names[0] == "subject_key"
     assert export.row_count == sum(entry["rows"] for entry in manifest["datasets"])
+
+
+def test_a_listing_workbook_has_empty_cells_not_empty_strings(data, cast):
+    import openpyxl
+
+    workbook = openpyxl.load_workbook(io.BytesIO(content_of(run_now(cast.investigator, "subjects", "xlsx"))))
+    values = [cell.value for row in workbook.worksheets[1].iter_rows(min_row=2) for cell in row]
+    assert values and "" not in values
+    assert None in values  # reports_data has people screened and never randomized
+
+
+@pytest.mark.skipif(shutil.which("Rscript") is None, reason="R is not installed here")
+def test_r_reads_the_built_package_with_the_script_beside_it(data, cast, builder, tmp_path):
+    export = run_now(cast.statistician, "analysis", "csv")
+    with zipfile.ZipFile(content_of_path(export)) as archive:
+        archive.extractall(tmp_path)
+        manifest = json.loads(archive.read("manifest.json"))
+    program = (
+        'source("read_NCT06442709.R"); package <- read_package(); '
+        "for (name in names(package)) cat(name, nrow(package[[name]]), ncol(package[[name]]), "
+        'sum(sapply(package[[name]], function(x) is.null(attr(x, "label")))), "\\n")'
+    )
+    output = subprocess.run(
+        ["Rscript", "--vanilla", "-e", program], cwd=tmp_path, capture_output=True, text=True, check=True
+    ).stdout
+    read = {line.split()[0]: [int(number) for number in line.split()[1:]] for line in output.splitlines()}
+    codebook = pd.read_csv(tmp_path / "codebook.csv", dtype=str, keep_default_na=False)
+    assert read == {
+        entry["name"]: [entry["rows"], codebook[codebook.dataset == entry["name"]].variable.nunique(), 0]
+        for entry in manifest["datasets"]
+    }
+
+
+def content_of_path(export: Export) -> Path:
+    return Path(settings.MEDIA_ROOT) / export.file_path

@@ -499,3 +499,55 @@ def test_postgresql_and_python_build_the_same_case_report_forms(forms, statistic
             written[use_sql] = stream.getvalue()
         assert written[True] == written[False], user.username
         assert 'ItemOID="IT.CRF.vitals.weight" Value="48"' in written[True]
+
+
+TABLET_CHECK = """
+[[forms]]
+code = "tablets"
+name = "Tablet return"
+name_zh = "片剂回收"
+kind = "visit"
+visits = ["C*"]
+items = [
+    { code = "returned", label = "Tablets returned", label_zh = "回收片数", type = "integer", min = 0, max = 35 },
+    { code = "kit_content", label = "Kit content check", label_zh = "药盒内容核对", type = "text", unblinded_only = true },
+]
+"""
+
+
+def test_an_unblinded_only_item_is_only_in_an_unblinded_file(trial, site, cast, tmp_path, odm_schema):
+    from crf import services as crf_services
+    from tests import dosing_factories
+
+    # Nobody is screened yet, so the file replaces the version in force.
+    path = tmp_path / "NCT06442709.toml"
+    path.write_text(settings.PROTOCOL_FILE.read_text(encoding="utf-8") + TABLET_CHECK, encoding="utf-8")
+    trial = load_protocol(path)
+    assert trial.protocol.form("tablets").item("kit_content").unblinded_only
+    participant = dosing_factories.randomized_participant(site, arm_code="TOC", by=cast.coordinator)
+    participant = Participant.objects.get(pk=participant.pk)  # its trial as reloaded, with the new form
+    unblinded = factories.make_user_with_every_role(site, username="unblinded-pharmacist")
+    crf_services.form_save(
+        user=unblinded,
+        values={"returned": "3", "kit_content": "content-XYZ-check"},
+        participant=participant,
+        form_code="tablets",
+        visit_code="C1",
+    )
+    outputs = {}
+    for user in (cast.monitor, cast.statistician):
+        scope = selectors.report_scope(user, trial=trial)
+        stamp = exports.make_stamp(scope, export_id=9)
+        written = {}
+        for use_sql in (True, False):
+            stream = io.StringIO()
+            exports.write_odm(scope, stream, stamp, use_sql=use_sql)
+            written[use_sql] = stream.getvalue()
+        assert written[True] == written[False], user.username
+        check_complete(written[True], odm_schema)
+        outputs[scope.unblinded] = written[True]
+    blinded, unblinded_file = outputs[False], outputs[True]
+    assert 'ItemOID="IT.CRF.tablets.returned" Value="3"' in blinded
+    assert "content-XYZ-check" not in blinded and "IT.CRF.tablets.kit_content" not in blinded
+    assert "unblinded_value" not in blinded
+    assert 'ItemOID="IT.CRF.tablets.kit_content" Value="content-XYZ-check"' in unblinded_file
