@@ -35,9 +35,11 @@ import datetime
 import hashlib
 import io
 import json
+import math
 import re
 import tempfile
 import zipfile
+from array import array
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -490,32 +492,65 @@ def _truncate_bytes(text: str, limit: int) -> str:
     return data[:limit].decode("utf-8", errors="ignore")
 
 
-def _frame(dataset: Dataset, fmt: str):
-    """The dataset as a DataFrame pyreadstat can write, and how many text values were cut."""
-    import numpy as np
-    import pandas as pd
+class _Column:
+    """One column gathered for pyreadstat, kept small: numbers in a typed array (8 bytes a
+    value, not a Python float each), and a repeated text or date stored once (visit codes,
+    statuses, subject keys of a visit dataset) while few distinct values have been seen."""
 
-    columns: list[list] = [[] for _ in dataset.variables]
-    cut = 0
-    for row in dataset.rows:
-        for column, variable, value in zip(columns, dataset.variables, row, strict=True):
-            column.append(_stats_value(variable, value))
-    data = {}
-    for column, variable in zip(columns, dataset.variables, strict=True):
-        if variable.type in ("integer", "decimal", "boolean"):
-            data[variable.name] = pd.Series([np.nan if value is None else value for value in column], dtype="float64")
-        elif variable.type in ("date", "datetime") and all(value is None for value in column):
+    SHARED_LIMIT = 50_000
+
+    def __init__(self, variable: Variable, fmt: str):
+        self.variable = variable
+        self.numeric = variable.type in ("integer", "decimal", "boolean")
+        self.values = array("d") if self.numeric else []
+        self.shared: dict | None = {}
+        self.any_value = False
+        self.cut = 0
+        self.xpt = fmt == "xpt" and variable.type == "text"
+
+    def append(self, value: Value) -> None:
+        value = _stats_value(self.variable, value)
+        if self.numeric:
+            self.values.append(math.nan if value is None else value)
+            return
+        if value is not None:
+            self.any_value = True
+            if self.xpt and len(value.encode("utf-8")) > XPT_TEXT_BYTES:
+                self.cut += 1
+                value = _truncate_bytes(value, XPT_TEXT_BYTES)
+            if self.shared is not None:
+                value = self.shared.setdefault(value, value)
+                if len(self.shared) > self.SHARED_LIMIT:
+                    self.shared = None
+        self.values.append(value)
+
+    def series(self):
+        import numpy as np
+        import pandas as pd
+
+        if self.numeric:
+            return pd.Series(np.frombuffer(self.values, dtype="float64"), dtype="float64", copy=False)
+        if self.variable.type in ("date", "datetime") and not self.any_value:
             # pyreadstat types an object column by its values: with none it would write text.
             # A numeric column of missing values with the date format is a date column.
-            data[variable.name] = pd.Series([np.nan] * len(column), dtype="float64")
-        elif variable.type in ("date", "datetime"):
-            data[variable.name] = pd.Series(column, dtype=object)
-        else:
-            if fmt == "xpt":
-                cut += sum(1 for value in column if len(value.encode("utf-8")) > XPT_TEXT_BYTES)
-                column = [_truncate_bytes(value, XPT_TEXT_BYTES) for value in column]
-            data[variable.name] = pd.Series(column, dtype=object)
-    return pd.DataFrame(data, columns=[variable.name for variable in dataset.variables]), cut
+            return pd.Series(np.full(len(self.values), np.nan), dtype="float64")
+        return pd.Series(self.values, dtype=object)
+
+
+def _frame(dataset: Dataset, fmt: str):
+    """The dataset as a DataFrame pyreadstat can write, and how many text values were cut."""
+    import pandas as pd
+
+    columns = [_Column(variable, fmt) for variable in dataset.variables]
+    for row in dataset.rows:
+        for column, value in zip(columns, row, strict=True):
+            column.append(value)
+    data = {}
+    for column in columns:
+        data[column.variable.name] = column.series()
+        column.values = None
+    cut = sum(column.cut for column in columns)
+    return pd.DataFrame(data, columns=[variable.name for variable in dataset.variables], copy=False), cut
 
 
 def _stats_value(variable: Variable, value: Value):

@@ -601,3 +601,35 @@ def test_a_naive_moment_is_refused_rather_than_guessed():
     variable = Variable("randomized_at", "Randomized at", "datetime")
     with pytest.raises(ValueError, match="aware"):
         writers.csv_cell(variable, datetime.datetime(2026, 1, 1, 8, 0))
+
+
+@pytest.mark.parametrize("fmt", ["csv", "xlsx", "xpt", "sav", "dta"])
+def test_a_dataset_without_rows_is_written_with_its_columns(tmp_path, fmt):
+    """No death yet: the deaths dataset is still there, with its variables and no rows."""
+    variables = [Variable("subject_key", "Subject key", "text"), Variable("death_date", "Date of death", "date")]
+    package = make_package()
+    package.datasets = [Dataset("deaths", "Deaths", variables, iter([]))]
+    path = tmp_path / ("deaths.xlsx" if fmt == "xlsx" else "deaths.zip")
+    if fmt == "csv":
+        assert writers.write_csv_zip(package, path) == 0
+    elif fmt == "xlsx":
+        assert writers.write_xlsx(package, path) == 0
+    else:
+        assert writers.write_stats_zip(package, path, fmt) == 0
+    if fmt == "xlsx":
+        frame = pd.read_excel(path, sheet_name="deaths")
+        names = ["subject_key", "death_date"]
+    else:
+        with zipfile.ZipFile(path) as archive:
+            archive.extractall(tmp_path)
+        name = tmp_path / f"deaths.{fmt}"
+        if fmt == "csv":
+            frame = pd.read_csv(name)
+        else:
+            frame, _meta = {"xpt": pyreadstat.read_xport, "sav": pyreadstat.read_sav, "dta": pyreadstat.read_dta}[fmt](
+                str(name)
+            )
+        names = ["SUBJECT_", "DEATH_DA"] if fmt == "xpt" else ["subject_key", "death_date"]
+        manifest = json.loads((tmp_path / "manifest.json").read_text("utf-8"))
+        assert manifest["datasets"][0]["rows"] == 0
+    assert list(frame.columns) == names and len(frame) == 0
