@@ -10,7 +10,6 @@ import io
 import json
 import math
 import re
-import shutil
 import subprocess
 import zipfile
 from decimal import Decimal
@@ -113,7 +112,9 @@ def test_the_analysis_package_is_queued_in_the_background_and_has_no_odm(
 
 @pytest.fixture
 def builder():
-    return pytest.importorskip("datasets.build", reason="datasets.build (build_package) has not landed yet")
+    from datasets import build
+
+    return build
 
 
 def unpacked(export: Export) -> dict[str, bytes]:
@@ -345,7 +346,6 @@ def test_a_listing_workbook_has_empty_cells_not_empty_strings(data, cast):
     assert None in values  # reports_data has people screened and never randomized
 
 
-@pytest.mark.skipif(shutil.which("Rscript") is None, reason="R is not installed here")
 def test_r_reads_the_built_package_with_the_script_beside_it(data, cast, builder, tmp_path):
     export = run_now(cast.statistician, "analysis", "csv")
     with zipfile.ZipFile(content_of_path(export)) as archive:

@@ -11,7 +11,6 @@ import hashlib
 import io
 import json
 import math
-import shutil
 import subprocess
 import zipfile
 from decimal import Decimal
@@ -375,7 +374,6 @@ def r_expected(variable: Variable, value, language: str) -> str:
             return str(csv_expected(variable, value))
 
 
-@pytest.mark.skipif(shutil.which("Rscript") is None, reason="R is not installed here")
 def test_r_reads_every_csv_with_its_types_labels_and_code_lists(csv_zip):
     folder, _names = csv_zip
     output = subprocess.run(

@@ -190,20 +190,26 @@ def run() -> int:
 CJK_FONT = "/usr/share/fonts/truetype/wqy/wqy-zenhei.ttc"
 
 
-def ensure_chromium() -> None:
-    """The browser tests drive Debian's Chromium, and their Chinese screenshots need a CJK font
-    (without one every Chinese character is a box). Install both where we can; otherwise say
-    exactly what is missing and stop, rather than skip those tests."""
-    missing = []
-    if not Path("/usr/bin/chromium").exists():
-        missing.append(("chromium", "/usr/bin/chromium"))
-    if not Path(CJK_FONT).exists():
-        missing.append(("fonts-wqy-zenhei", CJK_FONT))
+# What the suite needs from Debian, by the file that proves it is there.
+SYSTEM_PACKAGES = (
+    # The browser tests drive Debian's Chromium.
+    ("chromium", "/usr/bin/chromium"),
+    # Chinese glyphs for Chromium's screenshots (without one every Chinese character is a box).
+    ("fonts-wqy-zenhei", CJK_FONT),
+    # The analysis package ships an R script; a test runs it on an export.
+    ("r-base-core", "/usr/bin/Rscript"),
+)
+
+
+def ensure_system_packages() -> None:
+    """Install what the tests need from Debian where we can; otherwise say exactly what is
+    missing and stop, rather than skip those tests."""
+    missing = [(package, path) for package, path in SYSTEM_PACKAGES if not Path(path).exists()]
     if not missing:
         return
     packages = [package for package, _path in missing]
     if os.geteuid() == 0 and shutil.which("apt-get"):
-        say(f"installing Debian's {' and '.join(packages)} for the browser tests")
+        say(f"installing Debian's {' and '.join(packages)} for the tests")
         subprocess.run(["apt-get", "update", "-q"], check=True)
         subprocess.run(
             ["apt-get", "install", "-y", "-q", *packages],
@@ -251,7 +257,7 @@ def test(pytest_arguments: list[str]) -> int:
             env["REDIS_URL"] = "redis://127.0.0.1:6379/15"
         else:
             env["REDIS_URL"] = start_embedded_redis(VAR / "test-redis")
-    ensure_chromium()
+    ensure_system_packages()
     steps = [
         [PYTHON, "-m", "ruff", "check", "."],
         [PYTHON, "-m", "ruff", "format", "--check", "."],
