@@ -551,3 +551,47 @@ def test_an_unblinded_only_item_is_only_in_an_unblinded_file(trial, site, cast, 
     assert "content-XYZ-check" not in blinded and "IT.CRF.tablets.kit_content" not in blinded
     assert "unblinded_value" not in blinded
     assert 'ItemOID="IT.CRF.tablets.kit_content" Value="content-XYZ-check"' in unblinded_file
+
+
+def test_the_pis_signature_of_an_sae_report_is_on_the_adverse_event_it_concerns(
+    data, cast, statistician_both, monitor_both, odm_schema
+):
+    from safety import services as safety
+    from safety.models import Seriousness
+
+    participant = next(participant for participant in data.randomized if participant.site.code == "NT")
+    serious = safety.ae_record(
+        participant=participant,
+        recorded_by=cast.coordinator,
+        details=safety.AeDetails(
+            term="sepsis",
+            grade=4,
+            onset_date=datetime.date(2026, 12, 13),
+            serious=True,
+            seriousness=(Seriousness.HOSPITALISATION,),
+            awareness_at=datetime.datetime(2026, 12, 13, 9, tzinfo=datetime.UTC),
+        ),
+    )
+    first = safety.sae_report_write(event=serious, written_by=cast.coordinator, narrative="first", complete=True)
+    safety.sae_report_sign(report=first, signer=cast.investigator, password=factories.PASSWORD)
+    follow_up = safety.sae_report_write(event=serious, written_by=cast.coordinator, narrative="later", complete=True)
+    signature = safety.sae_report_sign(report=follow_up, signer=cast.investigator, password=factories.PASSWORD)
+    for user in (statistician_both, monitor_both):
+        document = content_of(run_now(user, "dataset", "odm")).decode("utf-8")
+        root = check_complete(document, odm_schema)
+        subject = subjects_by_number(root)[participant.screening_number]
+        [group] = [group for group in subject.iter(f"{ODM}ItemGroupData") if group.get("ItemGroupOID") == "IG.AE"]
+        signed = group.find(f"{ODM}Signature")
+        assert signed.get("ID") == f"SG.{signature.pk}"
+        assert signed.find(f"{ODM}SignatureRef").get("SignatureOID") == exports.SIGNATURE_SAE_REPORT
+        assert signed.find(f"{ODM}UserRef").get("UserOID") == f"USR.{cast.investigator.pk}"
+        assert group.find(f"{ODM}AuditRecord/{ODM}SourceID").text.startswith(f"safety_adverseevent#{serious.pk} ")
+        assert "investigator" in {login.text for login in root.iter(f"{ODM}LoginName")}
+        scope = selectors.report_scope(user)
+        stamp = exports.make_stamp(scope, export_id=11)
+        written = {}
+        for use_sql in (True, False):
+            stream = io.StringIO()
+            exports.write_odm(scope, stream, stamp, use_sql=use_sql)
+            written[use_sql] = stream.getvalue()
+        assert written[True] == written[False] and f'<Signature ID="SG.{signature.pk}">' in written[True]
