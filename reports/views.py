@@ -134,6 +134,19 @@ def _enrollment_rows(report: selectors.EnrollmentReport) -> list[dict]:
 
 
 @login_required
+def codebook(request: HttpRequest) -> HttpResponse:
+    """The analysis package's datasets, variables, labels and codes, as the user would export them."""
+    from datasets.codebook import codebook as codebook_of
+
+    access.require(request.user, Capability.EXPORT_REPORTS)
+    scope = selectors.report_scope(request.user, site_id=site_parameter(request.GET.get("site")))
+    package, datasets = codebook_of(scope)
+    return render(
+        request, "reports/codebook.html", {"scope": scope, "manifest": package.manifest, "datasets": datasets}
+    )
+
+
+@login_required
 @require_POST
 def export_create(request: HttpRequest) -> HttpResponse:
     """Small tables come straight back as a file; listings and the dataset are queued."""

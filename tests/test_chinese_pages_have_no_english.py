@@ -51,7 +51,7 @@ ALLOWED_WORDS = {
     # Lab and unit symbols a Chinese lab report prints this way.
     "ULN", "ALT", "AST", "mm", "kg", "mg", "mL", "ml",
     # File formats and standards, named as the software that opens them names them.
-    "CSV", "XLSX", "PDF", "ODM", "PNG", "SVG", "JSON", "API", "TOTP", "CONSORT",
+    "CSV", "XLSX", "PDF", "ODM", "PNG", "SVG", "JSON", "API", "TOTP", "CONSORT", "ISO", "MedDRA",
     # The statistical packages an analysis package opens in, and SAS's transport format.
     "SAS", "XPT", "SPSS", "Stata",
     # Time zone abbreviation shown after times (Django's "T" date format), and UTC, the trail's clock.
