@@ -296,6 +296,13 @@ def ae_resolve(*, event: AdverseEvent, recorded_by, resolution_date: datetime.da
             raise InvalidAdverseEvent(_("The resolution date cannot be before the onset."), field="resolution_date")
         if resolution_date > timezone.localdate(timezone=first.site.zone):
             raise InvalidAdverseEvent(_("The resolution date cannot be in the future."), field="resolution_date")
+        # An event open at the death stays ongoing at death: nobody recovers after it.
+        died_on = Death.objects.filter(participant_id=first.participant_id).values_list("died_on", flat=True).first()
+        if died_on is not None and resolution_date > died_on:
+            raise InvalidAdverseEvent(
+                _("The participant died on %(date)s; the resolution cannot be later.") % {"date": died_on},
+                field="resolution_date",
+            )
         current.resolution_date = resolution_date
         current.outcome = outcome
         current.save(update_fields=["resolution_date", "outcome"])
