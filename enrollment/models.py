@@ -109,8 +109,10 @@ def subject_key_format(site_code: str, number: int) -> str:
 
 def next_subject_key(site_id: int) -> str:
     """The site's next subject key. The site row stays locked until the transaction ends, so two
-    screenings saved at once at one site take consecutive keys instead of the same one."""
-    code = Site.objects.select_for_update().values_list("code", flat=True).get(pk=site_id)
+    screenings saved at once at one site take consecutive keys instead of the same one. FOR NO KEY
+    UPDATE: it still excludes another screening's, but not the FOR KEY SHARE lock every insert
+    referencing the site takes, so the site's other writes do not wait for a screening."""
+    code = Site.objects.select_for_update(no_key=True).values_list("code", flat=True).get(pk=site_id)
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT coalesce(max(substring(subject_key from '[0-9]+$')::int), 0) "

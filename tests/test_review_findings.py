@@ -7,10 +7,13 @@ import datetime
 
 import pytest
 import time_machine
+from django.db import transaction
 
+from enrollment.models import next_subject_key
 from safety import services
 from safety.models import AdverseEvent, Death
-from tests import dosing_factories
+from tests import dosing_factories, factories
+from tests.test_races import GIVE_UP_AFTER, Racer, until_finished_or_waiting_on_a_lock
 from trialsite.exceptions import TrialRuleError
 
 pytestmark = pytest.mark.django_db
@@ -67,3 +70,28 @@ def test_another_event_cannot_resolve_after_the_participants_death(participant, 
     # On or before the day of death it may still resolve.
     services.ae_resolve(event=nausea, recorded_by=cast.coordinator, resolution_date=DIED_ON, outcome="recovered")
     assert AdverseEvent.objects.get(pk=nausea.pk).resolution_date == DIED_ON
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_screening_taking_its_subject_key_does_not_hold_up_the_sites_other_writes(frozen, cast, site):
+    """The key is taken under a lock on the site row until the screening's transaction ends. A
+    FOR UPDATE lock there conflicts with the FOR KEY SHARE lock PostgreSQL takes on the site row
+    for every insert that references the site (an adverse event, a visit, an audit row...), so
+    each screening made every write at its site wait; only screenings need to wait for each
+    other (test_subject_key's race)."""
+    participant = factories.make_participant(site, by=cast.coordinator)
+    event = Racer(
+        lambda: services.ae_record(
+            participant=participant,
+            recorded_by=cast.coordinator,
+            details=services.AeDetails(term="nausea", grade=1, onset_date=datetime.date(2026, 12, 19)),
+        )
+    )
+    with transaction.atomic():
+        assert next_subject_key(site.pk).startswith(site.code)
+        event.start()
+        until_finished_or_waiting_on_a_lock(event)
+        held_up = event.is_alive()
+    event.join(GIVE_UP_AFTER)
+    assert event.error is None, event.error
+    assert not held_up, "the adverse event waited for the screening's lock on the site row"
