@@ -1,6 +1,6 @@
-from django.db.models import Q, QuerySet
+from django.db.models import Exists, OuterRef, Q, QuerySet
 
-from enrollment.models import Participant, Screening
+from enrollment.models import Consent, Participant, Screening
 from trialsite import access
 from trialsite.access import Capability
 
@@ -34,3 +34,25 @@ def screenings_for(user, *, outcome: str | None = None) -> QuerySet[Screening]:
     if outcome:
         screenings = screenings.filter(outcome=outcome)
     return screenings.select_related("site", "participant").order_by("-screening_date", "-id")
+
+
+def participant_locked_for_randomization(pk: int) -> Participant | None:
+    """The participant with everything randomization decides on, in one statement: the
+    screening and participant rows locked (the screening first, as
+    `enrollment.services.lock_screening_and_participant` locks them, so the two cannot
+    deadlock), the site and trial, the withdrawal if any, and `consented` (a consent signed on
+    or before the screening date). None when the screening has no participant."""
+    consented = Consent.objects.filter(
+        screening_id=OuterRef("screening_id"), signed_on__lte=OuterRef("screening__screening_date")
+    )
+    participant = (
+        Participant.objects.select_for_update(of=("screening", "self"))
+        .select_related("screening", "site__trial", "withdrawal")
+        .annotate(consented=Exists(consented))
+        .filter(pk=pk)
+        .first()
+    )
+    if participant is not None:
+        # Code reading screening.participant sees the locked row.
+        participant.screening.participant = participant
+    return participant

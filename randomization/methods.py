@@ -210,7 +210,8 @@ class Method:
     def allocate(self, *, active, participant, stratum: str):
         """Give `participant` an arm from the locked, active list `active` and return the Slot
         (its allocated_at taken once the allocation's locks are held, so that allocation order
-        is time order). Called inside the randomization transaction, the participant locked."""
+        is time order). Called inside the randomization transaction, the participant locked,
+        `active` as `active_list_for_allocation` returned it (with its allocation lock)."""
         raise NotImplementedError
 
 
@@ -233,24 +234,27 @@ class PermutedBlocks(Method):
     def allocate(self, *, active, participant, stratum):
         from randomization.models import Slot
 
-        # A transaction-scoped advisory lock per stratum serializes allocations within one
-        # stratum, so slots are taken strictly in sequence order even when a transaction rolls
-        # back; different strata proceed in parallel. The slot row is locked too.
+        # The stratum's advisory lock is held (taken with the list by
+        # `active_list_for_allocation`), so this statement's snapshot sees every earlier
+        # allocation of the stratum committed: the first free slot is the next in sequence order.
+        # It is locked and filled in the one statement, through the partial index of free slots
+        # (a read of the first free slot, whatever the length of the list or the number taken).
+        columns = [field.column for field in Slot._meta.concrete_fields]
+        table = Slot._meta.db_table
         with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [f"randomization:{active.pk}:{stratum}"])
-        slot = (
-            Slot.objects.select_for_update()
-            .filter(randomization_list=active, stratum=stratum, participant__isnull=True)
-            .order_by("sequence")
-            .first()
-        )
-        if slot is None:
+            cursor.execute(
+                f"UPDATE {table} SET participant_id = %s, allocated_at = %s, protocol_version_id = %s "
+                f"WHERE id = (SELECT free.id FROM {table} AS free WHERE free.randomization_list_id = %s "
+                "AND free.stratum = %s AND free.participant_id IS NULL ORDER BY free.sequence LIMIT 1 FOR UPDATE) "
+                f"RETURNING {', '.join(columns)}",
+                # In the same UPDATE as the participant: the locked-list guard allows no later change.
+                [participant.pk, timezone.now(), self.trial.current_version_id, active.pk, stratum],
+            )
+            row = cursor.fetchone()
+        if row is None:
             raise StratumExhausted(stratum=stratum)
+        slot = Slot.from_db(connection.alias, [field.attname for field in Slot._meta.concrete_fields], row)
         slot.participant = participant
-        slot.allocated_at = timezone.now()
-        # In the same UPDATE as the participant: the locked-list guard allows no later change.
-        slot.protocol_version_id = self.trial.current_version_id
-        slot.save(update_fields=["participant", "allocated_at", "protocol_version"])
         return slot
 
 
@@ -324,6 +328,30 @@ class Minimization(Method):
 
 
 METHODS = {method.name: method for method in (PermutedBlocks, Minimization)}
+
+
+def active_list_for_allocation(trial, stratum: str):
+    """The trial's active list, or None, read together with the lock its method allocates
+    under: for a list generated in advance, a transaction-scoped advisory lock per list and
+    stratum (allocations within one stratum are serialized, so slots are taken strictly in
+    sequence order even when a transaction rolls back; different strata proceed in parallel).
+    Minimization locks the list's row itself (`Minimization.allocate`). One statement; the
+    returned list carries only what allocation reads (id, trial, method)."""
+    from randomization.models import RandomizationList
+
+    pre_generated = [name for name, method in METHODS.items() if method.pre_generates_slots]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT active.id, active.method, CASE WHEN active.method = ANY(%s) THEN "
+            "pg_advisory_xact_lock(hashtext('randomization:' || active.id || ':' || %s)) END "
+            f"FROM {RandomizationList._meta.db_table} AS active WHERE active.trial_id = %s AND active.is_active "
+            "ORDER BY active.id LIMIT 1",
+            [pre_generated, stratum, trial.pk],
+        )
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    return RandomizationList(pk=row[0], trial=trial, method=row[1], is_active=True)
 
 
 def method_for(trial, name: str | None = None) -> Method:

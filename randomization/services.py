@@ -12,7 +12,7 @@ from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
 from enrollment.models import Outcome, Participant, ParticipantStatus
-from enrollment.services import lock_screening_and_participant
+from enrollment.selectors import participant_locked_for_randomization
 from randomization import generator, methods
 from randomization.methods import StratumExhausted
 from randomization.models import RandomizationList, Slot, Unblinding
@@ -260,7 +260,11 @@ def _check_randomizable(participant: Participant) -> None:
     screening = participant.screening
     if screening.outcome != Outcome.ELIGIBLE:
         raise NotEligible()
-    if not screening.consents.filter(signed_on__lte=screening.screening_date).exists():
+    # `consented` comes with the locked participant (enrollment.selectors); asked here otherwise.
+    consented = getattr(participant, "consented", None)
+    if consented is None:
+        consented = screening.consents.filter(signed_on__lte=screening.screening_date).exists()
+    if not consented:
         raise NotConsented()
     if signature_required(participant.site.trial) and not participant.eligibility_signature_id:
         raise EligibilityNotSigned()
@@ -299,40 +303,54 @@ def participant_randomize(*, participant: Participant, randomized_by, request=No
 
 
 def _allocate(*, participant: Participant, randomized_by) -> Participant:
+    """Only what must commit with the allocation, in a constant number of statements: the locked
+    participant (with its screening, withdrawal and consent), the active list with its lock, the
+    slot, the number and the participant, the visit plan. Its reminders are planned after
+    commit (dosing.reminders.services.reminders_plan_pending)."""
     with audit_context(actor=randomized_by, reason="Randomized"):
         # The screening is locked too (first, as a correction locks them): the verdict read
         # here stays the verdict until the allocation is committed.
-        _screening, participant = lock_screening_and_participant(participant.pk)
+        participant = participant_locked_for_randomization(participant.pk)
         if participant is None:
             raise NotEligible()
         _check_randomizable(participant)
+        trial = participant.site.trial
         stratum = generator.stratum_of(participant)
         slot = None
         # Twice at most: a minimization allocation that finds its list retired by a newer
         # version (locked meanwhile) looks up the active list again.
         for _attempt in range(2):
-            active = RandomizationList.objects.filter(trial=participant.site.trial, is_active=True).first()
+            active = methods.active_list_for_allocation(trial, stratum)
             if active is None:
                 raise NoActiveList()
-            method = methods.method_for(participant.site.trial, active.method)
+            method = methods.method_for(trial, active.method)
             slot = method.allocate(active=active, participant=participant, stratum=stratum)
             if slot is not None:
                 break
         if slot is None:
             raise NoActiveList()
         now = slot.allocated_at
+        # The site's next number and the participant's update in one statement (the site row is
+        # locked by its UPDATE until commit, so numbers are given in commit order, never twice).
         with connection.cursor() as cursor:
             cursor.execute(
-                "UPDATE trialsite_site SET last_randomization_number = last_randomization_number + 1 "
-                "WHERE id = %s RETURNING last_randomization_number",
-                [participant.site_id],
+                "WITH numbered AS (UPDATE trialsite_site SET last_randomization_number = last_randomization_number + 1"
+                " WHERE id = %s RETURNING last_randomization_number AS number)"
+                " UPDATE enrollment_participant SET status = %s, randomized_at = %s,"
+                " randomization_number = %s || '-' || lpad(numbered.number::text,"
+                " greatest(4, length(numbered.number::text)), '0')"
+                " FROM numbered WHERE enrollment_participant.screening_id = %s"
+                " RETURNING enrollment_participant.randomization_number",
+                [participant.site_id, ParticipantStatus.RANDOMIZED, now, participant.site.code, participant.pk],
             )
-            number = cursor.fetchone()[0]
-        participant.randomization_number = f"{participant.site.code}-{number:04d}"
+            participant.randomization_number = cursor.fetchone()[0]
         participant.randomized_at = now
         participant.status = ParticipantStatus.RANDOMIZED
-        participant.save(update_fields=["randomization_number", "randomized_at", "status"])
-        visit_schedule_create(participant=participant, day0=timezone.localdate(now, timezone=participant.site.zone))
+        visit_schedule_create(
+            participant=participant,
+            day0=timezone.localdate(now, timezone=participant.site.zone),
+            reminders_after_commit=True,
+        )
     return participant
 
 

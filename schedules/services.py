@@ -90,12 +90,18 @@ def visit_plan(*, schedule: ScheduleSpec, day0: datetime.date) -> list[PlannedVi
     return [PlannedVisit(sequence=sequence, **visit) for sequence, visit in enumerate(ordered, start=1)]
 
 
-def visit_schedule_create(*, participant: Participant, day0: datetime.date) -> list[Visit]:
-    """Create the participant's visit plan from their trial's protocol. Called inside the
-    randomization transaction and its audit context; the savepoint keeps the plan
-    all-or-nothing when called on its own. Receivers of `visits_created` (the reminders) write
-    in the same transaction, so none can be lost."""
-    with transaction.atomic():
+def visit_schedule_create(
+    *, participant: Participant, day0: datetime.date, reminders_after_commit: bool = False
+) -> list[Visit]:
+    """Create the participant's visit plan from their trial's protocol, in one INSERT.
+
+    Called inside the randomization transaction and its audit context, it adds no savepoint
+    of its own (a failure rolls back the caller's whole transaction, which is what the
+    randomization wants); called on its own, it is its own transaction, all or nothing.
+    Receivers of `visits_created` (the reminders) write in the same transaction, unless
+    `reminders_after_commit`: the randomization leaves its plan's reminders to be planned
+    after commit (dosing.reminders), as of the participant's randomization time."""
+    with transaction.atomic(savepoint=False):
         trial = participant.site.trial
         plan = visit_plan(schedule=trial.protocol.schedule, day0=day0)
         visits = Visit.objects.bulk_create(
@@ -109,7 +115,9 @@ def visit_schedule_create(*, participant: Participant, day0: datetime.date) -> l
                 for visit in plan
             ]
         )
-        visits_created.send(sender=Visit, visits=visits, participant=participant)
+        visits_created.send(
+            sender=Visit, visits=visits, participant=participant, reminders_after_commit=reminders_after_commit
+        )
         return visits
 
 

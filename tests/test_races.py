@@ -3,7 +3,8 @@
 Randomization rests on the screening's verdict, and a randomized participant's screening cannot
 be changed; so whichever comes second must see what the first did. Each race runs in two real
 threads, each with its own database connection. The interleaving that broke it is forced, not
-hoped for: the first thread stops just before its write (in a pre_save receiver) and goes on
+hoped for: the first thread stops just before its write (in a pre_save receiver, or before the
+statement itself when the write is a plain UPDATE) and goes on
 only once the second thread has either finished (the old code let it through) or is waiting on
 a row lock the first holds (the fix), which PostgreSQL reports in pg_blocking_pids()."""
 
@@ -104,6 +105,34 @@ class PauseBeforeSaving:
         pre_save.disconnect(sender=self.model, dispatch_uid=f"race-{id(self)}")
 
 
+class PauseBeforeStatement(PauseBeforeSaving):
+    """Stops `racer` (only it) just before it sends a statement starting with `prefix` (a write
+    made in SQL, which no pre_save announces), until released. `wrap` the racer's work: the
+    wrapper is installed on the racer's own connection."""
+
+    def __init__(self, prefix: str):
+        super().__init__(model=None)
+        self.prefix = prefix
+
+    def __call__(self, execute, sql, params, many, context):
+        if sql.lstrip().startswith(self.prefix):
+            super().__call__(sender=None)
+        return execute(sql, params, many, context)
+
+    def wrap(self, work):
+        def paused():
+            with connection.execute_wrapper(self):
+                return work()
+
+        return paused
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.release.set()
+
+
 def correct_to_ineligible(participant, by):
     return lambda: enrollment_services.screening_update(
         screening=Screening(pk=participant.pk),
@@ -145,8 +174,8 @@ def test_a_randomization_past_its_check_makes_a_concurrent_correction_wait_then_
     active_list, cast, site
 ):
     participant = factories.make_participant(site, by=cast.coordinator)
-    with PauseBeforeSaving(Slot) as pause:
-        randomization = pause.racer = Racer(randomize(participant, cast.coordinator))
+    with PauseBeforeStatement("UPDATE randomization_slot") as pause:
+        randomization = pause.racer = Racer(pause.wrap(randomize(participant, cast.coordinator)))
         randomization.start()
         assert pause.reached.wait(GIVE_UP_AFTER), randomization.error
         # The randomization has read "eligible" and is about to take its slot.

@@ -581,23 +581,41 @@ def audit_context(*, actor=None, reason: str = "") -> Iterator[None]:
     """Run the block in a transaction whose writes are attributed to `actor`, with `reason`.
 
     The values are transaction-local settings that the trigger reads, so they cannot leak into
-    another request that reuses the connection."""
+    another request that reuses the connection.
+
+    One statement on entry. The outermost context starts the transaction, whose end discards
+    the settings, so it neither reads nor restores anything; a nested one reads the enclosing
+    values in the statement that sets its own (the materialized CTE is read before the row that
+    calls set_config is formed) and restores them on leaving, unless they were the same."""
+    actor_id = str(actor.pk) if actor is not None and actor.pk else ""
+    reason = reason or ""
+    # Not autocommitting outside an atomic block: atomic() then runs in that open transaction.
+    nested = connection.in_atomic_block or not connection.get_autocommit()
     with transaction.atomic():
         with connection.cursor() as cursor:
-            cursor.execute("SELECT current_setting('trial.actor_id', true), current_setting('trial.reason', true)")
-            previous_actor, previous_reason = cursor.fetchone()
-            cursor.execute(
-                "SELECT set_config('trial.actor_id', %s, true), set_config('trial.reason', %s, true)",
-                [str(actor.pk) if actor is not None and actor.pk else "", reason or ""],
-            )
+            if nested:
+                cursor.execute(
+                    "WITH previous AS MATERIALIZED (SELECT current_setting('trial.actor_id', true) AS actor_id,"
+                    " current_setting('trial.reason', true) AS reason)"
+                    " SELECT previous.actor_id, previous.reason,"
+                    " set_config('trial.actor_id', %s, true), set_config('trial.reason', %s, true) FROM previous",
+                    [actor_id, reason],
+                )
+                previous_actor, previous_reason, _actor, _reason = cursor.fetchone()
+            else:
+                cursor.execute(
+                    "SELECT set_config('trial.actor_id', %s, true), set_config('trial.reason', %s, true)",
+                    [actor_id, reason],
+                )
         yield
         # Leave an enclosing audit context as it was. On an exception the savepoint's
         # rollback already restores the settings.
-        with connection.cursor() as cursor:
-            cursor.execute(
-                "SELECT set_config('trial.actor_id', %s, true), set_config('trial.reason', %s, true)",
-                [previous_actor or "", previous_reason or ""],
-            )
+        if nested and ((previous_actor or ""), (previous_reason or "")) != (actor_id, reason):
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT set_config('trial.actor_id', %s, true), set_config('trial.reason', %s, true)",
+                    [previous_actor or "", previous_reason or ""],
+                )
 
 
 def is_reason_required_error(error: BaseException) -> bool:

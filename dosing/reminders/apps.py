@@ -10,14 +10,18 @@ class RemindersConfig(AppConfig):
     verbose_name = "Visit reminders"
 
     def ready(self):
-        # New visits (the plan at randomization, an unscheduled visit) get their reminders in the
-        # transaction that creates them; the schedules app does not import dosing.
+        # New visits get their reminders in the transaction that creates them (an unscheduled
+        # visit, a plan made on its own), or, for the plan made at randomization, after commit:
+        # `reminders_plan_pending`, the dispatcher's first step every minute, plans them as of
+        # the randomization time. The schedules app does not import dosing.
         from schedules.signals import visits_created
 
         visits_created.connect(_plan_reminders, dispatch_uid="reminders-for-new-visits")
 
 
-def _plan_reminders(sender, *, visits, participant, **kwargs):
+def _plan_reminders(sender, *, visits, participant, reminders_after_commit=False, **kwargs):
+    if reminders_after_commit:
+        return
     from dosing.reminders.services import reminders_plan
 
     reminders_plan(visits=visits, participant=participant)

@@ -1,6 +1,11 @@
 """Planning, dispatching and sending visit reminders.
 
 - `reminders_plan` writes the outbox rows for new visits, in the caller's transaction.
+- `reminders_plan_pending` (the dispatcher's first step) writes them for the plans made at
+  randomization, which leaves them out of its transaction to stay short: every visit of such a
+  plan still open and without a reminder gets those due after the randomization time, exactly
+  the rows `reminders_plan` would have written then. The unique constraint on live reminders
+  makes a second run, or two at once, write nothing more.
 - `reminders_dispatch` (beat, every minute) cancels what no longer applies, then hands due
   rows to the broker in batches: a constant number of queries per batch, not per visit.
 - `reminder_send` (one Celery task per row) claims its row with a conditional UPDATE, sends,
@@ -121,6 +126,59 @@ def reminders_plan(*, visits, participant: Participant) -> list[Reminder]:
     return Reminder.objects.bulk_create(rows)
 
 
+def reminders_plan_pending(*, now: datetime.datetime | None = None, batch_size: int = 200) -> int:
+    """Plan the reminders of the randomization plans that have none yet (see the module's
+    description); returns how many reminders it planned (one another run wrote first is skipped
+    by the database, not written twice). A constant number of queries per batch of participants.
+
+    A plan is planned in one transaction, and every plan gets at least its first visit's
+    missed-visit alert (its window closes after the randomization), so a randomized participant
+    without a reminder of the plan is one whose plan is still to be planned: that index lookup
+    per participant is the scan, not a lookup per visit."""
+    from schedules.models import Visit, VisitKind, VisitStatus
+    from trialsite.audit import audit_context
+    from trialsite.models import Trial
+
+    now = now or timezone.now()
+    of_the_plan = Reminder.objects.filter(participant=OuterRef("pk")).exclude(visit__kind=VisitKind.UNSCHEDULED)
+    unplanned = (
+        Participant.objects.filter(status=ParticipantStatus.RANDOMIZED)
+        .filter(~Exists(of_the_plan))
+        .select_related("site")
+        .order_by("pk")
+    )
+    # Open visits, and missed ones (their missed-visit alert is still to go out, however late
+    # this runs); never one that happened or will not happen (`_still_wanted`), nor one that
+    # already has reminders.
+    pending = (
+        Visit.objects.filter(status__in=[VisitStatus.SCHEDULED, VisitStatus.MISSED], actual_date__isnull=True)
+        .exclude(kind=VisitKind.UNSCHEDULED)
+        .filter(~Exists(Reminder.objects.filter(visit=OuterRef("pk"))))
+        .order_by("id")
+    )
+    trials: dict[int, Trial] = {}
+    written = 0
+    after_pk = 0
+    while True:
+        participants = {participant.pk: participant for participant in unplanned.filter(pk__gt=after_pk)[:batch_size]}
+        if not participants:
+            return written
+        # Each trial once (its protocol is parsed once), not with every participant's row.
+        wanted = {participant.site.trial_id for participant in participants.values()} - trials.keys()
+        trials |= Trial.objects.in_bulk(wanted) if wanted else {}
+        rows = []
+        for visit in pending.filter(participant_id__in=participants):
+            participant = participants[visit.participant_id]
+            participant.site.trial = trials[participant.site.trial_id]
+            # The randomization time is when the plan was made: a reminder due between it and
+            # now is planned (and handed over at once), as it would have been then.
+            as_of = min(participant.randomized_at or now, now)
+            rows += planned_reminders(visit, participant=participant, now=as_of)
+        with audit_context(reason="reminders planned for the visit schedule made at randomization"):
+            written += len(Reminder.objects.bulk_create(rows, ignore_conflicts=True))
+        after_pk = max(participants)
+
+
 def reminders_replan(*, visit, reason: str) -> list[Reminder]:
     """The visit's window moved: cancel what has not gone out and plan again."""
     with transaction.atomic():
@@ -182,6 +240,10 @@ def reminders_dispatch(*, now: datetime.datetime | None = None, batch_size: int 
     from dosing.reminders.tasks import send_reminder
 
     now = now or timezone.now()
+    try:
+        reminders_plan_pending(now=now)
+    except Exception:  # planning must not hold back the reminders already planned
+        logger.exception("reminder dispatch: planning the pending visit schedules failed")
     reminders_cancel_stale()
     handed_over = 0
     after_id = 0

@@ -1,0 +1,233 @@
+"""What one randomization costs, and what it leaves for after commit (issue 20).
+
+The request does only what must commit with the allocation: the locked participant, the slot,
+the number, the visit plan. A constant number of statements, whatever the length of the list or
+the number of participants already randomized. The plan's reminders are planned after commit by
+the dispatcher's first step, as of the randomization time, so they are the rows the request used
+to write: each once, on time, in the site's time zone."""
+
+from __future__ import annotations
+
+import datetime
+import threading
+import time
+
+import pytest
+import time_machine
+from django.db import connection, transaction
+from django.test.utils import CaptureQueriesContext
+
+from dosing.reminders import services as reminders
+from dosing.reminders.models import Reminder
+from enrollment.services import participant_withdraw
+from randomization import services
+from schedules.models import Visit
+from tests import factories
+from trialsite.audit import audit_context
+from trialsite.models import AuditEvent
+
+GIVE_UP_AFTER = 60  # seconds; only ever reached when something hangs
+NOW = datetime.datetime(2026, 11, 3, 1, 30, tzinfo=datetime.UTC)  # 09:30 in Nantong
+SHANGHAI = datetime.timezone(datetime.timedelta(hours=8))
+QUERY_BUDGET = 8  # BEGIN and COMMIT included
+
+
+@pytest.fixture(autouse=True)
+def _frozen():
+    with time_machine.travel(NOW, tick=False) as traveller:
+        yield traveller
+
+
+def new_list(trial, cast, *, slots_per_stratum: int, version: int):
+    made = services.list_generate(
+        trial=trial,
+        seed=f"cost-{version}",
+        slots_per_stratum=slots_per_stratum,
+        created_by=cast.statistician,
+        reason="" if version == 1 else "a longer list",
+    )
+    return services.list_lock(randomization_list=made, locked_by=cast.statistician, password=factories.PASSWORD)
+
+
+def statements_of_one_randomization(site, cast, assert_max_num_queries=None) -> list[str]:
+    participant = factories.make_participant(site, by=cast.coordinator)
+    with (
+        assert_max_num_queries(QUERY_BUDGET) if assert_max_num_queries else CaptureQueriesContext(connection) as queries
+    ):
+        services.participant_randomize(participant=participant, randomized_by=cast.coordinator)
+    return [query["sql"] for query in queries.captured_queries]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_randomization_takes_the_same_few_statements_for_a_short_list_or_a_long_one_after_many(
+    trial, cast, site, django_assert_max_num_queries
+):
+    """Outside any enclosing transaction, as a request runs it (the test's own transaction would
+    add savepoints)."""
+    new_list(trial, cast, slots_per_stratum=4, version=1)
+    first = statements_of_one_randomization(site, cast, django_assert_max_num_queries)
+
+    new_list(trial, cast, slots_per_stratum=3000, version=2)
+    for _ in range(30):
+        statements_of_one_randomization(site, cast)
+    later = statements_of_one_randomization(site, cast, django_assert_max_num_queries)
+
+    assert len(first) == len(later) <= QUERY_BUDGET, later
+    # The same statements, not merely as many: nothing grows with the list or the participants.
+    assert [sql.split()[0] for sql in first] == [sql.split()[0] for sql in later]
+    assert not any("SAVEPOINT" in sql for sql in later)
+    assert not any("reminders_reminder" in sql for sql in later)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_randomization_is_audited_as_before_by_its_actor_and_reason(trial, cast, site):
+    new_list(trial, cast, slots_per_stratum=4, version=1)
+    participant = factories.make_participant(site, by=cast.coordinator)
+    services.participant_randomize(participant=participant, randomized_by=cast.coordinator)
+    participant.refresh_from_db()
+    assert participant.randomization_number == "NT-0001"
+
+    rows = AuditEvent.objects.filter(reason="Randomized")
+    assert set(rows.values_list("actor_id", flat=True)) == {cast.coordinator.pk}
+    written = {(row.table_name, row.action) for row in rows}
+    assert written == {
+        ("randomization_slot", "UPDATE"),
+        ("trialsite_site", "UPDATE"),
+        ("enrollment_participant", "UPDATE"),
+        ("dosing_visit", "INSERT"),
+    }
+    changed = rows.get(table_name="enrollment_participant")
+    assert changed.changed_fields == ["randomization_number", "randomized_at", "status"]
+    assert rows.filter(table_name="dosing_visit").count() == participant.visits.count() > 10
+    # No savepoint was left to restore the settings: the transaction ended with them.
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT current_setting('trial.actor_id', true), current_setting('trial.reason', true)")
+        assert cursor.fetchone() in {(None, None), ("", "")}
+
+
+@pytest.mark.django_db
+def test_a_nested_audit_context_restores_the_enclosing_actor_and_reason(cast, site):
+    def settings():
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT current_setting('trial.actor_id', true), current_setting('trial.reason', true)")
+            return cursor.fetchone()
+
+    with audit_context(actor=cast.coordinator, reason="outer"):
+        with audit_context(actor=cast.investigator, reason="inner"):
+            assert settings() == (str(cast.investigator.pk), "inner")
+        assert settings() == (str(cast.coordinator.pk), "outer")
+        with audit_context(actor=cast.coordinator, reason="outer"):
+            pass
+        assert settings() == (str(cast.coordinator.pk), "outer")
+        with pytest.raises(LookupError), audit_context(actor=None, reason="failing"):
+            raise LookupError("refused")
+        assert settings() == (str(cast.coordinator.pk), "outer")
+
+
+def reminder_rows(participant):
+    return sorted(
+        (reminder.visit.code, reminder.kind, reminder.audience, reminder.due_at)
+        for reminder in Reminder.objects.filter(participant=participant).select_related("visit")
+    )
+
+
+def randomized(site, cast):
+    participant = factories.make_participant(site, by=cast.coordinator)
+    return services.participant_randomize(participant=participant, randomized_by=cast.coordinator)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_reminders_are_planned_after_commit_as_the_request_would_have_planned_them(trial, cast, site, _frozen):
+    new_list(trial, cast, slots_per_stratum=4, version=1)
+    participant = randomized(site, cast)
+    assert not Reminder.objects.filter(participant=participant).exists()
+    expected = sorted(
+        (reminder.visit.code, reminder.kind, reminder.audience, reminder.due_at)
+        for visit in Visit.objects.filter(participant=participant)
+        for reminder in reminders.planned_reminders(visit, participant=participant, now=NOW)
+    )
+    assert len(expected) > 2 * participant.visits.count()
+
+    # The dispatcher runs late: C2's 7-day reminder fell due meanwhile. It is planned all the
+    # same (and handed over at once), as the request would have planned it.
+    c2_seven = datetime.datetime(2026, 11, 21, 9, 0, tzinfo=SHANGHAI)
+    _frozen.move_to(c2_seven + datetime.timedelta(hours=1))
+    assert reminders.reminders_plan_pending() == len(expected)
+    assert reminder_rows(participant) == expected
+    assert ("C2", Reminder.Kind.WINDOW_OPENS_7_DAYS, Reminder.Audience.SITE_STAFF, c2_seven) in expected
+    assert reminders.due_reminder_ids(now=datetime.datetime.now(datetime.UTC), batch_size=100)
+
+    # Again, and by the dispatcher: nothing more.
+    assert reminders.reminders_plan_pending() == 0
+    reminders.reminders_cancel_stale()
+    assert reminder_rows(participant) == expected
+    assert AuditEvent.objects.filter(table_name="reminders_reminder", subject_id=participant.pk).count() == len(
+        expected
+    )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_dispatcher_plans_before_it_hands_over_and_skips_a_participant_who_withdrew(trial, cast, site):
+    new_list(trial, cast, slots_per_stratum=4, version=1)
+    staying, leaving = randomized(site, cast), randomized(site, cast)
+    participant_withdraw(
+        participant=leaving, withdrawn_by=cast.coordinator, withdrawn_on=NOW.date(), reason="moved away"
+    )
+    assert reminders.reminders_dispatch() == 0  # nothing due yet
+    assert Reminder.objects.filter(participant=staying).exists()
+    assert not Reminder.objects.filter(participant=leaving).exists()
+
+
+class Planner(threading.Thread):
+    """Plans pending reminders on its own connection; `hold` keeps its transaction open after
+    planning until released."""
+
+    def __init__(self, *, hold: threading.Event | None = None):
+        super().__init__(daemon=True)
+        self.hold = hold
+        self.planned = self.error = self.pid = None
+        self.done_planning = threading.Event()
+
+    def run(self):
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_backend_pid()")
+                self.pid = cursor.fetchone()[0]
+            with transaction.atomic():
+                self.planned = reminders.reminders_plan_pending()
+                self.done_planning.set()
+                if self.hold is not None:
+                    assert self.hold.wait(GIVE_UP_AFTER)
+        except Exception as error:  # asserted by the test
+            self.error = error
+        finally:
+            self.done_planning.set()
+            connection.close()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_dispatchers_planning_at_once_write_each_reminder_once(trial, cast, site):
+    new_list(trial, cast, slots_per_stratum=4, version=1)
+    participant = randomized(site, cast)
+    release = threading.Event()
+    first = Planner(hold=release)
+    first.start()
+    assert first.done_planning.wait(GIVE_UP_AFTER), first.error
+    # The first has written the rows and not committed: the second must wait on them.
+    second = Planner()
+    second.start()
+    deadline = time.monotonic() + GIVE_UP_AFTER
+    while second.is_alive():
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT cardinality(pg_blocking_pids(%s)) > 0", [second.pid or 0])
+            if cursor.fetchone()[0]:
+                break
+        assert time.monotonic() < deadline, "the second planner neither finished nor waited"
+        second.join(0.005)
+    release.set()
+    first.join(GIVE_UP_AFTER)
+    second.join(GIVE_UP_AFTER)
+    assert first.error is None and second.error is None, (first.error, second.error)
+
+    rows = reminder_rows(participant)
+    assert rows and len(rows) == len(set(rows)) == first.planned
