@@ -77,6 +77,17 @@ def load_first_protocol(env: dict[str, str]) -> None:
     manage(env, "load_protocol", str(PROTOCOL_FILE))
 
 
+def analyze() -> None:
+    """ANALYZE as the owner of the tables (DATABASE_OWNER_URL): the application role may not, and
+    PostgreSQL skips, with a warning only, every table it does not own. Rows just bulk-loaded
+    then keep the planner's old estimates until autovacuum's analyze comes round."""
+    import psycopg
+
+    url = os.environ.get("DATABASE_OWNER_URL") or os.environ["DATABASE_URL"]
+    with psycopg.connect(url.replace("postgres://", "postgresql://", 1), autocommit=True) as owner:
+        owner.execute("ANALYZE")
+
+
 def report(figure: str, value: str, target: str, passed: bool) -> bool:
     """One figure beside its target (issue 20), in the form `bench/run_all.py` collects."""
     print(f"{figure:<58}  {value:<26}  {target:<26}  {'PASS' if passed else 'MISS'}", flush=True)

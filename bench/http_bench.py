@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import statistics
 import sys
 import time
@@ -22,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import (
     Gunicorn,
+    analyze,
     bench_environment,
     database_name,
     dumps,
@@ -51,6 +53,7 @@ def main() -> None:
         scratch_database_url("trialsite_bench_http"), database_name("trialsite_bench_http")
     )
     env = bench_environment(database_url, DATABASE_OWNER_URL=owner_url)
+    os.environ["DATABASE_OWNER_URL"] = owner_url
     manage(env, "migrate", "--no-input")
     load_first_protocol(env)
     manage(env, "collectstatic", "--no-input")
@@ -263,10 +266,7 @@ def pages_section(cast, options) -> None:
     larger = site.participants.count()
     # Thousands of rows just inserted: let the planner see them, as autovacuum's analyze would
     # within a minute on a live database (without it the list page sorted every row: 85 ms).
-    from django.db import connection
-
-    with connection.cursor() as cursor:
-        cursor.execute("ANALYZE")
+    analyze()
     for user, url in pages:
         status, median_ms, queries = measure_page(user, url)
         was = at_smaller[(user.pk, url)]

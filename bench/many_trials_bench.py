@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import re
 import statistics
 import sys
@@ -35,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import (
     ROOT,
+    analyze,
     bench_environment,
     database_name,
     manage,
@@ -526,6 +528,7 @@ def main() -> int:
     manage(env, "migrate", "--no-input")
     manage(env, "collectstatic", "--no-input")  # the production storage reads its manifest
     setup_django(app_url)
+    os.environ["DATABASE_OWNER_URL"] = owner_url
 
     from django.db import connection
 
@@ -537,14 +540,13 @@ def main() -> int:
         f"{world['forms_saved']} first visit forms saved",
         flush=True,
     )
-    with connection.cursor() as cursor:
-        cursor.execute("ANALYZE")
+    analyze()
     alone = measure_all(world, options.runs, options.randomizations)
 
     others = options.trials - 1
     seconds, rows = load_others(2, others, options.participants)
+    analyze()
     with connection.cursor() as cursor:
-        cursor.execute("ANALYZE")
         cursor.execute("SELECT count(*) FROM trialsite_trial")
         trials = cursor.fetchone()[0]
         cursor.execute("SELECT count(*) FROM trialsite_auditevent")

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # (script, its arguments for the real run, its arguments for --quick)
 BENCHES = (
-    ("randomize_inprocess_bench.py", [], []),
+    ("randomize_inprocess_bench.py", [], ["--randomizations", "50", "--many", "200"]),
     ("http_bench.py", [], ["--participants", "400", "--runs", "1", "--page-participants", "2000"]),
     ("audit_chain_bench.py", [], ["--participants", "100", "--runs", "1", "--threads", "1"]),
     ("export_bench.py", [], ["--participants", "20000"]),
