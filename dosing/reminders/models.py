@@ -1,7 +1,9 @@
 """The reminder outbox.
 
-A row per message to send, written in the same transaction as the visit schedule it belongs
-to, so a reminder exists even when Redis or every worker is down. Beat finds due rows and
+A row per message to send, written by the database alone (no broker involved), so a reminder
+exists even when Redis or every worker is down: in the transaction that creates its visit, or,
+for the plan made at randomization, by the dispatcher's first step after that transaction
+commits, as of the randomization time (services.reminders_plan_pending). Beat finds due rows and
 enqueues one send task per row; the task claims its row with a conditional UPDATE, so two
 workers, a retried task, a re-run of beat or a duplicate message never send it twice."""
 
