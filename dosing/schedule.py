@@ -48,4 +48,8 @@ def visits_end_for_death(*, participant_id: int, died_on) -> int:
     Reminder.objects.filter(status=Reminder.Status.SCHEDULED, participant_id=participant_id).update(
         status=Reminder.Status.CANCELLED, status_reason=gettext_noop("participant died")
     )
+    # A kit assigned at the day's dosing visit and not yet handed out is never given: back to stock.
+    from dosing.services import kits_release_assigned  # dosing.services imports this module
+
+    kits_release_assigned(participant_id=participant_id)
     return missed + not_done

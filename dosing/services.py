@@ -318,7 +318,13 @@ def _stop_treatment(participant: Participant) -> None:
     )
     # A kit assigned but not yet dispensed (the tablets of a held dose that repeat labs then
     # stopped) goes back into the site's stock: nothing more is given.
-    for kit in Kit.objects.select_for_update().filter(participant=participant, status=S.ASSIGNED):
+    kits_release_assigned(participant_id=participant.pk)
+
+
+def kits_release_assigned(*, participant_id: int) -> None:
+    """Every kit assigned to the participant and not yet dispensed goes back into the site's
+    stock. Runs inside the caller's transaction and audit context (treatment stopped, death)."""
+    for kit in Kit.objects.select_for_update().filter(participant_id=participant_id, status=S.ASSIGNED):
         kit_transition(kit=kit, to=S.AT_SITE, participant=None, visit=None, assigned_at=None, assigned_by=None)
 
 
@@ -686,6 +692,9 @@ def kit_dispense(*, kit: Kit, label_number: str, dispensed_by) -> Kit:
             raise LabelMismatch()
         if kit.status != S.ASSIGNED:
             raise IllegalKitTransition(_("Only an assigned kit can be dispensed."))
+        # A participant who died or withdrew is given nothing more.
+        if kit.participant.status in (ParticipantStatus.DIED, ParticipantStatus.WITHDRAWN):
+            raise TreatmentStopped()
         if treatment_stopped(kit.participant):
             raise TreatmentStopped()
         return kit_transition(kit=kit, to=S.DISPENSED, dispensed_at=timezone.now(), dispensed_by=dispensed_by)

@@ -4,6 +4,7 @@ package, the subject key), each pinned by a test that failed before its fix."""
 from __future__ import annotations
 
 import datetime
+from decimal import Decimal
 
 import pytest
 import time_machine
@@ -95,3 +96,53 @@ def test_a_screening_taking_its_subject_key_does_not_hold_up_the_sites_other_wri
     event.join(GIVE_UP_AFTER)
     assert event.error is None, event.error
     assert not held_up, "the adverse event waited for the screening's lock on the site row"
+
+
+def test_a_kit_assigned_at_the_last_visit_is_not_dispensed_after_the_death(participant, cast, site):
+    """The death ends dosing: the kits assigned at the day's dosing visit and not yet handed out
+    go back into the site's stock (as when the lab gates stop treatment), and none is dispensed
+    to the participant who died."""
+    from dosing import services as dosing_services
+    from dosing.models import Kit
+
+    for content in ("active", "placebo"):
+        for kit_type in ("TAB", "INF"):
+            dosing_factories.make_kit(kit_type=kit_type, content=content, site=site)
+    with time_machine.travel(datetime.datetime(2026, 11, 3, 2, tzinfo=datetime.UTC), tick=False):
+        dosing_services.visit_record(
+            visit=participant.visits.get(code="C1"), actual_date=DAY0, recorded_by=cast.coordinator,
+            weight_kg=Decimal("60"), neutrophils=3000, platelets=200000, alt_uln=Decimal("1"), ast_uln=Decimal("1"),
+        )  # fmt: skip
+    assigned = list(Kit.objects.filter(participant=participant, status=Kit.Status.ASSIGNED))
+    assert assigned
+    details = fatal()
+    details.onset_date = details.died_on = DAY0
+    services.ae_record(participant=participant, recorded_by=cast.coordinator, details=details)
+    for kit in assigned:
+        with pytest.raises(TrialRuleError):
+            dosing_services.kit_dispense(kit=kit, label_number=kit.kit_number, dispensed_by=cast.pharmacist)
+        kit.refresh_from_db()
+        assert (kit.status, kit.participant_id) == (Kit.Status.AT_SITE, None)
+
+
+def test_a_kit_assigned_before_a_withdrawal_is_not_dispensed_after_it(participant, cast, site):
+    from dosing import services as dosing_services
+    from dosing.models import Kit
+    from enrollment import services as enrollment_services
+
+    for content in ("active", "placebo"):
+        for kit_type in ("TAB", "INF"):
+            dosing_factories.make_kit(kit_type=kit_type, content=content, site=site)
+    with time_machine.travel(datetime.datetime(2026, 11, 3, 2, tzinfo=datetime.UTC), tick=False):
+        dosing_services.visit_record(
+            visit=participant.visits.get(code="C1"), actual_date=DAY0, recorded_by=cast.coordinator,
+            weight_kg=Decimal("60"), neutrophils=3000, platelets=200000, alt_uln=Decimal("1"), ast_uln=Decimal("1"),
+        )  # fmt: skip
+    enrollment_services.participant_withdraw(
+        participant=participant, withdrawn_by=cast.coordinator, withdrawn_on=DAY0, reason="consent withdrawn"
+    )
+    kit = Kit.objects.filter(participant=participant, status=Kit.Status.ASSIGNED).first()
+    assert kit is not None
+    with pytest.raises(TrialRuleError):
+        dosing_services.kit_dispense(kit=kit, label_number=kit.kit_number, dispensed_by=cast.pharmacist)
+    assert Kit.objects.get(pk=kit.pk).status == Kit.Status.ASSIGNED
