@@ -200,12 +200,13 @@ def _special_interest(participant: Participant, term: str) -> bool:
 def ae_record(*, participant: Participant, recorded_by, details: AeDetails) -> AdverseEvent:
     """A new adverse event of the participant; a serious one starts the SAE clock."""
     require_record(recorded_by, participant.site)
-    _check(details, participant=participant, term=details.term)
     with audit_context(actor=recorded_by, reason="Adverse event recorded"), transaction.atomic():
         # Locked, so two events recorded at once cannot take the same number.
         participant = (
             Participant.objects.select_for_update(of=("self",)).select_related("site__trial").get(pk=participant.pk)
         )
+        # Under the lock: a death recorded at the same moment is seen by the checks against it.
+        _check(details, participant=participant, term=details.term)
         last = AdverseEvent.objects.filter(participant=participant).aggregate(last=Max("sequence"))["last"] or 0
         event = AdverseEvent.objects.create(
             participant=participant,
@@ -237,10 +238,11 @@ def ae_grade_change(*, event: AdverseEvent, recorded_by, details: AeDetails) -> 
     if already_serious is not None and details.serious and details.awareness_at is None:
         # The clock already runs from the first awareness; the site need not enter it again.
         details.awareness_at = already_serious.awareness_at
-    _check(details, participant=first.participant, term=first.term)
     with audit_context(actor=recorded_by, reason="Adverse event grade changed"), transaction.atomic():
         # The participant first, in the order ae_record locks: a death is recorded at most once.
         Participant.objects.select_for_update(of=("self",)).get(pk=first.participant_id)
+        # Under the lock, as in ae_record: the checks against a death see one recorded meanwhile.
+        _check(details, participant=first.participant, term=first.term)
         first = AdverseEvent.objects.select_for_update().get(pk=first.pk)
         current = current_episode(first)
         if current.resolution_date is not None:

@@ -146,3 +146,26 @@ def test_a_kit_assigned_before_a_withdrawal_is_not_dispensed_after_it(participan
     with pytest.raises(TrialRuleError):
         dosing_services.kit_dispense(kit=kit, label_number=kit.kit_number, dispensed_by=cast.pharmacist)
     assert Kit.objects.get(pk=kit.pk).status == Kit.Status.ASSIGNED
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_event_recorded_while_the_death_is_being_recorded_cannot_start_after_it(frozen, cast, site):
+    """The checks against the death (no onset after it) must read it under the participant's
+    lock: checked before taking the lock, an event recorded at the same moment as the death
+    passed them and was saved, starting after the date of death."""
+    participant = dosing_factories.randomized_participant(site, arm_code="TOC", by=cast.coordinator, day0=DAY0)
+    late = Racer(
+        lambda: services.ae_record(
+            participant=participant,
+            recorded_by=cast.coordinator,
+            details=services.AeDetails(term="nausea", grade=1, onset_date=DIED_ON + datetime.timedelta(days=3)),
+        )
+    )
+    with transaction.atomic():
+        services.ae_record(participant=participant, recorded_by=cast.coordinator, details=fatal())
+        late.start()
+        until_finished_or_waiting_on_a_lock(late)
+    late.join(GIVE_UP_AFTER)
+    assert isinstance(late.error, TrialRuleError), late.error
+    assert late.error.field == "onset_date"
+    assert not AdverseEvent.objects.filter(participant=participant, term="nausea").exists()
