@@ -4,15 +4,24 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('enrollment', '0007_protocol_version_enrollment'),
+        ("enrollment", "0007_protocol_version_enrollment"),
     ]
 
     operations = [
         migrations.AlterField(
-            model_name='participant',
-            name='status',
-            field=models.CharField(choices=[('enrolled', 'Enrolled'), ('randomized', 'Randomized'), ('withdrawn', 'Withdrawn'), ('completed', 'Completed'), ('died', 'Died')], default='enrolled', max_length=12),
+            model_name="participant",
+            name="status",
+            field=models.CharField(
+                choices=[
+                    ("enrolled", "Enrolled"),
+                    ("randomized", "Randomized"),
+                    ("withdrawn", "Withdrawn"),
+                    ("completed", "Completed"),
+                    ("died", "Died"),
+                ],
+                default="enrolled",
+                max_length=12,
+            ),
         ),
     ]

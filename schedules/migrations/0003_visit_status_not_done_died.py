@@ -5,26 +5,44 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('enrollment', '0008_participant_status_died'),
-        ('schedules', '0002_protocol_version_schedules'),
-        ('trialsite', '0009_staffrole_sponsor_safety'),
+        ("enrollment", "0008_participant_status_died"),
+        ("schedules", "0002_protocol_version_schedules"),
+        ("trialsite", "0009_staffrole_sponsor_safety"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.RemoveConstraint(
-            model_name='visit',
-            name='visit_status_valid',
+            model_name="visit",
+            name="visit_status_valid",
         ),
         migrations.AlterField(
-            model_name='visit',
-            name='status',
-            field=models.CharField(choices=[('scheduled', 'Scheduled'), ('completed', 'Completed'), ('missed', 'Missed'), ('cancelled', 'Not done (treatment stopped)'), ('not_done_withdrawn', 'Not done (withdrawn)'), ('not_done_died', 'Not done (participant died)')], default='scheduled', max_length=20),
+            model_name="visit",
+            name="status",
+            field=models.CharField(
+                choices=[
+                    ("scheduled", "Scheduled"),
+                    ("completed", "Completed"),
+                    ("missed", "Missed"),
+                    ("cancelled", "Not done (treatment stopped)"),
+                    ("not_done_withdrawn", "Not done (withdrawn)"),
+                    ("not_done_died", "Not done (participant died)"),
+                ],
+                default="scheduled",
+                max_length=20,
+            ),
         ),
         migrations.AddConstraint(
-            model_name='visit',
-            constraint=models.CheckConstraint(condition=models.Q(('status__in', ['scheduled', 'completed', 'missed', 'cancelled', 'not_done_withdrawn', 'not_done_died'])), name='visit_status_valid'),
+            model_name="visit",
+            constraint=models.CheckConstraint(
+                condition=models.Q(
+                    (
+                        "status__in",
+                        ["scheduled", "completed", "missed", "cancelled", "not_done_withdrawn", "not_done_died"],
+                    )
+                ),
+                name="visit_status_valid",
+            ),
         ),
     ]
