@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import os
 import uuid
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 
 from django.conf import settings
-from django.db import models, transaction
+from django.db import DEFAULT_DB_ALIAS, connection, connections, models, transaction
 from django.utils import timezone, translation
 from django.utils.translation import gettext_lazy as _
 
@@ -147,20 +148,14 @@ def export_run(*, export_id: int) -> bool:
         return False
     final = export_directory() / f"{uuid.uuid4().hex}.{export.file_name.rsplit('.', 1)[1]}"
     partial = final.with_suffix(final.suffix + ".part")
+    progress = _ProgressOnItsOwnConnection(export)
     try:
-        with translation.override(export.language):
+        with translation.override(export.language), snapshot():
             # The requester's permissions now, not when they asked: a revoked role exports nothing.
             scope = selectors.report_scope(export.requested_by, site_id=export.site_id, trial=export.trial)
             version = selectors.data_version()
-            _set(
-                export,
-                actor=export.requested_by,
-                data_version=version,
-                site_ids=scope.site_ids,
-                blinded=not scope.unblinded,
-            )
             stamp = exports.make_stamp(scope, export_id=export.pk, version=version)
-            rows = produce(export.kind, export.format, scope, stamp, partial, progress=_progress_for(export))
+            rows = produce(export.kind, export.format, scope, stamp, partial, progress=progress.report)
         os.replace(partial, final)
     except Exception as error:
         partial.unlink(missing_ok=True)
@@ -172,12 +167,17 @@ def export_run(*, export_id: int) -> bool:
             finished_at=timezone.now(),
         )
         raise
+    finally:
+        progress.close()
     _set(
         export,
         actor=export.requested_by,
         status=ExportStatus.DONE,
         progress=100,
         row_count=rows,
+        data_version=version,
+        site_ids=scope.site_ids,
+        blinded=not scope.unblinded,
         file_path=str(final.relative_to(Path(settings.MEDIA_ROOT))),
         finished_at=timezone.now(),
     )
@@ -191,11 +191,41 @@ def _set(export: Export, *, actor, **values) -> None:
         Export.objects.filter(pk=export.pk).update(**values)
 
 
-def _progress_for(export: Export):
-    def report(percent: int) -> None:
-        Export.objects.filter(pk=export.pk, progress__lt=percent).update(progress=percent)
+@contextmanager
+def snapshot():
+    """One REPEATABLE READ transaction around an export's reads: every dataset, table and the
+    data version come from the same moment, so a death or randomization committed meanwhile is
+    in all of them or in none. Inside a caller's transaction (a small export made in a request,
+    a test), that transaction is the snapshot already."""
+    if connection.in_atomic_block:
+        yield
+        return
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        yield
 
-    return report
+
+class _ProgressOnItsOwnConnection:
+    """Progress is written on a second connection, committed at once, so the page shows it
+    while the export's snapshot transaction is still reading."""
+
+    def __init__(self, export: Export):
+        self.export_id = export.pk
+        self.side = None
+
+    def report(self, percent: int) -> None:
+        if self.side is None:
+            self.side = connections.create_connection(DEFAULT_DB_ALIAS)
+        with self.side.cursor() as cursor:
+            cursor.execute(
+                "UPDATE reports_export SET progress = %s WHERE id = %s AND progress < %s",
+                [percent, self.export_id, percent],
+            )
+
+    def close(self) -> None:
+        if self.side is not None:
+            self.side.close()
 
 
 def produce(kind: str, format: str, scope: ReportScope, stamp: exports.Stamp, path: Path, *, progress=None) -> int:
