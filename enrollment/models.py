@@ -108,19 +108,21 @@ def subject_key_format(site_code: str, number: int) -> str:
 
 
 def next_subject_key(site_id: int) -> str:
-    """The site's next subject key. The site row stays locked until the transaction ends, so two
-    screenings saved at once at one site take consecutive keys instead of the same one. FOR NO KEY
-    UPDATE: it still excludes another screening's, but not the FOR KEY SHARE lock every insert
-    referencing the site takes, so the site's other writes do not wait for a screening."""
-    code = Site.objects.select_for_update(no_key=True).values_list("code", flat=True).get(pk=site_id)
+    """The site's next subject key. A transaction-scoped advisory lock per site makes two
+    screenings saved at once at one site take consecutive keys instead of the same one; it is
+    not a lock on the site row, which the randomization counter and every insert referencing the
+    site also take, so nothing else at the site waits for a screening."""
     with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(hashtext('subject_key:' || %s::text))", [site_id])
+        # The newest key through the (site, subject_key) unique index: zero-padded numbers sort
+        # as text in the order of their values.
         cursor.execute(
-            "SELECT coalesce(max(substring(subject_key from '[0-9]+$')::int), 0) "
-            "FROM enrollment_screening WHERE site_id = %s",
+            "SELECT s.code, (SELECT substring(k.subject_key from '[0-9]+$')::int FROM enrollment_screening k "
+            "WHERE k.site_id = s.id ORDER BY k.subject_key DESC LIMIT 1) FROM trialsite_site s WHERE s.id = %s",
             [site_id],
         )
-        last = cursor.fetchone()[0]
-    return subject_key_format(code, last + 1)
+        code, last = cursor.fetchone()
+    return subject_key_format(code, (last or 0) + 1)
 
 
 class Consent(Audited, models.Model):
