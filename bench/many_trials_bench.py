@@ -419,7 +419,30 @@ def addresses(world: dict) -> list[tuple[str, str, str]]:
     ]
 
 
-def measure_address(client, path: str, runs: int) -> tuple[float, int, int]:
+def pages_read(captured) -> int:
+    """Shared buffers (8 kB pages, hit or read) the captured SELECTs touch, by EXPLAIN (ANALYZE,
+    BUFFERS): the database's work for a page, which, unlike its time, the other processes of a
+    shared machine do not change."""
+    import json
+
+    from django.db import connection
+
+    pages = 0
+    for query in captured.captured_queries:
+        sql = query["sql"].strip()
+        if sql.startswith("DECLARE"):
+            sql = sql[sql.index(" FOR ") + len(" FOR ") :]
+        if not sql.upper().startswith(("SELECT", "WITH")):
+            continue
+        with connection.cursor() as cursor:
+            cursor.execute("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + sql)
+            plan = cursor.fetchone()[0]
+        top = (json.loads(plan) if isinstance(plan, str) else plan)[0]["Plan"]
+        pages += top.get("Shared Hit Blocks", 0) + top.get("Shared Read Blocks", 0)
+    return pages
+
+
+def measure_address(client, path: str, runs: int) -> tuple[list[float], int, int, int]:
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
@@ -432,7 +455,7 @@ def measure_address(client, path: str, runs: int) -> tuple[float, int, int]:
         times.append((time.perf_counter() - started) * 1000)
     with CaptureQueriesContext(connection) as queries:
         response = client.get(path)
-    return times, len(queries), response.status_code
+    return times, len(queries), response.status_code, pages_read(queries)
 
 
 def measure_randomization(world: dict, count: int) -> tuple[list[float], int]:
@@ -459,8 +482,8 @@ def measure_randomization(world: dict, count: int) -> tuple[list[float], int]:
     return times, round(statistics.median(queries))
 
 
-def measure_exports(world: dict, runs: int) -> dict[str, tuple[list[float], int, int]]:
-    """(times in ms, queries, rows) of trial X's subjects and visits CSV and its ODM, as the
+def measure_exports(world: dict, runs: int) -> dict[str, tuple[list[float], int, int, int]]:
+    """(times in ms, queries, rows, buffers) of trial X's subjects and visits CSV and its ODM, as the
     statistician (unblinded) would have them written by the export worker."""
     import io
 
@@ -487,12 +510,12 @@ def measure_exports(world: dict, runs: int) -> dict[str, tuple[list[float], int,
             times.append((time.perf_counter() - started) * 1000)
         with CaptureQueriesContext(connection) as captured:
             rows = write()
-        figures[what] = (times, len(captured.captured_queries), rows)
+        figures[what] = (times, len(captured.captured_queries), rows, pages_read(captured))
     return figures
 
 
-def measure_all(world: dict, runs: int, randomizations: int) -> dict[str, tuple[list[float], int, str]]:
-    """what -> (times in ms, queries, a note: the HTTP status or the row count)."""
+def measure_all(world: dict, runs: int, randomizations: int) -> dict[str, tuple[list[float], int, str, int | None]]:
+    """what -> (times in ms, queries, a note: the HTTP status or the row count, buffers)."""
     from django.conf import settings
     from django.test import Client
 
@@ -503,12 +526,12 @@ def measure_all(world: dict, runs: int, randomizations: int) -> dict[str, tuple[
             clients[role] = Client(HTTP_HOST="localhost")
             clients[role].force_login(world["users"][role])
             clients[role].cookies[settings.LANGUAGE_COOKIE_NAME] = "en"
-        times, queries, status = measure_address(clients[role], path, runs)
-        figures[f"{what} ({role})"] = (times, queries, f"HTTP {status}")
-    for what, (times, queries, rows) in measure_exports(world, max(5, runs // 2)).items():
-        figures[what] = (times, queries, f"{rows} rows")
+        times, queries, status, pages = measure_address(clients[role], path, runs)
+        figures[f"{what} ({role})"] = (times, queries, f"HTTP {status}", pages)
+    for what, (times, queries, rows, pages) in measure_exports(world, max(5, runs // 2)).items():
+        figures[what] = (times, queries, f"{rows} rows", pages)
     times, queries = measure_randomization(world, randomizations)
-    figures["randomization (in process)"] = (times, queries, "")
+    figures["randomization (in process)"] = (times, queries, "", None)
     return figures
 
 
@@ -563,17 +586,21 @@ def main() -> int:
     crowded = measure_all(world, options.runs, options.randomizations)
 
     print(
-        f"\ntrial X alone and among {trials} trials: server time, best and median of the runs, and queries. "
-        "The time is judged on the best run: on a shared machine the median carries other processes' load."
+        f"\ntrial X alone and among {trials} trials: server time (best and median of the runs), queries, and "
+        "shared buffers the SELECTs touch (EXPLAIN BUFFERS). The time is judged on the best run; on a shared "
+        "machine even that carries other processes' load, which the buffers do not (printed, not judged: "
+        "an index one level deeper adds a page per lookup)."
     )
-    for what, (times, queries, note) in alone.items():
-        after, after_queries, after_note = crowded[what]
+    for what, (times, queries, note, pages) in alone.items():
+        after, after_queries, after_note, after_pages = crowded[what]
         print(
-            f"  {what:<36} best {min(times):6.1f} median {statistics.median(times):6.1f} ms {queries:3d} q {note:<10}"
-            f" -> best {min(after):6.1f} median {statistics.median(after):6.1f} ms {after_queries:3d} q {after_note}"
+            f"  {what:<36} best {min(times):6.1f} median {statistics.median(times):6.1f} ms {queries:3d} q "
+            f"{pages if pages is not None else '-':>6} buf {note:<10} -> best {min(after):6.1f} median "
+            f"{statistics.median(after):6.1f} ms {after_queries:3d} q {after_pages if after_pages is not None else '-':>6} "
+            f"buf {after_note}"
         )
-    for what, (times, queries, note) in alone.items():
-        after, after_queries, after_note = crowded[what]
+    for what, (times, queries, note, _pages) in alone.items():
+        after, after_queries, after_note, _after_pages = crowded[what]
         report(
             f"{what}: queries, 1 -> {trials} trials",
             f"{queries} -> {after_queries}" + ("" if note == after_note else f" ({note} -> {after_note})"),
