@@ -192,9 +192,8 @@ def main() -> None:
         )
         if median >= 100 or status != 200:
             over.append(what)
-        report(
-            f"page {what} ({role}) median", f"{median:.1f} ms, HTTP {status}", "< 100 ms (issue 16)", what not in over
-        )
+        page = what if f"({role})" in what else f"{what} ({role})"
+        report(f"page {page} median", f"{median:.1f} ms, HTTP {status}", "< 100 ms (issue 16)", what not in over)
     print(f"  over 100 ms or not 200: {', '.join(over) if over else 'none'}")
 
 
