@@ -52,13 +52,30 @@ def ensure_local_database(name: str) -> None:
             admin.execute(f'CREATE DATABASE "{name}"')
 
 
+def _let_pgserver_write_dev_null() -> None:
+    """Run as root, pgserver runs PostgreSQL as its own user "pgserver", whose initdb writes to
+    /dev/null; some container images ship /dev/null as 0644, and initdb then fails halfway with
+    "cannot create /dev/null: Permission denied". The device is meant to be writable by all."""
+    dev_null = Path("/dev/null")
+    if os.geteuid() == 0 and dev_null.is_char_device() and not dev_null.stat().st_mode & 0o002:
+        say("making /dev/null writable for every user (it is 0644 here), as PostgreSQL's initdb needs")
+        dev_null.chmod(0o666)
+
+
 def start_embedded_postgres(folder: Path, database: str) -> str:
     import pgserver
     import psycopg
 
     folder.mkdir(parents=True, exist_ok=True)
+    _let_pgserver_write_dev_null()
     say(f"starting the embedded PostgreSQL in {folder.relative_to(ROOT)}")
-    server = pgserver.get_server(folder, cleanup_mode="stop")
+    try:
+        server = pgserver.get_server(folder, cleanup_mode="stop")
+    except Exception:
+        # A failed initdb leaves a half-made cluster that every later start would trip over.
+        if not (folder / "PG_VERSION").exists() or not (folder / "global" / "pg_control").exists():
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
     # Kept referenced for the life of this process; pgserver stops it at exit.
     start_embedded_postgres.servers.append(server)
     uri = server.get_uri()
