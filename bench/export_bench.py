@@ -384,6 +384,20 @@ def run_exports(loaded: dict, *, keep: bool) -> None:
                 with services.snapshot():
                     return exports.write_odm(scope, stream, stamp)
 
+        def analysis(format: str, scope=scope, variant=variant):
+            """The analysis package (every dataset, datasets/), as the worker writes it."""
+            from datasets.build import build_package
+            from datasets.writers import write_csv_zip, write_stats_zip
+
+            path = output / f"analysis-{variant}-{format}.zip"
+            with services.snapshot():
+                package = build_package(scope)
+                if format == "csv":
+                    return write_csv_zip(package, path)
+                return write_stats_zip(package, path, format)
+
+        results[f"analysis csv {variant}"] = measure(f"analysis package CSV zip ({variant})", lambda: analysis("csv"))
+        results[f"analysis sav {variant}"] = measure(f"analysis package SPSS zip ({variant})", lambda: analysis("sav"))
         results[f"subjects.csv {variant}"] = measure(f"subjects CSV ({variant})", subjects_csv)
         results[f"visits.csv {variant}"] = measure(f"visits CSV ({variant})", visits_csv)
         results[f"odm {variant}"] = measure(f"ODM 1.3.2 XML ({variant})", odm)
@@ -424,6 +438,15 @@ def run_exports(loaded: dict, *, keep: bool) -> None:
         odm_ratio = results["odm blinded"]["seconds"] / (copy_subjects + copy_visits + copy_answers)
         print(f"ODM (blinded) / COPY of subjects, answers and visits = {odm_ratio:.1f}x")
         report("ODM (blinded) time / COPY of its rows", f"{odm_ratio:.1f}x", "<= 5x", odm_ratio <= 5)
+    for variant in ("blinded", "unblinded"):
+        for format in ("csv", "sav"):
+            result = results[f"analysis {format} {variant}"]
+            report(
+                f"analysis package {format} ({variant}) Python peak",
+                f"{result['peak_mb']:.1f} MB in {result['seconds']:.1f} s",
+                "< 200 MB",
+                result["peak_mb"] < 200,
+            )
     worst = max(result["peak_mb"] for result in results.values())
     print(
         f"\nhighest Python peak over all exports: {worst:.1f} MB (limit 200 MB): {'OK' if worst < 200 else 'TOO HIGH'}"
