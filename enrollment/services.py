@@ -464,6 +464,10 @@ def participant_withdraw(
         Participant.objects.filter(pk=participant.pk).update(status=ParticipantStatus.WITHDRAWN)
         # dosing imports enrollment's models, so enrollment reaches dosing only when called.
         from dosing.schedule import visits_end_for_withdrawal
+        from dosing.services import kits_release_assigned
 
         visits_end_for_withdrawal(participant_ids=[participant.pk])
+        # Kits assigned at the day's dosing visit and not handed out go back to the site's stock,
+        # as at a death or a treatment stop: the same for every content, so nothing tells an arm.
+        kits_release_assigned(participant_id=participant.pk)
     return withdrawal

@@ -125,7 +125,7 @@ def test_a_kit_assigned_at_the_last_visit_is_not_dispensed_after_the_death(parti
         assert (kit.status, kit.participant_id) == (Kit.Status.AT_SITE, None)
 
 
-def test_a_kit_assigned_before_a_withdrawal_is_not_dispensed_after_it(participant, cast, site):
+def test_kits_assigned_before_a_withdrawal_go_back_to_stock_and_are_not_dispensed_to_them(participant, cast, site):
     from dosing import services as dosing_services
     from dosing.models import Kit
     from enrollment import services as enrollment_services
@@ -138,14 +138,19 @@ def test_a_kit_assigned_before_a_withdrawal_is_not_dispensed_after_it(participan
             visit=participant.visits.get(code="C1"), actual_date=DAY0, recorded_by=cast.coordinator,
             weight_kg=Decimal("60"), neutrophils=3000, platelets=200000, alt_uln=Decimal("1"), ast_uln=Decimal("1"),
         )  # fmt: skip
+    assigned = list(
+        Kit.objects.filter(participant=participant, status=Kit.Status.ASSIGNED).values_list("pk", flat=True)
+    )
+    assert assigned
     enrollment_services.participant_withdraw(
         participant=participant, withdrawn_by=cast.coordinator, withdrawn_on=DAY0, reason="consent withdrawn"
     )
-    kit = Kit.objects.filter(participant=participant, status=Kit.Status.ASSIGNED).first()
-    assert kit is not None
+    # The kits assigned at C1 went back to the site's stock with the withdrawal.
+    assert not Kit.objects.filter(participant=participant).exists()
+    released = list(Kit.objects.filter(pk__in=assigned))
+    assert released and all(kit.status == Kit.Status.AT_SITE and kit.participant_id is None for kit in released)
     with pytest.raises(TrialRuleError):
-        dosing_services.kit_dispense(kit=kit, label_number=kit.kit_number, dispensed_by=cast.pharmacist)
-    assert Kit.objects.get(pk=kit.pk).status == Kit.Status.ASSIGNED
+        dosing_services.kit_dispense(kit=released[0], label_number=released[0].kit_number, dispensed_by=cast.pharmacist)
 
 
 @pytest.mark.django_db(transaction=True)
