@@ -15,8 +15,7 @@ import datetime
 import logging
 from dataclasses import dataclass
 
-from django.conf import settings
-from django.db import connection, transaction
+from django.db import transaction
 from django.db.models import Max, Q
 from django.utils import timezone, translation
 from django.utils.translation import gettext as _
@@ -28,7 +27,7 @@ from enrollment.models import Participant, ParticipantStatus
 from safety.ctcae import TERMS, grades_of
 from safety.models import AdverseEvent, Death, Outcome, SaeNotice, SaeReport, Seriousness
 from schedules.models import Visit
-from trialsite import access
+from trialsite import access, outbox
 from trialsite.access import Capability
 from trialsite.audit import audit_context
 from trialsite.exceptions import Conflict, TrialRuleError
@@ -426,25 +425,8 @@ def sae_report_sign(*, report: SaeReport, signer, password: str, request=None) -
         return signature
 
 
-def _claim_lease() -> datetime.timedelta:
-    return datetime.timedelta(seconds=getattr(settings, "REMINDER_CLAIM_LEASE_SECONDS", 600))
-
-
-def _requeue_after() -> datetime.timedelta:
-    return datetime.timedelta(seconds=getattr(settings, "REMINDER_REQUEUE_SECONDS", 300))
-
-
 def due_notice_ids(*, now: datetime.datetime) -> list[int]:
-    return list(
-        SaeNotice.objects.filter(due_at__lte=now)
-        .filter(
-            Q(status=SaeNotice.Status.SCHEDULED, enqueued_at__isnull=True)
-            | Q(status=SaeNotice.Status.SCHEDULED, enqueued_at__lt=now - _requeue_after())
-            | Q(status=SaeNotice.Status.SENDING, claimed_at__lt=now - _claim_lease())
-        )
-        .order_by("id")
-        .values_list("id", flat=True)[:2000]
-    )
+    return list(SaeNotice.objects.filter(outbox.handable(now=now)).order_by("id").values_list("id", flat=True)[:2000])
 
 
 def sae_notices_dispatch(*, now: datetime.datetime | None = None) -> int:
@@ -464,20 +446,6 @@ def sae_notices_dispatch(*, now: datetime.datetime | None = None) -> int:
         return 0
     SaeNotice.objects.filter(id__in=ids).update(enqueued_at=now)
     return len(ids)
-
-
-def _claim(notice_id: int, *, now: datetime.datetime) -> bool:
-    with connection.cursor() as cursor:
-        cursor.execute(
-            """
-            UPDATE safety_saenotice
-            SET status = 'sending', claimed_at = %s, attempts = attempts + 1
-            WHERE id = %s AND (status = 'scheduled' OR (status = 'sending' AND claimed_at < %s))
-            RETURNING id
-            """,
-            [now, notice_id, now - _claim_lease()],
-        )
-        return cursor.fetchone() is not None
 
 
 def recipients_for(notice: SaeNotice) -> list[str]:
@@ -551,7 +519,7 @@ def compose(notice: SaeNotice) -> OutgoingMessage:
 
 def sae_notice_send(*, notice_id: int) -> str:
     now = timezone.now()
-    if not _claim(notice_id, now=now):
+    if not outbox.claim(SaeNotice._meta.db_table, notice_id, now=now):
         return "already handled"
     notice = SaeNotice.objects.select_related("participant", "site__trial", "adverse_event").get(pk=notice_id)
     if notice.kind != SaeNotice.Kind.INITIAL and signed_report(notice.adverse_event) is not None:

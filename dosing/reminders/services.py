@@ -23,9 +23,8 @@ import datetime
 import logging
 from dataclasses import dataclass
 
-from django.conf import settings
-from django.db import connection, transaction
-from django.db.models import Exists, OuterRef, Q
+from django.db import transaction
+from django.db.models import Exists, OuterRef
 from django.utils import formats, timezone, translation
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_noop
@@ -33,6 +32,7 @@ from django.utils.translation import gettext_noop
 from dosing.reminders.channels import OutgoingMessage, PermanentSendError, channel_for
 from dosing.reminders.models import Reminder
 from enrollment.models import Participant, ParticipantStatus, Withdrawal
+from trialsite import outbox
 from trialsite.models import Role, StaffRole
 
 logger = logging.getLogger(__name__)
@@ -211,24 +211,10 @@ def reminders_cancel_stale() -> int:
     return cancelled
 
 
-def _claim_lease() -> datetime.timedelta:
-    return datetime.timedelta(seconds=getattr(settings, "REMINDER_CLAIM_LEASE_SECONDS", 600))
-
-
-def _requeue_after() -> datetime.timedelta:
-    return datetime.timedelta(seconds=getattr(settings, "REMINDER_REQUEUE_SECONDS", 300))
-
-
 def due_reminder_ids(*, now: datetime.datetime, batch_size: int, after_id: int = 0) -> list[int]:
-    """Ids of rows to hand to the broker: due and never handed over, handed over long ago and
-    still not claimed, or claimed by a worker that has since died."""
+    """Ids of rows to hand to the broker (`trialsite.outbox.handable`), in id order from `after_id`."""
     return list(
-        Reminder.objects.filter(id__gt=after_id, due_at__lte=now)
-        .filter(
-            Q(status=Reminder.Status.SCHEDULED, enqueued_at__isnull=True)
-            | Q(status=Reminder.Status.SCHEDULED, enqueued_at__lt=now - _requeue_after())
-            | Q(status=Reminder.Status.SENDING, claimed_at__lt=now - _claim_lease())
-        )
+        Reminder.objects.filter(outbox.handable(now=now), id__gt=after_id)
         .order_by("id")
         .values_list("id", flat=True)[:batch_size]
     )
@@ -268,20 +254,6 @@ def reminders_dispatch(*, now: datetime.datetime | None = None, batch_size: int 
 class SendResult:
     reminder_id: int
     outcome: str
-
-
-def _claim(reminder_id: int, *, now: datetime.datetime) -> bool:
-    with connection.cursor() as cursor:
-        cursor.execute(
-            """
-            UPDATE reminders_reminder
-            SET status = 'sending', claimed_at = %s, attempts = attempts + 1
-            WHERE id = %s AND (status = 'scheduled' OR (status = 'sending' AND claimed_at < %s))
-            RETURNING id
-            """,
-            [now, reminder_id, now - _claim_lease()],
-        )
-        return cursor.fetchone() is not None
 
 
 def recipients_for(reminder: Reminder) -> list[str]:
@@ -374,7 +346,7 @@ def reminder_send(*, reminder_id: int) -> SendResult:
     """Send one reminder if this call wins its claim. Raises TransientSendError (the task
     retries with backoff) for a failure worth retrying; marks the row failed otherwise."""
     now = timezone.now()
-    if not _claim(reminder_id, now=now):
+    if not outbox.claim(Reminder._meta.db_table, reminder_id, now=now):
         return SendResult(reminder_id, "already handled")
     reminder = Reminder.objects.select_related("participant__site", "visit", "site").get(pk=reminder_id)
     reason = _still_wanted(reminder)
