@@ -9,7 +9,7 @@ from django.utils.translation import get_language
 
 from datasets.build import build_package
 from datasets.spec import Dataset, Package, Variable
-from datasets.writers import _codes, sas_names, sav_dta_name
+from datasets.writers import codes_of, sas_names, sav_dta_name
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ def _variable(package: Package, variable: Variable, short: dict[str, str]) -> Co
         type=variable.type,
         unit=variable.unit or "",
         code_list=variable.code_list or "",
-        codes=tuple((code, _words(label, label_zh)) for code, label, label_zh in _codes(package, variable)),
+        codes=tuple((code, _words(label, label_zh)) for code, label, label_zh in codes_of(package, variable)),
     )
 
 

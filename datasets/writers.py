@@ -229,14 +229,14 @@ def codebook_rows(package: Package) -> Iterator[list[str]]:
                 variable.unit or "",
                 variable.code_list or "",
             ]
-            codes = _codes(package, variable)
+            codes = codes_of(package, variable)
             if not codes:
                 yield [*base, "", "", ""]
             for code, label, label_zh in codes:
                 yield [*base, code, label, label_zh or ""]
 
 
-def _codes(package: Package, variable: Variable) -> tuple[tuple[str, str, str | None], ...]:
+def codes_of(package: Package, variable: Variable) -> tuple[tuple[str, str, str | None], ...]:
     if variable.type == "boolean":
         return BOOLEAN_CODES
     if variable.code_list:
