@@ -85,6 +85,8 @@ class Table:
     key: str
     title: str
     headings: list[str]
+    # Cells are typed: text, numbers, dates, aware datetimes, None (or "") for empty; each
+    # writer formats them (`cell_text` for CSV, `xlsx_cell` for the workbook).
     rows: Iterable[list]
     # How many rows to expect, for progress; None when it is small and cheap.
     expected_rows: int | None = None
@@ -429,18 +431,18 @@ def subjects_table(scope: ReportScope) -> Table:
             line = [
                 subject_key(row),
                 row["site__code"],
-                row["screening_date"].isoformat(),
+                row["screening_date"],
                 row["sex"],
                 age_on(row["date_of_birth"], row["screening_date"]),
                 row["outcome"],
                 failed,
                 unanswered,
-                row["consent_date"].isoformat() if row["consent_date"] else "",
+                row["consent_date"],
                 row["screening_number"] or "",
                 row["randomization_number"] or "",
-                _utc(row["randomized_at"]),
+                row["randomized_at"],
                 row["status"] or "",
-                row["withdrawn_on"].isoformat() if row["withdrawn_on"] else "",
+                row["withdrawn_on"],
             ]
             if scope.unblinded:
                 line.append(row["arm"] or "")
@@ -458,6 +460,19 @@ def subjects_table(scope: ReportScope) -> Table:
 
 def _utc(moment: datetime.datetime | None) -> str:
     return moment.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if moment else ""
+
+
+def cell_text(value):
+    """A listing cell as CSV text. The listings' rows hold typed values (a date, an aware
+    datetime, a number, None for empty) so that the workbook can write real dates and numbers;
+    as text a date is ISO 8601 and a moment UTC with `Z`, as the COPY path formats them."""
+    if value is None:
+        return ""
+    if isinstance(value, datetime.datetime):
+        return _utc(value)
+    if isinstance(value, datetime.date):
+        return value.isoformat()
+    return value
 
 
 VISIT_FIELDS = [
@@ -513,12 +528,12 @@ def visits_table(scope: ReportScope) -> Table:
                 row["site__code"],
                 row["code"],
                 row["kind"],
-                row["cycle"] if row["cycle"] is not None else "",
-                _iso(row["target_date"]),
-                _iso(row["window_start"]),
-                _iso(row["window_end"]),
+                row["cycle"],
+                row["target_date"],
+                row["window_start"],
+                row["window_end"],
                 row["status"],
-                _iso(row["actual_date"]),
+                row["actual_date"],
             ]
 
     return Table(
@@ -627,15 +642,15 @@ def adverse_events_table(scope: ReportScope) -> Table:
                 row["participant__randomization_number"] or row["participant__screening_number"],
                 row["site__code"],
                 row["sequence"],
-                row["follows__sequence"] if row["follows__sequence"] is not None else "",
+                row["follows__sequence"],
                 row["term"],
                 # English whatever the reader's language: the term is coded data.
                 term.term if term else "",
-                term.meddra_code if term and term.meddra_code else "",
+                term.meddra_code if term and term.meddra_code else None,
                 row["term_text"],
                 row["grade"],
-                _iso(row["onset_date"]),
-                _iso(row["resolution_date"]),
+                row["onset_date"],
+                row["resolution_date"],
                 _yes_no(row["serious"]),
                 *[_yes_no(criterion.value in row["seriousness"]) for criterion in criteria],
                 row["relation_infusion"],
@@ -765,7 +780,7 @@ def write_csv(
             rows_written += _copy_csv_rows(table, stream, counter)
             continue
         for row in table.rows:
-            writer.writerow([safe_cell(value) for value in row])
+            writer.writerow([safe_cell(cell_text(value)) for value in row])
             rows_written += 1
             counter.step()
     return rows_written
@@ -774,9 +789,36 @@ def write_csv(
 # --- XLSX --------------------------------------------------------------------------------------
 
 
+# Typed cells (issue 19), as the analysis package's workbook writes them: a date is a date cell, a
+# moment a date-and-time cell in UTC to the second (Excel has no time zone: the CSV writes the
+# same moment with `Z`, and the column's heading says "(UTC)"), a number a number, and an empty
+# value no cell at all.
+XLSX_DATE_FORMAT = "yyyy-mm-dd"
+XLSX_DATETIME_FORMAT = "yyyy-mm-dd hh:mm:ss"
+
+
+def xlsx_cell(sheet, value):
+    if value is None or value == "":
+        return None
+    if isinstance(value, datetime.datetime):
+        from openpyxl.cell import WriteOnlyCell
+
+        moment = value.astimezone(datetime.UTC).replace(tzinfo=None, microsecond=0)
+        cell = WriteOnlyCell(sheet, value=moment)
+        cell.number_format = XLSX_DATETIME_FORMAT
+        return cell
+    if isinstance(value, datetime.date):
+        from openpyxl.cell import WriteOnlyCell
+
+        cell = WriteOnlyCell(sheet, value=value)
+        cell.number_format = XLSX_DATE_FORMAT
+        return cell
+    return safe_cell(value)
+
+
 def write_xlsx(tables: list[Table], path, stamp: Stamp, progress: ProgressCallback | None = None) -> int:
     """A write-only workbook (rows go to disk as they come): an "Export" sheet with the stamp,
-    then one sheet per table."""
+    then one sheet per table, its cells typed (`xlsx_cell`)."""
     from openpyxl import Workbook
 
     workbook = Workbook(write_only=True)
@@ -786,14 +828,14 @@ def write_xlsx(tables: list[Table], path, stamp: Stamp, progress: ProgressCallba
     about = workbook.create_sheet(gettext("Export")[:31])
     for line in stamp.lines():
         about.append([safe_cell(line)])
+    about.append([gettext("Dates are date cells; times are in UTC, as the headings marked (UTC) say.")])
     counter = Progress(expected_rows(tables), progress)
     rows_written = 0
     for table in tables:
         sheet = workbook.create_sheet(_sheet_title(table.title))
         sheet.append([safe_cell(heading) for heading in table.headings])
         for row in table.rows:
-            # An empty value is an empty cell, not an empty string (issue 19).
-            sheet.append([None if value == "" else safe_cell(value) for value in row])
+            sheet.append([xlsx_cell(sheet, value) for value in row])
             rows_written += 1
             counter.step()
     workbook.save(path)

@@ -159,8 +159,12 @@ def test_the_unblinded_export_adds_the_participants_arm(events, data, cast):
     assert [row[-1] for row in body] == [data.arms[subject]] * 3
     assert [row[:-1] for row in body] == [expected_row(events[name]) for name in ("first", "change", "serious")]
     workbook = openpyxl.load_workbook(io.BytesIO(content_of(run_now(cast.statistician, "adverse_events", "xlsx"))))
+    # The workbook's cells are typed (dates as date cells, numbers as numbers); as text they are the CSV's.
     sheet = [
-        ["" if cell is None else str(cell) for cell in row]
+        [
+            "" if cell is None else cell.date().isoformat() if isinstance(cell, datetime.datetime) else str(cell)
+            for cell in row
+        ]
         for row in workbook.worksheets[1].iter_rows(values_only=True)
     ]
     assert sheet == rows
