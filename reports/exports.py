@@ -869,6 +869,8 @@ def _sheet_title(title: str) -> str:
 #   and no row of a table that is not in the file (slots, kits, unblindings).
 # - The subject key is the permanent key given at first screening; the screening and
 #   randomization numbers are items of the randomization form.
+# - A death is the IG.DEATH group of the AE form, after the AE records (it is recorded with its
+#   fatal event, whose number IT.DEATH_AE gives).
 
 ODM_NAMESPACE = "http://www.cdisc.org/ns/odm/v1.3"
 # xml:lang of each language the system speaks, and Django's name for it.
@@ -988,6 +990,7 @@ def odm_audited_tables() -> list[str]:
         selectors._visit_model()._meta.db_table,
         "safety_adverseevent",
         "safety_saereport",
+        "safety_death",
         "crf_formrecord",
         "crf_itemvalue",
     ]
@@ -1398,11 +1401,29 @@ def _sql_adverse_events(scope: ReportScope, location_oid: str) -> str:
     )
     return (
         f"""coalesce((SELECT '<StudyEventData StudyEventOID="{OdmWriter.STUDY_EVENT_AE}"><FormData FormOID="F.AE">'"""
-        f" || string_agg({group}, '' ORDER BY ae.repeat_key) || '</FormData></StudyEventData>'"
+        f" || string_agg({group}, '' ORDER BY ae.repeat_key) || {_sql_death(scope, location_oid)}"
+        " || '</FormData></StudyEventData>'"
         " FROM (SELECT *, row_number() OVER (ORDER BY sequence, id) AS repeat_key FROM safety_adverseevent"
         " WHERE participant_id = s.id AND site_id = ANY(%s)) AS ae"
         " LEFT JOIN safety_adverseevent f ON f.id = ae.follows_id"
         " LEFT JOIN trialsite_protocolversion pv ON pv.id = ae.protocol_version_id), '')"
+    )
+
+
+def _sql_death(scope: ReportScope, location_oid: str) -> str:
+    """Subject `s`'s death as the IG.DEATH group of the AE form (a death is recorded with its
+    fatal event, so the form is there), with its row's last audit record; nothing without one."""
+    items = [
+        ("IT.DEATH_DATE", _sql_date("d.died_on")),
+        ("IT.DEATH_CAUSE", "d.cause"),
+        ("IT.DEATH_AE", "fatal.sequence::text"),
+    ]
+    inner = " || ".join(_sql_item(f"'{item_oid}'", value) for item_oid, value in items)
+    return (
+        f"""coalesce((SELECT '<ItemGroupData ItemGroupOID="IG.DEATH">' || """
+        f"{_sql_latest_audit(scope, 'safety_death', 'd.id', location_oid)} || {inner} || '</ItemGroupData>'"
+        " FROM safety_death d JOIN safety_adverseevent fatal ON fatal.id = d.adverse_event_id"
+        " WHERE d.participant_id = s.id), '')"
     )
 
 
@@ -1707,6 +1728,12 @@ class OdmWriter:
         if self.scope.unblinded:
             groups["IG.RANDOMIZATION"].append(("IT.ARM", "Arm", "text", 20, "CL.ARM"))
         questions = {}
+            # The participant's death (CDASH's death details), recorded with its fatal event.
+            "IG.DEATH": [
+                ("IT.DEATH_DATE", "Date of death", "date", None, None),
+                ("IT.DEATH_CAUSE", "Cause of death", "text", 2000, None),
+                ("IT.DEATH_AE", "Fatal event (its first record's event number)", "integer", 4, None),
+            ],
         for members in groups.values():
             for index, (oid, name, *rest) in enumerate(members):
                 if isinstance(name, str):
@@ -1825,7 +1852,7 @@ class OdmWriter:
             "F.SCREENING": (_texts("Screening"), ["IG.SCREENING", "IG.ELIGIBILITY"], "No"),
             "F.RANDOMIZATION": (_texts("Randomization and status"), ["IG.RANDOMIZATION"], "No"),
             "F.VISIT": (_texts("Visit"), ["IG.VISIT"], "No"),
-            "F.AE": (_texts("Adverse events"), ["IG.AE"], "No"),
+            "F.AE": (_texts("Adverse events"), ["IG.AE", "IG.DEATH"], "No"),
         }
         for form in forms:
             form_defs[self._crf_form_oid(form.code)] = (
@@ -2028,6 +2055,7 @@ class OdmWriter:
         logged = [
             record for record in self._crf_records(subject["id"], None, layout) if record.form_code in layout.log_forms
         ]
+            self._write_death(subject["id"], audit, location)
         for form_code in layout.form_order:
             entries = [record for record in logged if record.form_code == form_code]
             if entries:
@@ -2077,6 +2105,23 @@ class OdmWriter:
     def _ae_items(event: dict) -> list[tuple[str, object]]:
         from safety.ctcae import TERMS
         from safety.models import Seriousness
+    def _write_death(self, participant_id: int, audit: _OdmAudit, location: str) -> None:
+        from safety.models import Death
+
+        death = (
+            Death.objects.filter(participant_id=participant_id)
+            .values("id", "died_on", "cause", "adverse_event__sequence")
+            .first()
+        )
+        if death is None:
+            return
+        items = [
+            ("IT.DEATH_DATE", _iso(death["died_on"])),
+            ("IT.DEATH_CAUSE", death["cause"]),
+            ("IT.DEATH_AE", death["adverse_event__sequence"]),
+        ]
+        self._item_group("IG.DEATH", items, header=audit.latest("safety_death", death["id"], location))
+
 
         term = TERMS.get(event["term"])
         return [

@@ -595,3 +595,88 @@ def test_the_pis_signature_of_an_sae_report_is_on_the_adverse_event_it_concerns(
             exports.write_odm(scope, stream, stamp, use_sql=use_sql)
             written[use_sql] = stream.getvalue()
         assert written[True] == written[False] and f'<Signature ID="SG.{signature.pk}">' in written[True]
+
+
+# --- deaths -------------------------------------------------------------------------------------
+
+
+def record_death(participant, cast, *, cause: str):
+    from safety import services as safety
+    from safety.models import Seriousness
+
+    return safety.ae_record(
+        participant=participant,
+        recorded_by=cast.coordinator,
+        details=safety.AeDetails(
+            term="sepsis",
+            grade=5,
+            onset_date=datetime.date(2026, 12, 12),
+            outcome="fatal",
+            serious=True,
+            seriousness=(Seriousness.DEATH,),
+            awareness_at=datetime.datetime(2026, 12, 13, 9, tzinfo=datetime.UTC),
+            died_on=datetime.date(2026, 12, 13),
+            death_cause=cause,
+        ),
+    )
+
+
+def test_a_death_is_in_the_adverse_event_form_with_its_audit_record(
+    data, cast, statistician_both, monitor_both, odm_schema
+):
+    from safety import services as safety
+    from safety.models import Death
+
+    participant = next(participant for participant in data.randomized if participant.site.code == "NT")
+    safety.ae_record(
+        participant=participant,
+        recorded_by=cast.coordinator,
+        details=safety.AeDetails(term="epistaxis", grade=1, onset_date=datetime.date(2026, 12, 10)),
+    )
+    fatal = record_death(participant, cast, cause='Septic shock\nafter "pneumonia" & <ARDS>')
+    death = Death.objects.get(participant=participant)
+    event = AuditEvent.objects.filter(table_name="safety_death", record_pk=str(death.pk)).latest("id")
+    for user in (statistician_both, monitor_both):
+        document = content_of(run_now(user, "dataset", "odm")).decode("utf-8")
+        root = check_complete(document, odm_schema)
+        subject = subjects_by_number(root)[participant.screening_number]
+        [form] = [form for form in subject.iter(f"{ODM}FormData") if form.get("FormOID") == "F.AE"]
+        groups = [group.get("ItemGroupOID") for group in form.findall(f"{ODM}ItemGroupData")]
+        assert groups == ["IG.AE", "IG.AE", "IG.DEATH"]
+        [group] = [group for group in form.findall(f"{ODM}ItemGroupData") if group.get("ItemGroupOID") == "IG.DEATH"]
+        values = {item.get("ItemOID"): item.get("Value") for item in group.iter(f"{ODM}ItemData")}
+        assert values == {
+            "IT.DEATH_DATE": "2026-12-13",
+            "IT.DEATH_CAUSE": 'Septic shock\nafter "pneumonia" & <ARDS>',
+            "IT.DEATH_AE": str(fatal.sequence),
+        }
+        # The fatal event's record is the one the death names.
+        fatal_group = next(
+            ae
+            for ae in form.findall(f"{ODM}ItemGroupData")
+            if ae.get("ItemGroupOID") == "IG.AE"
+            and any(i.get("ItemOID") == "IT.AE_GRADE" and i.get("Value") == "5" for i in ae.iter(f"{ODM}ItemData"))
+        )
+        assert {i.get("ItemOID"): i.get("Value") for i in fatal_group.iter(f"{ODM}ItemData")}["IT.AE_SEQUENCE"] == str(
+            fatal.sequence
+        )
+        record = group.find(f"{ODM}AuditRecord")
+        assert record.find(f"{ODM}SourceID").text.startswith(f"safety_death#{death.pk} INSERT")
+        assert record.find(f"{ODM}UserRef").get("UserOID") == f"USR.{cast.coordinator.pk}"
+        assert f'ID="AR.{event.pk}"' in document
+        # Others have no death group.
+        assert document.count('ItemGroupOID="IG.DEATH">') == 1
+        status = {i.get("ItemOID"): i.get("Value") for i in subject.iter(f"{ODM}ItemData")}["IT.STATUS"]
+        assert status == "died"
+        if user == monitor_both:
+            for word in reports_data.ARM_WORDS:
+                assert word not in document, word
+        scope = selectors.report_scope(user)
+        stamp = exports.make_stamp(scope, export_id=13)
+        written = {}
+        for use_sql in (True, False):
+            stream = io.StringIO()
+            exports.write_odm(scope, stream, stamp, use_sql=use_sql)
+            written[use_sql] = stream.getvalue()
+        assert written[True] == written[False], user.username
+        assert "IT.DEATH_CAUSE" in written[True]
