@@ -862,7 +862,7 @@ def _sheet_title(title: str) -> str:
 #   where the protocol or the message catalogue has the Chinese.
 # - A snapshot of the current values. Each screening, randomization, visit and AE record carries
 #   the last AuditRecord of its row (who, when, why, which row and columns), the investigator's
-#   e-signature where one was given (eligibility; the latest signed SAE report of an AE), and each
+#   e-signature where one was given (eligibility; each signed SAE report version), and each
 #   ClinicalData ends with the whole audit trail of its participants' rows (AuditRecords).
 #   A blinded file holds only what the blinded audit trail shows (trialsite.selectors
 #   `audit_events_for`): no update that changed hidden columns only, only visible column names,
@@ -1067,12 +1067,6 @@ def _sql_signature(signature_id: str, definition: str) -> str:
         " || '</DateTimeStamp></Signature>' FROM trialsite_signature sg JOIN trialsite_site ss ON ss.id = sg.site_id"
         f" WHERE sg.id = ({signature_id})), '')"
     )
-
-
-_SQL_SAE_SIGNATURE_ID = (
-    "SELECT r.signature_id FROM safety_saereport r WHERE r.adverse_event_id = ae.id"
-    " AND r.signature_id IS NOT NULL ORDER BY r.version DESC LIMIT 1"
-)
 
 
 class _OdmAudit:
@@ -1340,7 +1334,8 @@ def odm_subjects_query(
         " || '</SubjectData>' || E'\\n'"
     )
     site_ids = list(scope.site_ids)
-    parameters = [criteria_codes, site_ids, site_ids, site_ids]
+    # The eligibility criteria, then the site ids of the visits, SAE reports, AE records and subjects.
+    parameters = [criteria_codes, site_ids, site_ids, site_ids, site_ids]
     condition = ""
     if version is not None and version.pk is not None:
         condition = " AND coalesce(s.protocol_version_id, %s) = %s"
@@ -1367,7 +1362,8 @@ def _sql_yes_no(condition: str) -> str:
 
 def _sql_adverse_events(scope: ReportScope, location_oid: str) -> str:
     """The subject's AE records as one repeating item group each, in `OdmWriter._ae_items`'s
-    order, inside one SE.AE event; nothing when the subject has none. Parameter: the site ids."""
+    order, then their SAE report versions and the death, inside one SE.AE event; nothing when the
+    subject has no AE record. Parameters: the site ids (of the SAE reports, then of the AEs)."""
     from safety.models import Seriousness
 
     items = [
@@ -1396,17 +1392,42 @@ def _sql_adverse_events(scope: ReportScope, location_oid: str) -> str:
     group = (
         """'<ItemGroupData ItemGroupOID="IG.AE" ItemGroupRepeatKey="' || ae.repeat_key || '">' """
         f"|| {_sql_latest_audit(scope, 'safety_adverseevent', 'ae.id', location_oid)}"
-        f" || {_sql_signature(_SQL_SAE_SIGNATURE_ID, SIGNATURE_SAE_REPORT)}"
         f" || {inner} || '</ItemGroupData>'"
     )
     return (
         f"""coalesce((SELECT '<StudyEventData StudyEventOID="{OdmWriter.STUDY_EVENT_AE}"><FormData FormOID="F.AE">'"""
-        f" || string_agg({group}, '' ORDER BY ae.repeat_key) || {_sql_death(scope, location_oid)}"
+        f" || string_agg({group}, '' ORDER BY ae.repeat_key) || {_sql_sae_reports(scope, location_oid)}"
+        f" || {_sql_death(scope, location_oid)}"
         " || '</FormData></StudyEventData>'"
         " FROM (SELECT *, row_number() OVER (ORDER BY sequence, id) AS repeat_key FROM safety_adverseevent"
         " WHERE participant_id = s.id AND site_id = ANY(%s)) AS ae"
         " LEFT JOIN safety_adverseevent f ON f.id = ae.follows_id"
         " LEFT JOIN trialsite_protocolversion pv ON pv.id = ae.protocol_version_id), '')"
+    )
+
+
+def _sql_sae_reports(scope: ReportScope, location_oid: str) -> str:
+    """Subject `s`'s SAE report versions as repeats of IG.SAE_REPORT, each with its row's last
+    audit record and, when the PI signed it, its signature: ODM allows one Signature per
+    ItemGroupData, so a version of its own is where each signature goes. Parameter: the site ids."""
+    items = [
+        ("IT.SAE_AE", "r.event_sequence::text"),
+        ("IT.SAE_VERSION", "r.version::text"),
+        ("IT.SAE_COMPLETE", _sql_yes_no("r.complete")),
+        ("IT.SAE_WRITTEN_AT", _sql_utc("r.written_at")),
+    ]
+    inner = " || ".join(_sql_item(f"'{item_oid}'", value) for item_oid, value in items)
+    group = (
+        """'<ItemGroupData ItemGroupOID="IG.SAE_REPORT" ItemGroupRepeatKey="' || r.repeat_key || '">' """
+        f"|| {_sql_latest_audit(scope, 'safety_saereport', 'r.id', location_oid)}"
+        f" || {_sql_signature('r.signature_id', SIGNATURE_SAE_REPORT)} || {inner} || '</ItemGroupData>'"
+    )
+    return (
+        f"coalesce((SELECT string_agg({group}, '' ORDER BY r.repeat_key) FROM (SELECT report.*,"
+        " event.sequence AS event_sequence,"
+        " row_number() OVER (ORDER BY event.sequence, report.version, report.id) AS repeat_key"
+        " FROM safety_saereport report JOIN safety_adverseevent event ON event.id = report.adverse_event_id"
+        " WHERE report.participant_id = s.id AND report.site_id = ANY(%s)) AS r), '')"
     )
 
 
@@ -1724,10 +1745,13 @@ class OdmWriter:
                 # Not "PROTOCOL" in the OID: those letters contain an arm code, and blinded files are checked for those.
                 ("IT.AE_VERSION", "Protocol version", "text", 40, None),
             ],
-        }
-        if self.scope.unblinded:
-            groups["IG.RANDOMIZATION"].append(("IT.ARM", "Arm", "text", 20, "CL.ARM"))
-        questions = {}
+            # The SAE report's versions (initial, follow-ups), each with the PI's signature if signed.
+            "IG.SAE_REPORT": [
+                ("IT.SAE_AE", "Event number (the event's first record)", "integer", 4, None),
+                ("IT.SAE_VERSION", "SAE report version", "integer", 3, None),
+                ("IT.SAE_COMPLETE", "Report complete", "text", 3, "CL.YES_NO"),
+                ("IT.SAE_WRITTEN_AT", "Written at (UTC)", "datetime", None, None),
+            ],
             # The participant's death (CDASH's death details), recorded with its fatal event.
             "IG.DEATH": [
                 ("IT.DEATH_DATE", "Date of death", "date", None, None),
@@ -1738,6 +1762,10 @@ class OdmWriter:
             for index, (oid, name, *rest) in enumerate(members):
                 if isinstance(name, str):
                     questions[oid] = _texts(name)
+        }
+        if self.scope.unblinded:
+            groups["IG.RANDOMIZATION"].append(("IT.ARM", "Arm", "text", 20, "CL.ARM"))
+        questions = {}
                 else:
                     questions[oid] = _label_texts(name)
                     members[index] = (oid, questions[oid]["en"], *rest)
@@ -1852,7 +1880,7 @@ class OdmWriter:
             "F.SCREENING": (_texts("Screening"), ["IG.SCREENING", "IG.ELIGIBILITY"], "No"),
             "F.RANDOMIZATION": (_texts("Randomization and status"), ["IG.RANDOMIZATION"], "No"),
             "F.VISIT": (_texts("Visit"), ["IG.VISIT"], "No"),
-            "F.AE": (_texts("Adverse events"), ["IG.AE", "IG.DEATH"], "No"),
+            "F.AE": (_texts("Adverse events"), ["IG.AE", "IG.SAE_REPORT", "IG.DEATH"], "No"),
         }
         for form in forms:
             form_defs[self._crf_form_oid(form.code)] = (
@@ -1868,8 +1896,9 @@ class OdmWriter:
             w("</FormDef>\n")
         items, questions, units = self._items(protocol)
         for group, members in items.items():
-            # One AE record per repeat of IG.AE (ItemGroupRepeatKey 1, 2, ... within the subject).
-            repeating = "Yes" if group == "IG.AE" else "No"
+            # One AE record per repeat of IG.AE, one SAE report version per repeat of IG.SAE_REPORT
+            # (ItemGroupRepeatKey 1, 2, ... within the subject).
+            repeating = "Yes" if group in ("IG.AE", "IG.SAE_REPORT") else "No"
             w("<ItemGroupDef" + _attrs(OID=group, Name=group.removeprefix("IG.").title(), Repeating=repeating) + ">")
             for item_oid, *_rest in members:
                 w("<ItemRef" + _attrs(ItemOID=item_oid, Mandatory="No") + "/>")
@@ -2037,24 +2066,15 @@ class OdmWriter:
                     self._write_crf_form(record, layout, audit, location, repeat_key=None)
             w("</StudyEventData>")
         if adverse_events:
-            from safety.models import SaeReport
-
             w(f'<StudyEventData StudyEventOID="{self.STUDY_EVENT_AE}"><FormData FormOID="F.AE">')
             for repeat_key, event in enumerate(adverse_events, start=1):
-                signed = (
-                    SaeReport.objects.filter(adverse_event_id=event["id"], signature__isnull=False)
-                    .order_by("-version")
-                    .values_list("signature_id", flat=True)
-                    .first()
-                )
-                header = audit.latest("safety_adverseevent", event["id"], location) + audit.signature(
-                    signed, SIGNATURE_SAE_REPORT
-                )
+                header = audit.latest("safety_adverseevent", event["id"], location)
                 self._item_group("IG.AE", self._ae_items(event), repeat_key=repeat_key, header=header)
             w("</FormData></StudyEventData>")
         logged = [
             record for record in self._crf_records(subject["id"], None, layout) if record.form_code in layout.log_forms
         ]
+            self._write_sae_reports(subject["id"], audit, location)
             self._write_death(subject["id"], audit, location)
         for form_code in layout.form_order:
             entries = [record for record in logged if record.form_code == form_code]
@@ -2101,10 +2121,26 @@ class OdmWriter:
             )
         w("</ItemGroupData></FormData>")
 
-    @staticmethod
-    def _ae_items(event: dict) -> list[tuple[str, object]]:
-        from safety.ctcae import TERMS
-        from safety.models import Seriousness
+    def _write_sae_reports(self, participant_id: int, audit: _OdmAudit, location: str) -> None:
+        from safety.models import SaeReport
+
+        reports = (
+            SaeReport.objects.filter(participant_id=participant_id, site_id__in=self.scope.site_ids)
+            .order_by("adverse_event__sequence", "version", "pk")
+            .values("id", "version", "complete", "signature_id", "written_at", "adverse_event__sequence")
+        )
+        for repeat_key, report in enumerate(reports, start=1):
+            items = [
+                ("IT.SAE_AE", report["adverse_event__sequence"]),
+                ("IT.SAE_VERSION", report["version"]),
+                ("IT.SAE_COMPLETE", _yes_no(report["complete"])),
+                ("IT.SAE_WRITTEN_AT", _odm_utc(report["written_at"])),
+            ]
+            header = audit.latest("safety_saereport", report["id"], location) + audit.signature(
+                report["signature_id"], SIGNATURE_SAE_REPORT
+            )
+            self._item_group("IG.SAE_REPORT", items, repeat_key=repeat_key, header=header)
+
     def _write_death(self, participant_id: int, audit: _OdmAudit, location: str) -> None:
         from safety.models import Death
 
@@ -2126,6 +2162,10 @@ class OdmWriter:
         term = TERMS.get(event["term"])
         return [
             ("IT.AE_SEQUENCE", event["sequence"]),
+    @staticmethod
+    def _ae_items(event: dict) -> list[tuple[str, object]]:
+        from safety.ctcae import TERMS
+        from safety.models import Seriousness
             ("IT.AE_FOLLOWS", event["follows__sequence"]),
             ("IT.AE_TERM", event["term"]),
             ("IT.AE_MEDDRA", term.meddra_code if term else None),

@@ -553,11 +553,13 @@ def test_an_unblinded_only_item_is_only_in_an_unblinded_file(trial, site, cast, 
     assert 'ItemOID="IT.CRF.tablets.kit_content" Value="content-XYZ-check"' in unblinded_file
 
 
-def test_the_pis_signature_of_an_sae_report_is_on_the_adverse_event_it_concerns(
+def test_every_signed_sae_report_version_carries_its_pis_signature(
     data, cast, statistician_both, monitor_both, odm_schema
 ):
+    """ODM allows one Signature per ItemGroupData: each SAE report version is a repeat of
+    IG.SAE_REPORT naming its event and version, with its signature when the PI signed it."""
     from safety import services as safety
-    from safety.models import Seriousness
+    from safety.models import SaeReport, Seriousness
 
     participant = next(participant for participant in data.randomized if participant.site.code == "NT")
     serious = safety.ae_record(
@@ -573,19 +575,54 @@ def test_the_pis_signature_of_an_sae_report_is_on_the_adverse_event_it_concerns(
         ),
     )
     first = safety.sae_report_write(event=serious, written_by=cast.coordinator, narrative="first", complete=True)
-    safety.sae_report_sign(report=first, signer=cast.investigator, password=factories.PASSWORD)
+    first_signature = safety.sae_report_sign(report=first, signer=cast.investigator, password=factories.PASSWORD)
+    # A follow-up drafted, then written complete and signed: the draft version stays unsigned.
+    safety.sae_report_write(event=serious, written_by=cast.coordinator, narrative="draft", complete=False)
     follow_up = safety.sae_report_write(event=serious, written_by=cast.coordinator, narrative="later", complete=True)
     signature = safety.sae_report_sign(report=follow_up, signer=cast.investigator, password=factories.PASSWORD)
+    reports = list(SaeReport.objects.filter(adverse_event=serious).order_by("version"))
+    assert [(report.version, report.signature_id) for report in reports] == [
+        (1, first_signature.pk),
+        (2, None),
+        (3, signature.pk),
+    ]
     for user in (statistician_both, monitor_both):
         document = content_of(run_now(user, "dataset", "odm")).decode("utf-8")
         root = check_complete(document, odm_schema)
         subject = subjects_by_number(root)[participant.screening_number]
-        [group] = [group for group in subject.iter(f"{ODM}ItemGroupData") if group.get("ItemGroupOID") == "IG.AE"]
-        signed = group.find(f"{ODM}Signature")
-        assert signed.get("ID") == f"SG.{signature.pk}"
-        assert signed.find(f"{ODM}SignatureRef").get("SignatureOID") == exports.SIGNATURE_SAE_REPORT
-        assert signed.find(f"{ODM}UserRef").get("UserOID") == f"USR.{cast.investigator.pk}"
+        [form] = [form for form in subject.iter(f"{ODM}FormData") if form.get("FormOID") == "F.AE"]
+        [group] = [group for group in form.findall(f"{ODM}ItemGroupData") if group.get("ItemGroupOID") == "IG.AE"]
+        assert group.find(f"{ODM}Signature") is None
         assert group.find(f"{ODM}AuditRecord/{ODM}SourceID").text.startswith(f"safety_adverseevent#{serious.pk} ")
+        versions = [
+            group for group in form.findall(f"{ODM}ItemGroupData") if group.get("ItemGroupOID") == "IG.SAE_REPORT"
+        ]
+        assert [version.get("ItemGroupRepeatKey") for version in versions] == ["1", "2", "3"]
+        for version, report, signed_by in zip(versions, reports, (first_signature, None, signature), strict=True):
+            values = {item.get("ItemOID"): item.get("Value") for item in version.iter(f"{ODM}ItemData")}
+            assert values == {
+                "IT.SAE_AE": str(serious.sequence),
+                "IT.SAE_VERSION": str(report.version),
+                "IT.SAE_COMPLETE": "yes" if report.complete else "no",
+                "IT.SAE_WRITTEN_AT": report.written_at.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            }
+            signed = version.find(f"{ODM}Signature")
+            if signed_by is None:
+                assert signed is None
+                continue
+            assert signed.get("ID") == f"SG.{signed_by.pk}"
+            assert signed.find(f"{ODM}SignatureRef").get("SignatureOID") == exports.SIGNATURE_SAE_REPORT
+            assert signed.find(f"{ODM}UserRef").get("UserOID") == f"USR.{cast.investigator.pk}"
+            stamp = signed_by.signed_at.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            assert signed.find(f"{ODM}DateTimeStamp").text == stamp
+            assert version.find(f"{ODM}AuditRecord/{ODM}SourceID").text.startswith(f"safety_saereport#{report.pk} ")
+        # Every SAE report signature in the database is in the file, each once.
+        sae_signatures = [
+            s.get("ID")
+            for s in root.iter(f"{ODM}Signature")
+            if s.find(f"{ODM}SignatureRef").get("SignatureOID") == exports.SIGNATURE_SAE_REPORT
+        ]
+        assert sae_signatures == [f"SG.{first_signature.pk}", f"SG.{signature.pk}"]
         assert "investigator" in {login.text for login in root.iter(f"{ODM}LoginName")}
         scope = selectors.report_scope(user)
         stamp = exports.make_stamp(scope, export_id=11)
