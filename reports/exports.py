@@ -1467,10 +1467,12 @@ class OdmWriter:
     STUDY_EVENT_RANDOMIZATION = "SE.RANDOMIZATION"
     STUDY_EVENT_AE = "SE.AE"
 
-    def __init__(self, scope: ReportScope, stream, stamp: Stamp):
+    def __init__(self, scope: ReportScope, stream, stamp: Stamp, *, extension=None):
         self.scope = scope
         self.stream = stream
         self.stamp = stamp
+        # Writes vendor-extension elements at the end of the ODM element (reports/archive.py).
+        self.extension = extension
         self.trial = scope.trial
         self.study_oid = f"ST.{oid_part(self.trial.nct_id)}"
         self.versions = self._versions()
@@ -1575,6 +1577,8 @@ class OdmWriter:
                 subjects += self._write_subjects_from_python(version, version_of, audit, counter)
             self._write_audit_trail(version)
             w("</ClinicalData>\n")
+        if self.extension is not None:
+            self.extension(self.stream)
         w("</ODM>\n")
         return subjects
 

@@ -22,6 +22,8 @@ class ExportKind(models.TextChoices):
     ADVERSE_EVENTS = "adverse_events", _("Adverse events")
     # Issue 19: every dataset under stable variable names, with its codebook and manifest.
     ANALYSIS = "analysis", _("Analysis package")
+    # The backup of record: the unblinded ODM of the whole trial with every row, reloadable.
+    ARCHIVE = "archive", _("Trial archive (ODM, reloadable)")
 
 
 class ExportFormat(models.TextChoices):
@@ -101,9 +103,10 @@ class Export(Audited, models.Model):
 
     @property
     def file_name(self) -> str:
-        if self.kind == ExportKind.ANALYSIS:
-            # A statistician keeps packages of several trials side by side: the trial names the file.
-            extension = "xlsx" if self.format == ExportFormat.XLSX else "zip"
+        if self.kind in (ExportKind.ANALYSIS, ExportKind.ARCHIVE):
+            # A statistician keeps packages (and archives) of several trials side by side: the
+            # trial names the file.
+            extension = {ExportFormat.XLSX: "xlsx", ExportFormat.ODM: "xml"}.get(self.format, "zip")
             trial = self.trial.nct_id if self.trial_id else "trial"
             return f"{trial}-{self.kind}-{self.pk}.{extension}"
         extension = "xml" if self.format == ExportFormat.ODM else self.format

@@ -46,6 +46,7 @@ FORMATS: dict[str, set[str]] = {
     ExportKind.ADVERSE_EVENTS: {ExportFormat.CSV, ExportFormat.XLSX},
     # CSV and the statistical formats come as a zip with the codebook and manifest.
     ExportKind.ANALYSIS: {ExportFormat.CSV, ExportFormat.XLSX, ExportFormat.XPT, ExportFormat.SAV, ExportFormat.DTA},
+    ExportKind.ARCHIVE: {ExportFormat.ODM},
 }
 # Listings grow with the number of participants: always in the background.
 BACKGROUND_KINDS = {
@@ -54,6 +55,7 @@ BACKGROUND_KINDS = {
     ExportKind.DATASET,
     ExportKind.ADVERSE_EVENTS,
     ExportKind.ANALYSIS,
+    ExportKind.ARCHIVE,
 }
 CONTENT_TYPES = {
     ExportFormat.CSV: "text/csv; charset=utf-8",
@@ -87,6 +89,10 @@ def export_request(*, user, kind: str, format: str, site_id: int | None = None, 
     if format not in FORMATS[kind]:
         raise ExportNotAvailable()
     scope = selectors.report_scope(user, site_id=site_id)
+    if kind == ExportKind.ARCHIVE:
+        from reports.archive import require_archivable
+
+        require_archivable(scope)
     with audit_context(actor=user, reason="export requested"):
         export = Export.objects.create(
             requested_by=user,
@@ -235,6 +241,11 @@ def produce(kind: str, format: str, scope: ReportScope, stamp: exports.Stamp, pa
     """Write one export file; returns the number of rows (subjects for ODM)."""
     if kind == ExportKind.ANALYSIS:
         return write_analysis_package(format, scope, stamp, path, progress=progress)
+    if kind == ExportKind.ARCHIVE:
+        from reports.archive import write_archive
+
+        with open(path, "w", encoding="utf-8") as stream:
+            return write_archive(scope, stream, stamp, progress)
     if format == ExportFormat.CSV:
         with open(path, "w", encoding="utf-8", newline="") as stream:
             return exports.write_csv(exports.tables_for(kind, scope), stream, stamp, progress)

@@ -47,6 +47,8 @@ BACKGROUND_DOWNLOADS = [
         ExportKind.ANALYSIS,
         [ExportFormat.CSV, ExportFormat.XLSX, ExportFormat.XPT, ExportFormat.SAV, ExportFormat.DTA],
     ),
+    # Offered only to someone unblinded at every site, over all sites (reports.archive).
+    (ExportKind.ARCHIVE, [ExportFormat.ODM]),
 ]
 # The button of a format where its name alone would not say what the statistician gets.
 BUTTON_TEXT = {
@@ -100,9 +102,20 @@ def reports_home(request: HttpRequest) -> HttpResponse:
             "background_downloads": [
                 (kind, ExportKind(kind).label, [(format, _button_text(kind, format)) for format in formats])
                 for kind, formats in BACKGROUND_DOWNLOADS
+                if kind != ExportKind.ARCHIVE or (site_id is None and may_archive(scope))
             ],
         },
     )
+
+
+def may_archive(scope) -> bool:
+    from reports.archive import ArchiveNotAvailable, require_archivable
+
+    try:
+        require_archivable(scope)
+    except ArchiveNotAvailable:
+        return False
+    return True
 
 
 def _button_text(kind: str, format: str) -> str:
