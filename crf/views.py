@@ -5,7 +5,7 @@ from django.contrib.auth.decorators import login_required
 from django.shortcuts import redirect, render
 from django.utils.translation import gettext as _
 
-from crf import selectors, services
+from crf import selectors, services, values
 from crf.models import FormRecord
 from enrollment.models import Participant
 from trialsite import access
@@ -79,7 +79,7 @@ def _entry_page(request, participant, form, visit_code, record):
         {
             "participant": participant,
             "form": form,
-            "form_name": services.in_language(form.model_dump(), "name"),
+            "form_name": values.in_language(form.name, form.name_zh),
             "visit_code": visit_code,
             "record": record,
             "view": view,

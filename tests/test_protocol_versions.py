@@ -24,7 +24,7 @@ from trialsite.audit import audited_models, blinded_visible_columns
 from trialsite.models import ProtocolVersion
 from trialsite.protocol import load_protocol_file
 
-APPS = ("enrollment", "randomization", "schedules", "dosing", "crf", "reminders")
+APPS = ("enrollment", "randomization", "schedules", "dosing", "crf", "reminders", "safety")
 
 # Audited models of those apps that are not captured trial data, and why.
 NOT_CAPTURED_DATA = {
@@ -50,6 +50,12 @@ NOT_CAPTURED_DATA = {
     "reminders.Reminder",
     # An item's value is part of its form record, which says the version the form was saved under.
     "crf.ItemValue",
+    # The SAE clock's e-mails to the investigator and sponsor: messages about an adverse event
+    # (which says its version), not data captured about the participant.
+    "safety.SaeNotice",
+    # The sponsor's causality and expectedness assessment of one serious event, judged against
+    # the reference safety information, not the protocol; the event it assesses says its version.
+    "safety.SusarAssessment",
 }
 
 
@@ -63,9 +69,15 @@ def _models_of_captured_data():
 
 def test_every_model_of_captured_data_says_its_protocol_version():
     captured = _models_of_captured_data()
-    assert {"schedules.Visit", "randomization.Slot", "crf.FormRecord", "dosing.RepeatLabs"} <= {
-        model._meta.label for model in captured
-    }
+    assert {
+        "schedules.Visit",
+        "randomization.Slot",
+        "crf.FormRecord",
+        "dosing.RepeatLabs",
+        "safety.AdverseEvent",
+        "safety.SaeReport",
+        "safety.Death",
+    } <= {model._meta.label for model in captured}
     for model in captured:
         label = model._meta.label
         field = next((f for f in model._meta.concrete_fields if f.name == "protocol_version"), None)
