@@ -594,10 +594,22 @@ def may_assess(user, site) -> bool:
     return access.can(user, Capability.ASSESS_SAE, site)
 
 
+def sponsor_knows_arm(participant_id: int) -> bool:
+    """Someone who assesses SAEs for the sponsor has broken this participant's blind (emergency
+    unblinding or an opened sealed sheet, both recorded as an unblinding)."""
+    from randomization.models import Unblinding
+
+    return any(
+        access.can(unblinding.unblinded_by, Capability.ASSESS_SAE, unblinding.site_id)
+        for unblinding in Unblinding.objects.filter(participant_id=participant_id).select_related("unblinded_by")
+    )
+
+
 def sae_assess(*, event: AdverseEvent, assessed_by, related: bool, expectedness: str, reference: str):
     """The sponsor's causality and expectedness judgement of a serious event; a related and
     unexpected one is a SUSAR with its expedited-report deadline. A later assessment replaces
-    the judgement (audited), keeping a report already sent."""
+    the judgement (audited), keeping a report already sent; not once the sponsor has broken the
+    participant's blind (`sponsor_knows_arm`)."""
     from safety.models import SusarAssessment
 
     first = event.first
@@ -612,6 +624,17 @@ def sae_assess(*, event: AdverseEvent, assessed_by, related: bool, expectedness:
         )
     with audit_context(actor=assessed_by, reason="SAE assessed by the sponsor"), transaction.atomic():
         first = AdverseEvent.objects.select_for_update().get(pk=first.pk)
+        if SusarAssessment.objects.filter(adverse_event=first).exists() and sponsor_knows_arm(first.participant_id):
+            # A judgement changed once the sponsor has seen the arm would be made knowing it
+            # (on placebo there is no adverse reaction), and blinded staff read assessments: the
+            # change, or its timing after the unblinding, would show them the arm.
+            raise Conflict(
+                _(
+                    "The sponsor has broken the blind of this participant: the assessment can no longer "
+                    "be changed. Record new information in a follow-up SAE report."
+                ),
+                field="expectedness",
+            )
         susar = related and expectedness == SusarAssessment.Expectedness.UNEXPECTED
         assessment, _created = SusarAssessment.objects.update_or_create(
             adverse_event=first,

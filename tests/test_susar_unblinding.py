@@ -154,3 +154,46 @@ def test_nor_does_the_officer_record_an_opened_sealed_sheet_without_a_susar(part
     )
     assert answer.status_code == 200 and "related and unexpected" in answer.content.decode()
     assert not Unblinding.objects.exists()
+
+
+def test_once_the_sponsor_broke_the_blind_its_assessment_can_no_longer_change(
+    participant, cast, site, client_for, api_for
+):
+    """A re-assessment after the sponsor saw the arm would be made knowing it, and blinded staff
+    read assessments and their audit trail: its change or its timing would show them the arm."""
+    event = serious_event(participant, cast, site)
+    assess(event, cast)
+    randomization.participant_unblind(
+        participant=participant, unblinded_by=cast.sponsor_safety, password=factories.PASSWORD, reason=REASON
+    )
+    before = AuditEvent.objects.filter(table_name="safety_susarassessment").count()
+    with pytest.raises(services.Conflict) as refused:
+        assess(event, cast, related=False)
+    assert refused.value.field == "expectedness"
+    answer = api_for(cast.sponsor_safety).put(
+        f"/api/v1/participants/{participant.pk}/adverse-events/{event.sequence}/susar-assessment/",
+        {"related": False, "expectedness": "expected", "reference": "IB v4"},
+        format="json",
+    )
+    assert answer.status_code == 409 and "expectedness" in answer.json()
+    page = client_for(cast.sponsor_safety).post(
+        f"/participants/{participant.pk}/adverse-events/{event.sequence}/",
+        {"action": "assess", "assess-related": "no", "assess-expectedness": "expected", "assess-reference": "IB v4"},
+    )
+    assert page.status_code == 200 and "can no longer be changed" in page.content.decode()
+    assert AuditEvent.objects.filter(table_name="safety_susarassessment").count() == before
+    assessment = event.susar_assessment
+    assessment.refresh_from_db()
+    assert assessment.related is True and assessment.expectedness == "unexpected"
+
+
+def test_an_investigators_emergency_unblinding_does_not_freeze_the_sponsors_assessment(
+    participant, cast, site, client_for
+):
+    """The investigator's unblinding shows the arm to the investigator alone; the sponsor still
+    judges blind, and may still revise its judgement."""
+    event = serious_event(participant, cast, site)
+    assess(event, cast, related=False)
+    assert unblind_page(client_for(cast.investigator), participant).status_code == 200
+    assert Unblinding.objects.get().unblinded_by == cast.investigator
+    assert assess(event, cast, related=True).related is True
