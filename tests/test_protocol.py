@@ -119,6 +119,31 @@ def _amended(settings, tmp_path, *replacements) -> Path:
     return path
 
 
+def test_check_says_when_the_rules_across_the_file_are_still_to_be_checked(db, settings, tmp_path):
+    """A file whose keys are wrong is not yet checked against its own other parts: the check says
+    so, rather than let the author fix the list and meet a second one. A file whose keys are all
+    right gets every cross-part mistake at once, without that note."""
+    note = "are checked once these are fixed"
+    with pytest.raises(CommandError) as refused:
+        call_command("load_protocol", str(BROKEN), "--check")
+    assert note in str(refused.value)
+    # Keys right, two parts at odds: a block size against the ratio, a form's visit against the schedule.
+    path = _amended(
+        settings,
+        tmp_path,
+        ("block_sizes = [4, 8]", "block_sizes = [4, 6]"),
+        ('visits = ["C1", "C2",', 'visits = ["C13", "C1", "C2",'),
+    )
+    with pytest.raises(CommandError) as refused:
+        call_command("load_protocol", str(path), "--check")
+    message = str(refused.value)
+    assert "2 problem(s)" in message
+    assert "randomization.block_sizes[1]: block size 6 is not a multiple of the allocation ratio total 4" in message
+    assert "forms[0].visits[0]: C13 is not a visit of the schedule" in message
+    assert note not in message
+    assert not Trial.objects.exists()
+
+
 def test_an_amendment_is_a_new_version_and_the_old_one_is_kept(trial, settings, tmp_path):
     first = trial.current_version
     path = _amended(

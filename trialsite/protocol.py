@@ -30,7 +30,7 @@ def read_definition(path: Path) -> tuple[dict, Protocol]:
         with open(path, "rb") as protocol_file:
             document = tomllib.load(protocol_file)
     except tomllib.TOMLDecodeError as error:
-        raise ProtocolError([f"{Path(path).name}: not valid TOML: {error}"]) from None
+        raise ProtocolError([f"{Path(path).name}: not valid TOML: {error}"], cross_checked=False) from None
     return _json_safe(document), parse_protocol(document)
 
 

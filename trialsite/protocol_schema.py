@@ -30,10 +30,14 @@ CLOCK_PATTERN = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
 
 
 class ProtocolError(ValidationError):
-    """Every mistake in a protocol file, each as "path: what is wrong"."""
+    """Every mistake in a protocol file, each as "path: what is wrong". `cross_checked` is False
+    when the file's tables and keys themselves were wrong: the rules relating one part of the file
+    to another (kit types, forms' visits, block sizes, ...) need every part read, so they are
+    checked, and their mistakes named, only once these are fixed."""
 
-    def __init__(self, errors: list[str]):
+    def __init__(self, errors: list[str], *, cross_checked: bool = True):
         self.errors = errors
+        self.cross_checked = cross_checked
         super().__init__(errors)
 
     def __str__(self) -> str:
@@ -1130,7 +1134,7 @@ def parse_protocol(document: dict) -> Protocol:
             for path, message, kind in entries
             if kind != "too_short" or not any(other.startswith(path + "[") for other, _m, _k in entries)
         ]
-        raise ProtocolError(errors) from None
+        raise ProtocolError(errors, cross_checked=False) from None
     errors = _cross_checks(protocol)
     if errors:
         raise ProtocolError(errors)

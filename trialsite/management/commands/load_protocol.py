@@ -31,7 +31,14 @@ class Command(BaseCommand):
         except OSError as error:
             raise CommandError(f"{path}: {error.strerror}") from None
         except ProtocolError as error:
-            raise CommandError(f"{path}: {len(error.errors)} problem(s)\n" + "\n".join(error.errors)) from None
+            problems = [f"{path}: {len(error.errors)} problem(s)", *error.errors]
+            if not error.cross_checked:
+                # Otherwise an author fixes these and is surprised by a second, different list.
+                problems.append(
+                    "The rules that relate one part of the file to another (kit types, forms' visits, "
+                    "block sizes, ...) are checked once these are fixed."
+                )
+            raise CommandError("\n".join(problems)) from None
         if check:
             self.stdout.write(
                 f"{path}: valid. {protocol.trial.nct_id} version {protocol.trial.protocol_version}: "
