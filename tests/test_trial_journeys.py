@@ -247,6 +247,36 @@ def test_each_user_sees_only_their_own_trial(trials):
     assert client.get(f"/t/{first.nct_id}/participants/{other.pk}/").status_code == 404
 
 
+def test_each_coordinator_sees_only_their_own_site_of_their_own_trial(trials):
+    """Inside a trial with several sites, a coordinator lists, opens and reaches through the API
+    only their own site's participants; the list of trials shows only the trial they work in."""
+    with time_machine.travel(NOW, tick=False):
+        journeys = {trial.pk: _journey(trial) for trial in trials}
+    several = [trial for trial in trials if trial.sites.count() > 1]
+    assert several, "the journeys need a trial with more than one site"
+    for trial in trials:
+        participants = journeys[trial.pk]["participants"]
+        for site in trial.sites.all():
+            user = journeys[trial.pk]["cast"][(site.code, Role.COORDINATOR)]
+            client = _client(user, trial)
+            answer = client.get(_url(client, "/api/v1/participants/"))
+            assert answer.status_code == 200
+            body = answer.json()
+            listed = {row["id"] for row in (body["results"] if isinstance(body, dict) else body)}
+            assert listed == {participant.pk for participant in participants if participant.site_id == site.pk}
+            for other in participants:
+                if other.site_id == site.pk:
+                    continue
+                assert client.get(_url(client, f"/participants/{other.pk}/")).status_code == 404
+                assert client.get(_url(client, f"/api/v1/participants/{other.pk}/")).status_code == 404
+            chooser = client.get("/trials/")
+            assert chooser.status_code == 200
+            assert f"/t/{trial.nct_id}/" in chooser.content.decode()
+            for other_trial in trials:
+                if other_trial.pk != trial.pk:
+                    assert f"/t/{other_trial.nct_id}/" not in chooser.content.decode()
+
+
 def test_the_arm_is_visible_exactly_where_the_protocol_is_open_label(trials):
     for trial in trials:
         site = trial.sites.order_by("code").first()
