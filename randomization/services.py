@@ -304,9 +304,9 @@ def participant_randomize(*, participant: Participant, randomized_by, request=No
 
 def _allocate(*, participant: Participant, randomized_by) -> Participant:
     """Only what must commit with the allocation, in a constant number of statements: the locked
-    participant (with its screening, withdrawal and consent), the active list with its lock, the
-    slot, the number and the participant, the visit plan. Its reminders are planned after
-    commit (dosing.reminders.services.reminders_plan_pending)."""
+    participant (with its screening, withdrawal and consent), the visit plan, the active list with
+    its lock, the slot, the number and the participant. Its reminders are planned after commit
+    (dosing.reminders.services.reminders_plan_pending)."""
     with audit_context(actor=randomized_by, reason="Randomized"):
         # The screening is locked too (first, as a correction locks them): the verdict read
         # here stays the verdict until the allocation is committed.
@@ -316,6 +316,17 @@ def _allocate(*, participant: Participant, randomized_by) -> Participant:
         _check_randomizable(participant)
         trial = participant.site.trial
         stratum = generator.stratum_of(participant)
+        # The visit plan first: it depends on the date, not on the arm, and its INSERT (with its
+        # audit rows) is the longest statement. Written before the stratum's lock and the site's
+        # counter are taken, it is outside the section every randomization of the stratum waits
+        # for, which is then only the slot, the number and the commit (bench/http_bench.py).
+        # Day 0 is the day the randomization was asked for (the slot's time comes after the
+        # stratum's lock, to keep allocation order time order).
+        visit_schedule_create(
+            participant=participant,
+            day0=timezone.localdate(timezone.now(), timezone=participant.site.zone),
+            reminders_after_commit=True,
+        )
         slot = None
         # Twice at most: a minimization allocation that finds its list retired by a newer
         # version (locked meanwhile) looks up the active list again.
@@ -346,11 +357,6 @@ def _allocate(*, participant: Participant, randomized_by) -> Participant:
             participant.randomization_number = cursor.fetchone()[0]
         participant.randomized_at = now
         participant.status = ParticipantStatus.RANDOMIZED
-        visit_schedule_create(
-            participant=participant,
-            day0=timezone.localdate(now, timezone=participant.site.zone),
-            reminders_after_commit=True,
-        )
     return participant
 
 
