@@ -6,6 +6,7 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 
 from randomization import services as randomization_services
+from randomization.models import Slot
 from tests import factories
 from trialsite.models import ProtocolVersion, Site, Trial
 from trialsite.protocol import load_protocol, load_protocol_file
@@ -185,6 +186,71 @@ def test_a_used_arm_cannot_be_changed_and_the_refusal_says_what(trial, site, cas
     trial.refresh_from_db()
     assert trial.current_version.version == "1.0"
     assert trial.arms.get(code="TOC").ratio == 1
+
+
+def _blocks_list(trial, cast, *, lock: bool):
+    randomization_list = randomization_services.list_generate(
+        trial=trial, seed="protocol", slots_per_stratum=8, created_by=cast.statistician
+    )
+    if lock:
+        randomization_services.list_lock(
+            randomization_list=randomization_list, locked_by=cast.statistician, password=factories.PASSWORD
+        )
+    return randomization_list
+
+
+def _ratio_doubled(settings, tmp_path, arm_code: str) -> Path:
+    """Version 2.0 with one arm's ratio 2 (blocks of 5 and 10 then), naming the cast's second site."""
+    text = settings.PROTOCOL_FILE.read_text()
+    at = text.index("ratio = 1", text.index(f'code = "{arm_code}"'))
+    text = text[:at] + "ratio = 2" + text[at + len("ratio = 1") :]
+    for old, new in (
+        ('protocol_version = "1.0"', 'protocol_version = "2.0"'),
+        ("block_sizes = [4, 8]", "block_sizes = [5, 10]"),
+        ("[[sites]]\n", '[[sites]]\ncode = "SH"\nname = "Hospital SH"\ntime_zone = "Asia/Shanghai"\n\n[[sites]]\n'),
+    ):
+        assert old in text, old
+        text = text.replace(old, new, 1)
+    path = tmp_path / "ratio.toml"
+    path.write_text(text)
+    return path
+
+
+def test_a_locked_list_keeps_the_ratios_it_was_drawn_with_before_anyone_is_randomized(
+    trial, site, cast, settings, tmp_path
+):
+    """Otherwise the list would go on allocating 1:1:1:1 under a protocol saying 2:1:1:1, and the
+    auditor, re-deriving it from the protocol's ratios, would report its slots changed."""
+    _blocks_list(trial, cast, lock=True)
+    with pytest.raises(ProtocolError) as refused:
+        load_protocol(_ratio_doubled(settings, tmp_path, "TOC"))
+    assert refused.value.errors == [
+        "arms[0].ratio: locked randomization list v1 was drawn with arm TOC at ratio 1; it stays 1"
+    ]
+    trial.refresh_from_db()
+    assert trial.current_version.version == "1.0"
+    assert trial.arms.get(code="TOC").ratio == 1
+
+
+def test_an_arm_nobody_was_given_yet_keeps_its_ratio_once_the_list_is_locked(trial, site, cast, settings, tmp_path):
+    _blocks_list(trial, cast, lock=True)
+    participant = factories.make_participant(site, by=cast.coordinator)
+    randomization_services.participant_randomize(participant=participant, randomized_by=cast.coordinator)
+    given = Slot.objects.get(participant=participant).arm.code
+    other = trial.arms.exclude(code=given).order_by("order").first()
+    with pytest.raises(ProtocolError) as refused:
+        load_protocol(_ratio_doubled(settings, tmp_path, other.code))
+    assert refused.value.errors == [
+        f"arms[{other.order}].ratio: locked randomization list v1 was drawn with arm {other.code} at ratio 1; it stays 1"
+    ]
+
+
+def test_a_list_not_yet_locked_does_not_hold_the_ratios(trial, site, cast, settings, tmp_path):
+    """A draft list is made again after the amendment; only locking makes it the trial's."""
+    _blocks_list(trial, cast, lock=False)
+    load_protocol(_ratio_doubled(settings, tmp_path, "TOC"))
+    trial.refresh_from_db()
+    assert trial.arms.get(code="TOC").ratio == 2
 
 
 def test_a_screened_version_cannot_be_rewritten_in_place(trial, site, cast, settings, tmp_path):

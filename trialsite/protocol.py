@@ -3,8 +3,9 @@
 The file is parsed and validated completely first (trialsite.protocol_schema): nothing is written
 unless every key is right. Loading then creates or updates the trial, keeps every version of the
 file, and refuses what would rewrite history: a site never moves to another trial or loses its
-participants, and an arm that has been used keeps its code, ratio and kit contents. Each refusal
-says exactly what it refused."""
+participants, an arm that has been used keeps its code, ratio and kit contents, and the arms
+and ratios a locked randomization list was drawn with stay. Each refusal says exactly what it
+refused."""
 
 from __future__ import annotations
 
@@ -124,6 +125,7 @@ def _refusals(trial: Trial, protocol: Protocol) -> list[str]:
                     f"arms[{index}]: arm {spec.code} cannot be added once participants are randomized"
                     " (the randomization list does not know it)"
                 )
+    refusals += _locked_list_refusals(trial, protocol, refused_already=used_arm_ids if anyone_randomized else set())
     new_sites = {site.code: site for site in protocol.sites}
     for site in trial.sites.all():
         spec = new_sites.get(site.code)
@@ -134,6 +136,43 @@ def _refusals(trial: Trial, protocol: Protocol) -> list[str]:
             refusals.append(
                 f"sites[{protocol.sites.index(spec)}].time_zone: site {site.code} has participants whose visit"
                 f" windows were set in {site.time_zone}; it stays {site.time_zone}"
+            )
+    return refusals
+
+
+def _locked_list_refusals(trial: Trial, protocol: Protocol, *, refused_already: set) -> list[str]:
+    """A locked list of slots drawn in advance (permuted blocks) was drawn for the arms and ratios
+    in force, whether anyone has been allocated yet or not. A new ratio or a new arm would leave
+    it allocating by the old ones while the protocol says otherwise, and the auditor, who
+    re-derives the list from the protocol's arms, would find its slots changed. (A minimization
+    list holds no slots: its allocations refuse rules it was not made with.)"""
+    from randomization.models import RandomizationList
+
+    locked = (
+        RandomizationList.objects.filter(trial=trial, locked_at__isnull=False)
+        .exclude(method=RandomizationList.Method.MINIMIZATION)
+        .order_by("-version")
+        .values_list("version", flat=True)
+        .first()
+    )
+    if locked is None:
+        return []
+    refusals = []
+    arms = {arm.code: arm for arm in trial.arms.all()}
+    for index, spec in enumerate(protocol.arms):
+        arm = arms.get(spec.code)
+        if refused_already and (arm is None or arm.pk in refused_already):
+            # Said above: no arm is added, and no used arm changes, once anyone is randomized.
+            continue
+        if arm is None:
+            refusals.append(
+                f"arms[{index}]: arm {spec.code} cannot be added: locked randomization list v{locked}"
+                " was drawn without it"
+            )
+        elif spec.ratio != arm.ratio:
+            refusals.append(
+                f"arms[{index}].ratio: locked randomization list v{locked} was drawn with arm {arm.code}"
+                f" at ratio {arm.ratio}; it stays {arm.ratio}"
             )
     return refusals
 
