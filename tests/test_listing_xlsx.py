@@ -84,7 +84,9 @@ def is_date_cell(cell, day: datetime.date | None) -> bool:
     if day is None:
         return cell.value is None
     return (
-        cell.is_date and cell.value == datetime.datetime.combine(day, datetime.time()) and "h" not in cell.number_format
+        cell.is_date
+        and cell.value == datetime.datetime.combine(day, datetime.time())
+        and cell.number_format == "yyyy-mm-dd"
     )
 
 
