@@ -125,47 +125,47 @@ class Form:
     items: list[Item]
 
 
-def _item(entry: dict) -> Item:
+def _item(item) -> Item:
     return Item(
-        code=entry["code"],
-        label=entry.get("label") or entry["code"],
-        label_zh=entry.get("label_zh"),
-        type=entry.get("type", "text"),
-        code_list=entry.get("code_list"),
-        unit=entry.get("unit"),
-        unblinded_only=bool(entry.get("unblinded_only", False)),
+        code=item.code,
+        label=item.label or item.code,
+        label_zh=item.label_zh,
+        type=item.type,
+        code_list=item.code_list,
+        unit=item.unit,
+        unblinded_only=item.unblinded_only,
     )
 
 
-def older_definitions(trial) -> list[dict]:
-    """The files of the trial's earlier protocol versions, newest first (one query)."""
+def older_protocols(trial) -> list:
+    """The trial's earlier protocol versions as typed protocols, newest first (one query)."""
     from trialsite.models import ProtocolVersion
+    from trialsite.protocol_schema import protocol_for
 
     return [
-        definition or {}
+        protocol_for(definition)
         for definition in ProtocolVersion.objects.filter(trial=trial)
         .exclude(pk=trial.current_version_id)
         .order_by("-loaded_at", "-id")
         .values_list("definition", flat=True)
+        if definition
     ]
 
 
-def protocol_criteria(trial, older: list[dict]) -> list[tuple[str, str, str, str | None]]:
+def protocol_criteria(trial, older: list) -> list[tuple[str, str, str, str | None]]:
     """(code, kind, text, text_zh) of every criterion the current protocol or an earlier version
     asked: answers given under an amended-away criterion are still data."""
     criteria = [(c.code, c.kind, c.text, c.text_zh) for c in trial.protocol.eligibility.criteria]
     known = {criterion[0] for criterion in criteria}
-    for definition in older:
-        for entry in (definition.get("eligibility") or {}).get("criteria", []):
-            if entry.get("code") and entry["code"] not in known:
-                known.add(entry["code"])
-                criteria.append(
-                    (entry["code"], entry.get("kind"), entry.get("text") or entry["code"], entry.get("text_zh"))
-                )
+    for protocol in older:
+        for criterion in protocol.eligibility.criteria:
+            if criterion.code not in known:
+                known.add(criterion.code)
+                criteria.append((criterion.code, criterion.kind, criterion.text or criterion.code, criterion.text_zh))
     return criteria
 
 
-def protocol_forms(trial, older: list[dict]) -> tuple[list[Form], dict[str, dict]]:
+def protocol_forms(trial, older: list) -> tuple[list[Form], dict[str, dict]]:
     """The forms of the current protocol, each with the items earlier versions had and this one
     dropped appended (their values were captured and stay in the data), and the code lists of
     every version (the current one's wording first)."""
@@ -182,38 +182,23 @@ def protocol_forms(trial, older: list[dict]) -> tuple[list[Form], dict[str, dict
             name=form.name,
             name_zh=form.name_zh,
             kind=form.kind,
-            items=[
-                Item(
-                    code=item.code,
-                    label=item.label,
-                    label_zh=item.label_zh,
-                    type=item.type,
-                    code_list=item.code_list,
-                    unit=item.unit,
-                    unblinded_only=item.unblinded_only,
-                )
-                for item in form.items
-            ],
+            items=[_item(item) for item in form.items],
         )
-    for definition in older:
-        for code_list in definition.get("code_lists", []):
-            known = code_lists.setdefault(code_list["code"], {"entries": []})
+    for earlier in older:
+        for code_list in earlier.code_lists:
+            known = code_lists.setdefault(code_list.code, {"entries": []})
             codes = {entry[0] for entry in known["entries"]}
-            for entry in code_list.get("entries", []):
-                if entry["code"] not in codes:
-                    known["entries"].append((entry["code"], entry.get("label") or entry["code"], entry.get("label_zh")))
-        for form in definition.get("forms", []):
-            known = forms.get(form["code"])
+            for entry in code_list.entries:
+                if entry.code not in codes:
+                    known["entries"].append((entry.code, entry.label or entry.code, entry.label_zh))
+        for form in earlier.forms:
+            known = forms.get(form.code)
             if known is None:
-                known = forms[form["code"]] = Form(
-                    code=form["code"],
-                    name=form.get("name") or form["code"],
-                    name_zh=form.get("name_zh"),
-                    kind=form.get("kind", "visit"),
-                    items=[],
+                known = forms[form.code] = Form(
+                    code=form.code, name=form.name or form.code, name_zh=form.name_zh, kind=form.kind, items=[]
                 )
             codes = {item.code for item in known.items}
-            known.items += [_item(entry) for entry in form.get("items", []) if entry["code"] not in codes]
+            known.items += [_item(item) for item in form.items if item.code not in codes]
     return list(forms.values()), code_lists
 
 
@@ -253,7 +238,7 @@ class Builder:
         self.site_ids = scope.site_ids
         self.unblinded = bool(scope.unblinded)
         self.code_lists: dict[str, CodeList] = {}
-        self.older = older_definitions(scope.trial)
+        self.older = older_protocols(scope.trial)
 
     # Code lists -----------------------------------------------------------------------------
     def add_list(self, code_list: CodeList) -> str:
@@ -1044,7 +1029,7 @@ def build_package(scope, *, export_id: int | None = None) -> Package:
         export_id=export_id,
         exported_by=scope.user.get_username(),
         exported_at=timezone.now(),
-        data_version=data_version(),
+        data_version=data_version(scope),
         blinded=not scope.unblinded,
         site_codes=tuple(site.code for site in scope.sites),
         protocol_version=current.version if current else None,
