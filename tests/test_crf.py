@@ -270,9 +270,12 @@ def test_an_anticoagulant_warns_without_blocking_and_the_warning_is_recorded(par
         user=cast.coordinator, participant=participant, form_code="conmeds", values=ASPIRIN_LIKE
     )
     assert [warning["text"] for warning in result.warnings] == [
-        "Anticoagulant entered: long-term anticoagulant use is exclusion criterion EX3. Tell the investigator."
+        "Anticoagulant entered: long-term anticoagulant use is exclusion criterion EX3, and the study tablet may be "
+        "aspirin, which adds to the bleeding risk. Tell the investigator."
     ]
-    assert result.warnings[0]["text_zh"] == "已录入抗凝药：长期使用抗凝药物属于排除标准EX3，请告知研究者。"  # noqa: RUF001
+    assert result.warnings[0]["text_zh"] == (
+        "已录入抗凝药：长期使用抗凝药物属于排除标准EX3，且研究用片剂可能是阿司匹林，合用会增加出血风险，请告知研究者。"  # noqa: RUF001
+    )
     assert FormRecord.objects.get().warnings == result.warnings
     antiplatelet = services.form_save(
         user=cast.coordinator,
