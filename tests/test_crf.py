@@ -111,7 +111,7 @@ def test_mistakes_in_forms_are_named_by_their_path():
         parse_protocol(broken)
     # Type mistakes are found first (pydantic); fix them to see the cross checks.
     assert (
-        "forms[2].visits[1]: must be a visit code such as C1, or a prefix pattern such as C* (got 'not a visit')"
+        "forms[2].visits[1]: must be a visit code such as V1, or a prefix pattern such as V* (got 'not a visit')"
         in (refused.value.errors)
     )
     assert any(error.startswith("forms[2].items[3].type: ") for error in refused.value.errors)

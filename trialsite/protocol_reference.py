@@ -44,8 +44,8 @@ VALUE_WORDS = {
         f"visit code (a code of at most {schema.VISIT_CODE_LENGTH} characters)",
         "visit codes",
     ),
-    schema._visit_code_pattern: ("visit code pattern with {n} (such as C{n})", "visit code patterns"),
-    schema._visit_code_or_pattern: ("visit code (C1) or prefix pattern (C*)", "visit codes or prefix patterns"),
+    schema._visit_code_pattern: ("visit code pattern with {n} (such as V{n})", "visit code patterns"),
+    schema._visit_code_or_pattern: ("visit code (V1) or prefix pattern (V*)", "visit codes or prefix patterns"),
     schema._scalar: ("text, whole number or true/false", "texts, whole numbers or true/false values"),
 }
 for _name in ("_coded_value",):

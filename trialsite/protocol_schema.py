@@ -555,7 +555,7 @@ class DosingSpec(Section):
 
 class KitsSpec(Section):
     types: tuple[Code, ...] = Field(
-        min_length=1, description="The kit types (codes such as INF, TAB) that arms' kit_contents name."
+        min_length=1, description="The kit types (codes such as VIAL, PACK) that arms' kit_contents name."
     )
     storage: Text = Field("Room temperature", description="How kits are stored, as shown to the pharmacy.")
     low_stock_threshold: NonNegativeInt = Field(
@@ -624,7 +624,7 @@ class RoleSpec(Section):
 # --- Case report forms (crf app) ---------------------------------------------------------------
 # A form is data: its items, their types, ranges and code lists, when an item shows, checks
 # across items and non-blocking warnings. Visit-bound forms name visit codes as plain strings
-# (or a prefix pattern such as "C*"); `_form_visit_checks` checks them against the schedule.
+# (or a prefix pattern such as "V*"); `_form_visit_checks` checks them against the schedule.
 
 ITEM_TYPES = ("text", "integer", "decimal", "date", "choice", "yes_no")
 NUMERIC_ITEM_TYPES = ("integer", "decimal")
@@ -635,7 +635,7 @@ def _visit_code_or_pattern(value):
     if not isinstance(value, str) or not VISIT_PATTERN.match(value):
         raise PydanticCustomError(
             "visit_code",
-            "must be a visit code such as C1, or a prefix pattern such as C* (got {value})",
+            "must be a visit code such as V1, or a prefix pattern such as V* (got {value})",
             {"value": repr(value)},
         )
     return value
@@ -735,7 +735,7 @@ class FormSpec(Section):
         description='"visit": one record per listed visit; "log": repeating records of the participant (con-meds).'
     )
     visits: tuple[VisitCodeOrPattern, ...] = Field(
-        (), description="Visit forms: the visit codes that carry the form (C1) or prefix patterns (C*)."
+        (), description="Visit forms: the visit codes that carry the form (V1) or prefix patterns (V*)."
     )
     items: tuple[ItemSpec, ...] = Field(min_length=1, description="The form's items, in order.")
     checks: tuple[CrossCheckSpec, ...] = Field(

@@ -31,7 +31,7 @@ class Command(BaseCommand):
             "--lot",
             action="append",
             default=[],
-            help="TYPE:CONTENT:LOT:YYYY-MM-DD, once per kit type and content (e.g. INF:active:TCZ-24A:2028-01-31)",
+            help="TYPE:CONTENT:LOT:YYYY-MM-DD, once per kit type and content (e.g. VIAL:active:LOT-24A:2028-01-31)",
         )
         parser.add_argument("--trial", help="NCT id; default: the only trial loaded")
         parser.add_argument("--check", type=int, help="id of a stored kit list to compare with")
