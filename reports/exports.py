@@ -1764,14 +1764,14 @@ class OdmWriter:
                 ("IT.DEATH_CAUSE", "Cause of death", "text", 2000, None),
                 ("IT.DEATH_AE", "Fatal event (its first record's event number)", "integer", 4, None),
             ],
-        for members in groups.values():
-            for index, (oid, name, *rest) in enumerate(members):
-                if isinstance(name, str):
-                    questions[oid] = _texts(name)
         }
         if self.scope.unblinded:
             groups["IG.RANDOMIZATION"].append(("IT.ARM", "Arm", "text", 20, "CL.ARM"))
         questions = {}
+        for members in groups.values():
+            for index, (oid, name, *rest) in enumerate(members):
+                if isinstance(name, str):
+                    questions[oid] = _texts(name)
                 else:
                     questions[oid] = _label_texts(name)
                     members[index] = (oid, questions[oid]["en"], *rest)
@@ -2076,12 +2076,12 @@ class OdmWriter:
             for repeat_key, event in enumerate(adverse_events, start=1):
                 header = audit.latest("safety_adverseevent", event["id"], location)
                 self._item_group("IG.AE", self._ae_items(event), repeat_key=repeat_key, header=header)
+            self._write_sae_reports(subject["id"], audit, location)
+            self._write_death(subject["id"], audit, location)
             w("</FormData></StudyEventData>")
         logged = [
             record for record in self._crf_records(subject["id"], None, layout) if record.form_code in layout.log_forms
         ]
-            self._write_sae_reports(subject["id"], audit, location)
-            self._write_death(subject["id"], audit, location)
         for form_code in layout.form_order:
             entries = [record for record in logged if record.form_code == form_code]
             if entries:
@@ -2164,14 +2164,14 @@ class OdmWriter:
         ]
         self._item_group("IG.DEATH", items, header=audit.latest("safety_death", death["id"], location))
 
-
-        term = TERMS.get(event["term"])
-        return [
-            ("IT.AE_SEQUENCE", event["sequence"]),
     @staticmethod
     def _ae_items(event: dict) -> list[tuple[str, object]]:
         from safety.ctcae import TERMS
         from safety.models import Seriousness
+
+        term = TERMS.get(event["term"])
+        return [
+            ("IT.AE_SEQUENCE", event["sequence"]),
             ("IT.AE_FOLLOWS", event["follows__sequence"]),
             ("IT.AE_TERM", event["term"]),
             ("IT.AE_MEDDRA", term.meddra_code if term else None),
