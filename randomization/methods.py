@@ -52,6 +52,7 @@ from fractions import Fraction
 from django.db import connection
 from django.db.models import Count, Max
 from django.utils import timezone
+from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
 from randomization import generator
@@ -207,6 +208,11 @@ class Method:
         """The SHA-256 recorded on the list."""
         raise NotImplementedError
 
+    def outdated(self, randomization_list) -> str | None:
+        """Why the list no longer fits the protocol in force (None when it fits): a list made
+        before an amendment changed the arms or their ratio must not be locked and used."""
+        raise NotImplementedError
+
     def allocate(self, *, active, participant, stratum: str):
         """Give `participant` an arm from the locked, active list `active` and return the Slot
         (its allocated_at taken once the allocation's locks are held, so that allocation order
@@ -230,6 +236,39 @@ class PermutedBlocks(Method):
 
     def rules_digest(self, slots):
         return generator.digest(slots)
+
+    def outdated(self, randomization_list):
+        """Each block holds the arms in the protocol's ratio for its size (the last block of a
+        stratum may stop early, never beyond the ratio), and no arm outside the protocol."""
+        from randomization.models import Slot
+
+        arms = [(arm.code, arm.ratio) for arm in self.protocol.arms]
+        composition: dict[tuple[str, int], Counter] = {}
+        sizes: dict[tuple[str, int], int] = {}
+        for row in (
+            Slot.objects.filter(randomization_list=randomization_list)
+            .order_by()
+            .values("stratum", "block", "block_size", "arm__code")
+            .annotate(slots=Count("id"))
+        ):
+            key = (row["stratum"], row["block"])
+            composition.setdefault(key, Counter())[row["arm__code"]] = row["slots"]
+            sizes[key] = row["block_size"]
+        for (stratum, block), counts in sorted(composition.items()):
+            try:
+                expected = Counter(generator.block_arms(arms, sizes[(stratum, block)]))
+            except ValueError:
+                return _("stratum %(stratum)s, block %(block)s: its size does not fit the ratio") % {
+                    "stratum": stratum,
+                    "block": block,
+                }
+            full = sum(counts.values()) == sizes[(stratum, block)]
+            if (full and counts != expected) or any(counts[code] > expected[code] for code in counts):
+                return _("stratum %(stratum)s, block %(block)s: its arms are not in the protocol's ratio") % {
+                    "stratum": stratum,
+                    "block": block,
+                }
+        return None
 
     def allocate(self, *, active, participant, stratum):
         from randomization.models import Slot
@@ -279,6 +318,11 @@ class Minimization(Method):
             "probability": str(probability),
         }
         return hashlib.sha256(json.dumps(rules, sort_keys=True).encode()).hexdigest()
+
+    def outdated(self, randomization_list):
+        if self.rules_digest([]) != randomization_list.sha256:
+            return _("its minimization rules (arms, factors, weights or probability) are not the protocol's")
+        return None
 
     def allocate(self, *, active, participant, stratum):
         from randomization.models import RandomizationList, Slot

@@ -72,6 +72,10 @@ class InvalidList(TrialRuleError):
     pass
 
 
+class ListOutdated(Conflict):
+    pass
+
+
 def _next_version(trial: Trial, reason: str) -> int:
     version = (
         RandomizationList.objects.filter(trial=trial).order_by("-version").values_list("version", flat=True).first()
@@ -237,6 +241,15 @@ def list_lock(*, randomization_list: RandomizationList, locked_by, password: str
         randomization_list = RandomizationList.objects.select_for_update().get(pk=randomization_list.pk)
         if randomization_list.locked_at:
             raise ListLocked()
+        problem = methods.method_for(randomization_list.trial, randomization_list.method).outdated(randomization_list)
+        if problem is not None:
+            raise ListOutdated(
+                _(
+                    "This list was made for other arms or ratios than the protocol in force (%(problem)s); "
+                    "generate or import a new version."
+                )
+                % {"problem": problem}
+            )
         RandomizationList.objects.filter(trial=randomization_list.trial, is_active=True).update(is_active=False)
         randomization_list.locked_at = timezone.now()
         randomization_list.locked_by = locked_by

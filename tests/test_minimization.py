@@ -436,3 +436,18 @@ def test_changed_minimization_weights_stop_allocation_from_the_old_list(minimize
         services.participant_randomize(participant=participant, randomized_by=cast.coordinator)
     assert not Slot.objects.filter(participant=participant).exists()
     assert audit().startswith("FAILED list v1: the protocol's minimization rules")
+
+
+def test_a_draft_minimization_list_made_before_new_weights_cannot_be_locked(minimize, cast, trial, tmp_path):
+    minimize()
+    trial.refresh_from_db()
+    draft = services.list_generate(
+        trial=trial, seed="second seed", created_by=cast.statistician, reason="a second list, to lock later"
+    )
+    path = tmp_path / "reweighted.toml"
+    path.write_text(minimization_protocol_text().replace("weight = 2", "weight = 3"), encoding="utf-8")
+    load_protocol(path)
+    with pytest.raises(services.ListOutdated, match="minimization rules"):
+        services.list_lock(randomization_list=draft, locked_by=cast.statistician, password=factories.PASSWORD)
+    draft.refresh_from_db()
+    assert draft.locked_at is None

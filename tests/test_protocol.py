@@ -247,10 +247,22 @@ def test_an_arm_nobody_was_given_yet_keeps_its_ratio_once_the_list_is_locked(tri
 
 def test_a_list_not_yet_locked_does_not_hold_the_ratios(trial, site, cast, settings, tmp_path):
     """A draft list is made again after the amendment; only locking makes it the trial's."""
-    _blocks_list(trial, cast, lock=False)
+    draft = _blocks_list(trial, cast, lock=False)
     load_protocol(_ratio_doubled(settings, tmp_path, "TOC"))
     trial.refresh_from_db()
     assert trial.arms.get(code="TOC").ratio == 2
+    # The draft made before the amendment cannot be locked: its blocks hold the old ratio.
+    with pytest.raises(randomization_services.ListOutdated, match=r"other arms or ratios.*stratum NT, block 1"):
+        randomization_services.list_lock(
+            randomization_list=draft, locked_by=cast.statistician, password=factories.PASSWORD
+        )
+    draft.refresh_from_db()
+    assert draft.locked_at is None and not draft.is_active
+    # One generated after it can.
+    after = randomization_services.list_generate(
+        trial=trial, seed="amended", slots_per_stratum=10, created_by=cast.statistician, reason="ratio amended"
+    )
+    randomization_services.list_lock(randomization_list=after, locked_by=cast.statistician, password=factories.PASSWORD)
 
 
 def test_a_screened_version_cannot_be_rewritten_in_place(trial, site, cast, settings, tmp_path):
