@@ -235,6 +235,7 @@ def form_save(
         warnings = warnings_of(form, after)
         status = status_of(form, after)
         column = {item.code: "unblinded_value" if item.unblinded_only else "value" for item in form.items}
+        created = record is None
         # The record's own events carry a fixed reason: a reason typed for an unblinded-only
         # item must not reach blinded readers through the record. The items carry the reason.
         with audit_context(actor=user, reason="form saved"):
@@ -285,8 +286,10 @@ def form_save(
                 row.save(update_fields=[column[code]])
         # Status and warnings rest on items every reader sees: a save of unblinded-only items
         # leaves the record untouched (its updated_at would otherwise time the hidden change).
+        # A record this save made was written with them already (a second write would only add
+        # an event, and cost a dosing visit, which saves two forms, five statements each).
         blinded_touched = any(code not in hidden for code in [*changed, *new])
-        if blinded_touched or (record.status, record.warnings) != (status, warnings):
+        if not created and (blinded_touched or (record.status, record.warnings) != (status, warnings)):
             with audit_context(actor=user, reason="form saved"):
                 record.status = status
                 record.warnings = warnings

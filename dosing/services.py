@@ -13,9 +13,10 @@ import re
 import secrets
 from decimal import Decimal
 
+from django.contrib.postgres.expressions import ArraySubquery
 from django.core.mail import send_mail
-from django.db import transaction
-from django.db.models import Count, Min
+from django.db import connection, transaction
+from django.db.models import Count, Min, OuterRef, QuerySet, Subquery
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
@@ -51,7 +52,7 @@ from dosing.models import (
 )
 from dosing.reminders.services import reminders_replan
 from dosing.schedule import visits_end_for_withdrawal
-from dosing.selectors import dose_input_items, dose_inputs_on_forms
+from dosing.selectors import BLINDED_KIT_FIELDS, dose_input_items, dose_inputs_on_forms, kits_blinded
 from enrollment.models import Participant, ParticipantStatus
 from randomization.selectors import allocated_arm
 from safety.open_events import grade_3_special_interest, open_events
@@ -106,6 +107,15 @@ def treatment_stopped(participant: Participant) -> bool:
     return DoseRecord.objects.filter(participant=participant, decision=Decision.STOP).exists()
 
 
+def _visit_locked_for_recording(pk: int) -> Visit:
+    """The visit row locked (only it: the site row is the one randomization updates, its number
+    counter), with its participant, site and trial, and what kit assignment reads of the plan
+    and of the visit's kits (`_visits_with_kit_facts`), in one statement."""
+    return _visits_with_kit_facts(
+        Visit.objects.select_for_update(of=("self",)).select_related("participant", "site__trial")
+    ).get(pk=pk)
+
+
 def visit_record(
     *,
     visit: Visit,
@@ -130,11 +140,10 @@ def visit_record(
         # The participant before the visit, the order withdrawal takes them in: the forms the dose
         # reads are saved under the participant's lock (crf.form_save), so the two cannot deadlock.
         Participant.objects.select_for_update(of=("self",)).filter(pk=visit.participant_id).first()
-        # Only the visit row: the site row is the one randomization updates (its number counter).
-        visit = (
-            Visit.objects.select_for_update(of=("self",)).select_related("participant", "site__trial").get(pk=visit.pk)
-        )
+        visit = _visit_locked_for_recording(visit.pk)
         participant = visit.participant
+        # The participant's site is the visit's: the forms saved below read it without a query.
+        participant.site = visit.site
         if visit.status not in (VisitStatus.SCHEDULED, VisitStatus.MISSED):
             raise VisitNotOpen()
         if participant.status != ParticipantStatus.RANDOMIZED:
@@ -158,24 +167,29 @@ def visit_record(
         outcome = VisitOutcome(visit=visit)
         rules = visit.site.trial.protocol.dosing
         review = grade_3_special_interest(open_events(participant)) if visit.is_dosing else []
+        # The participant's earlier doses in one read, in visit order: whether treatment stopped,
+        # the baseline weight, whether a dose was ever given (under the participant's lock).
+        previous = (
+            list(
+                DoseRecord.objects.filter(participant=participant)
+                .order_by("visit__sequence")
+                .values_list("decision", "weight_kg")
+            )
+            if visit.is_dosing
+            else []
+        )
+        if any(decision == Decision.STOP for decision, _weight in previous):
+            raise TreatmentStopped()
         if visit.is_dosing and rules.infusion is None:
             # No infusion in this trial: no dose to compute and no lab gate; the visit gives the
             # kits the arm takes (tablets), or none (an open-label observation arm). The review is
             # asked of every arm alike, so asking it says nothing of the arm.
-            if treatment_stopped(participant):
-                raise TreatmentStopped()
             with _dosing_goes_ahead(
                 events=review, confirmed=confirm_open_adverse_events, recorded_by=recorded_by, reason=reason
             ):
                 visit.save()
-            try:
-                outcome.kits = kits_assign(visit=visit, assigned_by=recorded_by)
-            except NoKitAvailable:
-                outcome.no_kit = True
-                outcome.kits = list(visit.kits.all())
+            _kits_at_recorded_visit(outcome, decision=Decision.GIVE, assigned_by=recorded_by)
         elif visit.is_dosing:
-            if treatment_stopped(participant):
-                raise TreatmentStopped()
             given = {
                 "weight_kg": weight_kg,
                 "neutrophils": neutrophils,
@@ -198,9 +212,7 @@ def visit_record(
                 given.update({name: read[name] for name in on_forms})
                 weight_kg, neutrophils, platelets, alt_uln, ast_uln = given.values()
             dose = infusion_dose(weight_kg=weight_kg, rules=rules.infusion)
-            previous = DoseRecord.objects.filter(participant=participant).order_by("visit__sequence")
-            baseline = previous.first()
-            first_dose = not previous.filter(decision=Decision.GIVE).exists()
+            first_dose = not any(decision == Decision.GIVE for decision, _weight in previous)
             decision = infusion_decision(
                 first_dose=first_dose,
                 neutrophils=neutrophils,
@@ -209,7 +221,7 @@ def visit_record(
                 ast_uln=ast_uln,
                 rules=rules.safety,
             )
-            baseline_kg = baseline.weight_kg if baseline else Decimal(weight_kg)
+            baseline_kg = previous[0][1] if previous else Decimal(weight_kg)
             # A held or stopped dose needs no review: nothing is given.
             with _dosing_goes_ahead(
                 events=review if decision.decision == Decision.GIVE else [],
@@ -248,11 +260,7 @@ def visit_record(
                     participant=participant, kind=VisitKind.DOSING, status=VisitStatus.SCHEDULED
                 ).update(status=VisitStatus.CANCELLED)
             else:
-                try:
-                    outcome.kits = kits_assign(visit=visit, assigned_by=recorded_by)
-                except NoKitAvailable:
-                    outcome.no_kit = True
-                    outcome.kits = list(visit.kits.all())
+                _kits_at_recorded_visit(outcome, decision=decision.decision, assigned_by=recorded_by)
         else:
             if weight_kg is not None and rules.infusion is not None:
                 visit.weight_kg = check_weight(weight_kg=weight_kg, rules=rules.infusion)
@@ -506,6 +514,16 @@ def _locked(kit: Kit) -> Kit:
     return Kit.objects.select_for_update().get(pk=kit.pk)
 
 
+def _contents_for(*, trial, arm, decision: str) -> list[tuple[str, str]]:
+    """(kit type, content) an arm takes at a dosing visit with this dose decision: none after a
+    stop; the tablet kit still when the infusion is held (the daily tablet continues)."""
+    if decision == Decision.STOP:
+        return []
+    types = kit_types_given(trial, infusion_held=decision == Decision.HOLD)
+    # An open-label arm may get no kit of a type (observation gets none).
+    return [(kit_type, arm.kit_contents[kit_type]) for kit_type in types if kit_type in arm.kit_contents]
+
+
 def needed_kits(visit: Visit) -> list[tuple[str, str]]:
     """(kit type, content) to assign at this dosing visit, from the arm; the tablet kit is still
     given when the infusion is held (the daily tablet continues)."""
@@ -513,21 +531,34 @@ def needed_kits(visit: Visit) -> list[tuple[str, str]]:
     if arm is None:
         raise NotRandomized()
     dose = DoseRecord.objects.filter(visit=visit).first()
-    decision = dose.decision if dose else Decision.GIVE
-    if decision == Decision.STOP:
-        return []
-    types = kit_types_given(visit.site.trial, infusion_held=decision == Decision.HOLD)
-    # An open-label arm may get no kit of a type (observation gets none).
-    return [(kit_type, arm.kit_contents[kit_type]) for kit_type in types if kit_type in arm.kit_contents]
+    return _contents_for(trial=visit.site.trial, arm=arm, decision=dose.decision if dose else Decision.GIVE)
+
+
+# A visit has its kit of a type once one was assigned to it, whatever happened to the kit since.
+KIT_HELD_BY_VISIT = (S.ASSIGNED, S.DISPENSED, S.RETURNED)
+
+
+def _visits_with_kit_facts(visits: QuerySet[Visit]) -> QuerySet[Visit]:
+    """Visits with what kit assignment reads besides the stock, so it costs no query of its own:
+    `next_window_end` (the window end of the participant's next visit, None at the last) and
+    `kit_types_held` (the kit types the visit already has)."""
+    following = Visit.objects.filter(participant_id=OuterRef("participant_id"), sequence__gt=OuterRef("sequence"))
+    held = Kit.objects.filter(visit_id=OuterRef("pk"), status__in=KIT_HELD_BY_VISIT).values("kit_type")
+    return visits.annotate(
+        next_window_end=Subquery(following.order_by("sequence").values("window_end")[:1]),
+        kit_types_held=ArraySubquery(held),
+    )
 
 
 def kit_expiry_needed(visit: Visit) -> datetime.date:
     """A kit must last until the next visit's window closes (the visit date at the last visit)."""
     following = Visit.objects.filter(participant_id=visit.participant_id, sequence__gt=visit.sequence)
     following = following.order_by("sequence").first()
-    if following is None:
-        return visit.actual_date or visit.target_date
-    return following.window_end
+    return _lasting_until(visit, following.window_end if following else None)
+
+
+def _lasting_until(visit: Visit, next_window_end: datetime.date | None) -> datetime.date:
+    return next_window_end if next_window_end is not None else (visit.actual_date or visit.target_date)
 
 
 def kit_contents_by_type(trial) -> dict[str, set[str]]:
@@ -542,7 +573,9 @@ def kit_contents_by_type(trial) -> dict[str, set[str]]:
 
 def _lots_serving_every_content(*, site, kit_type: str, lasting_until: datetime.date) -> list[str]:
     """The packaging lots at the site holding a fit kit of EVERY content of this kit type (label
-    expiry lasting until the next visit's window closes), earliest label expiry first."""
+    expiry lasting until the next visit's window closes), earliest label expiry first. The
+    assignment itself chooses the first of them in its claiming statement (`_KIT_CLAIM_LOT`);
+    this is for telling a stock-out from a race once the claim found nothing."""
     needed = kit_contents_by_type(site.trial).get(kit_type, set())
     rows = (
         Kit.objects.filter(site_id=site.pk, status=S.AT_SITE, kit_type=kit_type, label_expiry__gte=lasting_until)
@@ -558,42 +591,6 @@ def _lots_serving_every_content(*, site, kit_type: str, lasting_until: datetime.
     return sorted(serving, key=lambda lot: (expiry[lot], lot))
 
 
-def _choose_kit(*, site, kit_type: str, content: str, lasting_until: datetime.date) -> Kit | None:
-    """The kit for one participant. The packaging lot is chosen without regard to content: the
-    lot with the earliest label expiry among those that hold a fit kit of every content (so the
-    lot and label printed on the kit are what a participant of any arm would get at that moment,
-    and stock is used first-expiry-first); within it, a kit of the participant's content at
-    random (CSPRNG), never the lowest number, or the numbers given out within one content would
-    rise over time. A lot left holding one content only is not used (its kits wait for the supply
-    manager). Locked with SKIP LOCKED: two pharmacists never get the same kit."""
-    for packaging_lot in _lots_serving_every_content(site=site, kit_type=kit_type, lasting_until=lasting_until):
-        order = list(
-            Kit.objects.filter(
-                site_id=site.pk,
-                status=S.AT_SITE,
-                kit_type=kit_type,
-                content=content,
-                packaging_lot=packaging_lot,
-                label_expiry__gte=lasting_until,
-            ).values_list("id", flat=True)
-        )
-        _random.shuffle(order)
-        for pk in order:
-            kit = Kit.objects.select_for_update(skip_locked=True).filter(pk=pk, status=S.AT_SITE).first()
-            if kit is not None:
-                return kit
-        # Taken meanwhile by a concurrent assignment: the next lot would differ by content, so stop.
-        return None
-    return None
-
-
-def _site_can_serve(*, site, kit_type: str, lasting_until: datetime.date) -> bool:
-    """Could the site give a fit kit of this type to a participant of ANY content right now, from
-    one packaging lot? Assignment is refused for everyone at the site otherwise, so the set of
-    participants hit by a stock-out does not split them by content."""
-    return bool(_lots_serving_every_content(site=site, kit_type=kit_type, lasting_until=lasting_until))
-
-
 def _missing_contents(*, site, kit_type: str, lasting_until: datetime.date) -> list[tuple[str, str]]:
     """For the supply manager's e-mail: the contents with no fit kit at the site (or, when each has
     some, none in a common packaging lot: then every content is named)."""
@@ -607,55 +604,170 @@ def _missing_contents(*, site, kit_type: str, lasting_until: datetime.date) -> l
     return [(kit_type, content) for content in (missing or needed)]
 
 
+# The packaging lot for one kit type, chosen without regard to content: among the site's lots
+# holding a fit kit (label expiry lasting until the next visit's window closes) of EVERY content
+# of the type, the one with the earliest label expiry (then by name). A lot left holding one
+# content only is never chosen: its label would name the content.
+_KIT_CLAIM_LOT = (
+    "SELECT lot.packaging_lot FROM dosing_kit AS lot"
+    " WHERE lot.site_id = %(site)s AND lot.status = %(at_site)s AND lot.kit_type = %(type_{n})s"
+    " AND lot.label_expiry >= %(lasting)s"
+    " GROUP BY lot.packaging_lot"
+    " HAVING count(DISTINCT lot.content) FILTER (WHERE lot.content = ANY(%(contents_{n})s)) = %(content_count_{n})s"
+    " ORDER BY min(lot.label_expiry), lot.packaging_lot LIMIT 1"
+)
+# Within that lot, one fit kit of the participant's content at random: ordered by SHA-256 of a
+# fresh key from the OS CSPRNG (secrets.token_bytes) and the kit's id, a permutation nobody can
+# predict, so never the lowest number (the numbers given out within one content would rise over
+# time). Locked with SKIP LOCKED: a kit another assignment holds is passed over, never waited
+# for, and re-checked as still at the site once locked.
+_KIT_CLAIM_ONE = (
+    "chosen_{n} AS MATERIALIZED (SELECT kit.id FROM dosing_kit AS kit"
+    " WHERE kit.site_id = %(site)s AND kit.status = %(at_site)s AND kit.kit_type = %(type_{n})s"
+    " AND kit.content = %(content_{n})s AND kit.label_expiry >= %(lasting)s"
+    " AND kit.packaging_lot = (" + _KIT_CLAIM_LOT + ")"
+    " ORDER BY sha256(%(key)s || int8send(kit.id)) LIMIT 1 FOR UPDATE OF kit SKIP LOCKED)"
+)
+
+
+def _kits_claim(
+    *, site, visit: Visit, participant, wanted: list[tuple[str, str]], lasting_until: datetime.date, assigned_by
+) -> list[Kit]:
+    """Assign one kit of each (kit type, content) in `wanted` to the visit, all or none, in one
+    statement whatever the stock: each type's packaging lot (`_KIT_CLAIM_LOT`), a kit of the
+    content in it (`_KIT_CLAIM_ONE`), and the UPDATE of those kits, which happens only when every
+    wanted kit was found. Returns the kits assigned (blinded fields only), or [] when one was
+    missing (a stock-out, or the last fit kit taken by a concurrent assignment). The caller's
+    audit context attributes the change."""
+    parameters = {
+        "site": site.pk,
+        "at_site": S.AT_SITE,
+        "assigned": S.ASSIGNED,
+        "lasting": lasting_until,
+        "key": secrets.token_bytes(32),
+        "participant": participant.pk,
+        "visit": visit.pk,
+        "assigned_at": timezone.now(),
+        "assigned_by": assigned_by.pk,
+        "wanted": len(wanted),
+    }
+    contents_by_type = kit_contents_by_type(site.trial)
+    for n, (kit_type, content) in enumerate(wanted):
+        every = sorted(contents_by_type.get(kit_type, ()))
+        parameters |= {
+            f"type_{n}": kit_type,
+            f"content_{n}": content,
+            f"contents_{n}": every,
+            # No content known for the type: no lot can serve it.
+            f"content_count_{n}": len(every) or 1,
+        }
+    chosen = [f"chosen_{n}" for n in range(len(wanted))]
+    sql = (
+        "WITH "
+        + ", ".join(_KIT_CLAIM_ONE.replace("{n}", str(n)) for n in range(len(wanted)))
+        + " UPDATE dosing_kit AS kit SET status = %(assigned)s, participant_id = %(participant)s,"
+        " visit_id = %(visit)s, assigned_at = %(assigned_at)s, assigned_by_id = %(assigned_by)s"
+        " WHERE kit.status = %(at_site)s"
+        " AND kit.id IN (" + " UNION ALL ".join(f"SELECT id FROM {name}" for name in chosen) + ")"
+        # All or none: a visit never leaves with some of its kits (the kits found stay locked,
+        # unassigned, until this transaction ends).
+        " AND " + " + ".join(f"(SELECT count(*) FROM {name})" for name in chosen) + " = %(wanted)s"
+        " RETURNING " + ", ".join(f"kit.{column}" for column in BLINDED_KIT_FIELDS)
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, parameters)
+        rows = cursor.fetchall()
+    kits = [Kit.from_db(connection.alias, list(BLINDED_KIT_FIELDS), row) for row in rows]
+    return sorted(kits, key=lambda kit: kit.kit_type)
+
+
+def _kits_assign_read(*, visit: Visit, arm, decision: str, assigned_by) -> tuple[list[Kit], bool]:
+    """kits_assign's work on a visit read with `_visits_with_kit_facts`, inside the caller's audit
+    context for kits: (the visit's assigned kits, False), or ([], True) when a kit was missing,
+    nothing assigned and the supply managers' e-mail arranged for after commit. The caller raises
+    NoKitAvailable once out of its atomic block (a savepoint rolled back would drop the e-mail)."""
+    site = visit.site
+    lasting_until = _lasting_until(visit, visit.next_window_end)
+    held = set(visit.kit_types_held or ())
+    wanted = [pair for pair in _contents_for(trial=site.trial, arm=arm, decision=decision) if pair[0] not in held]
+    kits = (
+        _kits_claim(
+            site=site,
+            visit=visit,
+            participant=visit.participant,
+            wanted=wanted,
+            lasting_until=lasting_until,
+            assigned_by=assigned_by,
+        )
+        if wanted
+        else []
+    )
+    if wanted and not kits:
+        # Refused for everyone needing that type here, whatever their arm: the set of
+        # participants hit by a stock-out does not split them by content. Only the supply
+        # managers learn which content: those of a type the site cannot serve from one packaging
+        # lot, or, when every type could be served (a concurrent assignment took the last fit
+        # kit meanwhile), every content the visit wanted.
+        shortages: list[tuple[str, str]] = []
+        for kit_type, _content in wanted:
+            if not _lots_serving_every_content(site=site, kit_type=kit_type, lasting_until=lasting_until):
+                shortages += _missing_contents(site=site, kit_type=kit_type, lasting_until=lasting_until)
+        shortages = shortages or list(wanted)
+        transaction.on_commit(lambda: notify_supply(site=site, shortages=shortages, running_low=False))
+        return [], True
+    if held:
+        # Assigned again after a stock-out: the visit's kits still waiting to be dispensed too.
+        return list(kits_blinded(visit.kits.filter(status=S.ASSIGNED)).order_by("kit_type")), False
+    return kits, False
+
+
+KIT_ASSIGNMENT_REASON = "kit assignment at a dosing visit"
+
+
+def _kits_at_recorded_visit(outcome: VisitOutcome, *, decision: str, assigned_by) -> None:
+    """The kits of a dosing visit just recorded (visit_record): its visit is locked and was read
+    with `_visits_with_kit_facts`, so only the arm and the claiming statement are asked."""
+    visit = outcome.visit
+    arm = allocated_arm(visit.participant)
+    if arm is None:
+        raise NotRandomized()
+    with audit_context(actor=assigned_by, reason=KIT_ASSIGNMENT_REASON):
+        outcome.kits, outcome.no_kit = _kits_assign_read(
+            visit=visit, arm=arm, decision=decision, assigned_by=assigned_by
+        )
+    if outcome.no_kit:
+        outcome.kits = list(kits_blinded(visit.kits.all()))
+
+
 def kits_assign(*, visit: Visit, assigned_by) -> list[Kit]:
     """Assign every kit the visit still needs, or none: the right type and content for the arm,
     at the participant's site, with a label expiry lasting until the next visit's window closes,
-    chosen at random among the fit kits (`_choose_kit`). When the site cannot serve every content
-    of a needed type, nothing is assigned and NoKitAvailable is raised: the same words and the
-    same answer whichever type or content is short. The supply manager is e-mailed the detail
-    after commit. Resupply is not asked for here but on beat's schedule (`resupply_all_sites`): a
-    shipment leaving seconds after one participant's kits would point at that participant's content."""
-    shortages: list[tuple[str, str]] = []
-    with audit_context(actor=assigned_by, reason="kit assignment at a dosing visit"):
-        visit = Visit.objects.select_related("participant", "site__trial").get(pk=visit.pk)
+    from the packaging lot chosen without regard to content and at random within it
+    (`_kits_claim`). When the site cannot serve every content of a needed type, nothing is
+    assigned and NoKitAvailable is raised: the same words and the same answer whichever type or
+    content is short. The supply manager is e-mailed the detail after commit. Resupply is not
+    asked for here but on beat's schedule (`resupply_all_sites`): a shipment leaving seconds
+    after one participant's kits would point at that participant's content. A constant number
+    of statements whatever the stock, the participants or their visits."""
+    with audit_context(actor=assigned_by, reason=KIT_ASSIGNMENT_REASON):
+        visit = _visits_with_kit_facts(Visit.objects.select_related("participant", "site__trial", "dose")).get(
+            pk=visit.pk
+        )
         if not visit.is_dosing or visit.status != VisitStatus.COMPLETED:
             raise VisitNotOpen(_("Kits are assigned only at a recorded dosing visit."))
         if visit.participant.status != ParticipantStatus.RANDOMIZED:
             raise VisitNotOpen(_("Only a randomized participant still in the trial can receive kits."))
-        if DoseRecord.objects.filter(visit=visit, decision=Decision.STOP).exists():
+        dose = getattr(visit, "dose", None)
+        decision = dose.decision if dose is not None else Decision.GIVE
+        if decision == Decision.STOP:
             raise TreatmentStopped()
-        site = visit.site
-        have = set(
-            visit.kits.filter(status__in=[S.ASSIGNED, S.DISPENSED, S.RETURNED]).values_list("kit_type", flat=True)
-        )
-        lasting_until = kit_expiry_needed(visit)
-        wanted = [(kit_type, content) for kit_type, content in needed_kits(visit) if kit_type not in have]
-        for kit_type, _content in wanted:
-            if not _site_can_serve(site=site, kit_type=kit_type, lasting_until=lasting_until):
-                shortages += _missing_contents(site=site, kit_type=kit_type, lasting_until=lasting_until)
-        if not shortages:
-            try:
-                with transaction.atomic():
-                    for kit_type, content in wanted:
-                        kit = _choose_kit(site=site, kit_type=kit_type, content=content, lasting_until=lasting_until)
-                        if kit is None:
-                            # Taken by a concurrent assignment since the check: undo this visit's.
-                            raise NoKitAvailable()
-                        kit_transition(
-                            kit=kit,
-                            to=S.ASSIGNED,
-                            participant=visit.participant,
-                            visit=visit,
-                            assigned_at=timezone.now(),
-                            assigned_by=assigned_by,
-                        )
-            except NoKitAvailable:
-                shortages = [(kit_type, content) for kit_type, content in wanted]
-        if shortages:
-            transaction.on_commit(lambda: notify_supply(site=site, shortages=shortages, running_low=False))
-    if shortages:
+        arm = allocated_arm(visit.participant)
+        if arm is None:
+            raise NotRandomized()
+        kits, missing = _kits_assign_read(visit=visit, arm=arm, decision=decision, assigned_by=assigned_by)
+    if missing:
         raise NoKitAvailable()
-    return list(visit.kits.filter(status=S.ASSIGNED).order_by("kit_type"))
+    return kits
 
 
 def available_stock(*, site, kit_type: str, content: str) -> int:
