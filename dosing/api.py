@@ -230,7 +230,11 @@ class PharmacyKitSerializer(serializers.ModelSerializer):
     def get_preparation(self, kit):
         if not kit.is_infusion or kit.visit_id is None or not hasattr(kit.visit, "dose"):
             return None
-        return PreparationSerializer(kit.visit.dose).data
+        return _PREPARATION.to_representation(kit.visit.dose)
+
+
+# One instance for every row of the queue: a serializer built per row copies its fields each time.
+_PREPARATION = PreparationSerializer()
 
 
 class AwaitingKitSerializer(serializers.ModelSerializer):

@@ -99,16 +99,30 @@ def pharmacy_queue(user, *, dispense_page=None, return_page=None) -> PharmacyQue
     Kit numbers only; content is never loaded. The two kit lists are pages of
     PHARMACY_PAGE_SIZE (an out-of-range page number gives the last page)."""
     site_ids = access.site_ids_with(user, Capability.DISPENSE)
-    kits = kits_blinded(Kit.objects.filter(site_id__in=site_ids)).select_related("participant", "visit__dose", "trial")
-    to_dispense = Paginator(
-        kits.filter(status=KitStatus.ASSIGNED).order_by("assigned_at", "visit_id", "kit_type", "id"),
-        PHARMACY_PAGE_SIZE,
-    ).get_page(dispense_page)
-    awaiting_return = Paginator(
-        kits.filter(status=KitStatus.DISPENSED).order_by("dispensed_at", "kit_type", "id"), PHARMACY_PAGE_SIZE
-    ).get_page(return_page)
+    # Not the trial with each kit: every row would carry (and decode, and digest to find its
+    # parsed protocol) the whole protocol definition. The trials once, shared by their kits.
+    trials = {trial.pk: trial for trial in Trial.objects.filter(sites__in=site_ids).distinct()}
+    kits = kits_blinded(Kit.objects.filter(site_id__in=site_ids)).select_related("participant", "visit__dose")
+    # Both lists' sizes in one count, given to their paginators.
+    sizes = Kit.objects.filter(site_id__in=site_ids).aggregate(
+        assigned=Count("id", filter=Q(status=KitStatus.ASSIGNED)),
+        dispensed=Count("id", filter=Q(status=KitStatus.DISPENSED)),
+    )
+    pages = []
+    for status, ordering, number in (
+        (KitStatus.ASSIGNED, ("assigned_at", "visit_id", "kit_type", "id"), dispense_page),
+        (KitStatus.DISPENSED, ("dispensed_at", "kit_type", "id"), return_page),
+    ):
+        paginator = Paginator(kits.filter(status=status).order_by(*ordering), PHARMACY_PAGE_SIZE)
+        paginator.count = sizes[status]
+        pages.append(paginator.get_page(number))
+    to_dispense, awaiting_return = pages
     quarantined = list(kits.filter(status=KitStatus.QUARANTINED).order_by("kit_number"))
-    awaiting_kits = _visits_awaiting_kits(site_ids)
+    for page in (to_dispense, awaiting_return):
+        page.object_list = list(page.object_list)
+    for kit in [*to_dispense, *awaiting_return, *quarantined]:
+        kit.trial = trials[kit.trial_id]
+    awaiting_kits = _visits_awaiting_kits(site_ids, trials=list(trials.values()))
     shipments = list(
         Shipment.objects.filter(site_id__in=site_ids, received_at__isnull=True)
         .select_related("site")
@@ -249,19 +263,22 @@ def kit_accountability(user) -> QuerySet[Kit]:
     )
 
 
-def _visits_awaiting_kits(site_ids) -> list[Visit]:
+def _visits_awaiting_kits(site_ids, *, trials: list[Trial]) -> list[Visit]:
     """Dosing visits (given, or an infusion held while the tablets go on) recorded while a kit was
     missing: fewer kits than the visit gives, per trial by its kit types. In an open-label trial
     an arm may get fewer types (observation none), so there the arm decides."""
     from dosing.services import needed_kits
 
     awaiting: list[Visit] = []
-    for trial in Trial.objects.filter(sites__in=site_ids).distinct():
+    for trial in trials:
         every = len(kit_types_given(trial, infusion_held=False))
         held = len(kit_types_given(trial, infusion_held=True))
         if not every:
             continue
-        visits = (
+        kit_count = Count(
+            "kits", filter=Q(kits__status__in=[KitStatus.ASSIGNED, KitStatus.DISPENSED, KitStatus.RETURNED])
+        )
+        waiting = (
             Visit.objects.filter(
                 site_id__in=site_ids,
                 site__trial=trial,
@@ -269,19 +286,26 @@ def _visits_awaiting_kits(site_ids) -> list[Visit]:
                 status=VisitStatus.COMPLETED,
             )
             .exclude(dose__decision="stop")
-            .annotate(
-                kit_count=Count(
-                    "kits", filter=Q(kits__status__in=[KitStatus.ASSIGNED, KitStatus.DISPENSED, KitStatus.RETURNED])
-                )
-            )
+            .annotate(kit_count=kit_count)
             .filter(
                 Q(dose__decision="give", kit_count__lt=every)
                 | Q(dose__decision="hold", kit_count__lt=held)
                 | Q(dose__isnull=True, kit_count__lt=every)
             )
-            .select_related("participant", "dose", "site__trial")
+        )
+        # The visits counted first, by their ids alone, and only those found read with their
+        # participant and dose: grouping every recorded visit of the site with those columns
+        # joined had the database sort and group rows many times as wide.
+        visits = (
+            Visit.objects.filter(pk__in=waiting.values("pk"))
+            .annotate(kit_count=kit_count)
+            .select_related("participant", "dose", "site")
             .order_by("actual_date", "id")
         )
+        visits = list(visits)
+        for visit in visits:
+            # The trial read once (see pharmacy_queue), not its definition with every visit.
+            visit.site.trial = trial
         if trial.protocol.blinded:
             awaiting += list(visits)
         else:

@@ -110,7 +110,7 @@ def test_the_participant_panel_lists_the_plan_in_a_constant_number_of_queries(
 
 def test_the_pharmacy_queue_is_a_constant_number_of_queries(two_arms, cast, client_for, django_assert_max_num_queries):
     client = client_for(cast.pharmacist)
-    with django_assert_max_num_queries(15):
+    with django_assert_max_num_queries(14):
         assert client.get("/pharmacy/").status_code == 200
 
 
