@@ -171,6 +171,8 @@ def randomization_section(server, cast, options) -> None:
 
 
 def kit_section(server, cast, options) -> None:
+    from django.utils import timezone
+
     from dosing.models import Kit
     from randomization.services import participant_randomize
     from tests import dosing_factories, factories
@@ -178,7 +180,9 @@ def kit_section(server, cast, options) -> None:
 
     sites = cast["sites"]
     count = min(options.participants, 800)
-    today = datetime.date.today()
+    # The visit date in the sites' zone, as the service checks it: the machine's date is a day
+    # behind Shanghai's from 16:00 UTC, and every visit was refused as before randomization.
+    today = timezone.localdate(timezone=sites[0].zone)
     visits, tokens = [], []
     for index in range(count):
         site = sites[index % len(sites)]
