@@ -80,7 +80,7 @@ class EnrollmentReportView(APIView):
         payload = {
             "blinded": not scope.unblinded,
             "target": scope.trial.target_enrollment,
-            "data_version": selectors.data_version(),
+            "data_version": selectors.data_version(scope),
             "sites": [],
             "total": _counts(report.total),
             "failure_reasons": [

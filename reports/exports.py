@@ -70,7 +70,7 @@ def make_stamp(scope: ReportScope, *, export_id: int | None, version: int | None
         export_id=export_id,
         exported_by=scope.user.get_username(),
         exported_at=timezone.now(),
-        data_version=selectors.data_version() if version is None else version,
+        data_version=selectors.data_version(scope) if version is None else version,
         blinded=not scope.unblinded,
         site_codes=tuple(site.code for site in scope.sites),
         trial=scope.trial.nct_id,
@@ -1033,11 +1033,12 @@ def _sql_xml_text(expression: str) -> str:
     return escaped
 
 
-def _sql_audit_record(scope: ReportScope, location_oid: str, *, with_id: bool = False) -> str:
-    """One <AuditRecord> of audit event `e`; `location_oid` is an SQL expression of the quoted OID."""
+def _sql_audit_record(scope: ReportScope, location_oid: str, *, record_id: str | None = None) -> str:
+    """One <AuditRecord> of audit event `e`; `location_oid` is an SQL expression of the quoted OID,
+    `record_id` an SQL expression of the number in its ID (no ID without one)."""
     fields = _sql_shown_fields(scope)
     source = f"e.table_name || '#' || e.record_pk || ' ' || e.action || CASE WHEN ({fields}) <> '' THEN ' ' || ({fields}) ELSE '' END"
-    identifier = """' ID="AR.' || e.id || '"'""" if with_id else "''"
+    identifier = f"""' ID="AR.' || {record_id} || '"'""" if record_id else "''"
     return (
         f"""'<AuditRecord' || {identifier} || '><UserRef UserOID="USR.' || coalesce(e.actor_id::text, 'SYSTEM') || '"/>'"""
         f" || '<LocationRef LocationOID=' || {location_oid} || '/><DateTimeStamp>' || {_sql_utc('e.occurred_at')}"
@@ -1079,7 +1080,7 @@ class _OdmAudit:
             return True
         return bool(set(event["changed_fields"]) & (self.columns.get(event["table_name"], frozenset()) - {"id"}))
 
-    def record(self, event: dict, location_oid: str, *, with_id: bool = False) -> str:
+    def record(self, event: dict, location_oid: str, *, record_id: int | None = None) -> str:
         fields = event["changed_fields"]
         if self.columns is not None:
             shown = self.columns.get(event["table_name"], frozenset())
@@ -1087,7 +1088,7 @@ class _OdmAudit:
         source = f"{event['table_name']}#{event['record_pk']} {event['action']}" + (
             f" {','.join(fields)}" if fields else ""
         )
-        identifier = f' ID="AR.{event["id"]}"' if with_id else ""
+        identifier = f' ID="AR.{record_id}"' if record_id is not None else ""
         reason = f"<ReasonForChange>{xml_text(event['reason'])}</ReasonForChange>" if event["reason"] else ""
         return (
             f'<AuditRecord{identifier}><UserRef UserOID="USR.{event["actor_id"] or "SYSTEM"}"/>'
@@ -1479,6 +1480,8 @@ class OdmWriter:
         self.study_oid = f"ST.{oid_part(self.trial.nct_id)}"
         self.versions = self._versions()
         self.first_version_pk = self.versions[0].pk
+        # AuditRecords written so far: a blinded file numbers them on across its ClinicalData.
+        self.audit_records = 0
 
     def _versions(self) -> list[OdmVersion]:
         from trialsite.protocol_schema import protocol_for
@@ -1633,15 +1636,23 @@ class OdmWriter:
                 counter.step(len(chunk))
         return subjects
 
-    def _audit_trail_query(self, version: OdmVersion) -> tuple[str, list]:
+    def _audit_trail_query(self, version: OdmVersion, first: int = 1) -> tuple[str, list]:
+        """`first`: the number of the version's first AuditRecord in a blinded file."""
         location_oid = _sql_xml_attribute("'LOC.' || " + _sql_oid_part("st.code"))
-        parameters: list = [list(self.scope.site_ids), odm_audited_tables()]
+        if self.scope.unblinded:
+            record_id, parameters = "e.id", []
+        else:
+            # The record's place in the file, not the event's id: the ids come from one sequence
+            # shared with the updates a blinded file leaves out (a SUSAR's expedited report, sent
+            # for active product only), so the gap after a participant's records would count them.
+            record_id, parameters = "(row_number() OVER (ORDER BY e.occurred_at, e.id) + %s - 1)", [first]
+        parameters += [list(self.scope.site_ids), odm_audited_tables()]
         condition = ""
         if version.pk is not None:
             condition = " AND coalesce(s.protocol_version_id, %s) = %s"
             parameters += [self.first_version_pk, version.pk]
         sql = (
-            f"SELECT {_sql_audit_record(self.scope, location_oid, with_id=True)} FROM trialsite_auditevent e"
+            f"SELECT {_sql_audit_record(self.scope, location_oid, record_id=record_id)} FROM trialsite_auditevent e"
             " JOIN enrollment_screening s ON s.id = e.subject_id JOIN trialsite_site st ON st.id = s.site_id"
             f" WHERE s.site_id = ANY(%s) AND e.table_name = ANY(%s) AND {_sql_visible_event(self.scope)}{condition}"
             " ORDER BY e.occurred_at, e.id"
@@ -1650,12 +1661,13 @@ class OdmWriter:
 
     def _write_audit_trail(self, version: OdmVersion) -> None:
         """Every audit record of the version's participants' rows in the file, oldest first."""
-        sql, parameters = self._audit_trail_query(version)
+        sql, parameters = self._audit_trail_query(version, first=self.audit_records + 1)
         self.stream.write("<AuditRecords>")
         with connection.chunked_cursor() as cursor:
             cursor.execute(sql, parameters)
             while chunk := cursor.fetchmany(CHUNK):
                 self.stream.write("".join(row[0] for row in chunk))
+                self.audit_records += len(chunk)
         self.stream.write("</AuditRecords>\n")
 
     def _visit_codes(self) -> list[str]:

@@ -42,7 +42,8 @@ Definitions (people are counted, never reasons, unless a count says "by reason")
 - Enrollment by month: randomizations per calendar month in the time zone of the first site in
   scope, cumulative, against the trial's target enrollment.
 - Data version: the id of the newest audit event about trial data (export bookkeeping itself
-  excluded). Two exports with the same data version were made from the same data.
+  excluded); for a blinded scope, the number of the scope's audit events a blinded trail shows
+  (`data_version`). Two exports with the same data version were made from the same data.
 """
 
 from __future__ import annotations
@@ -127,10 +128,27 @@ def report_scope(user, *, site_id: int | None = None, trial: Trial | None = None
     return ReportScope(user=user, trial=trial, sites=sites, unblinded=unblinded)
 
 
-def data_version() -> int:
-    """The newest audit event about trial data; exports' own bookkeeping does not count."""
-    newest = AuditEvent.objects.exclude(table_name="reports_export").aggregate(newest=Max("id"))["newest"]
-    return newest or 0
+def data_version(scope: ReportScope | None = None) -> int:
+    """Which data an export was made from: two exports with the same data version were made from
+    the same data. Unblinded (or with no scope): the newest audit event about trial data, exports'
+    own bookkeeping aside. Blinded: the number of audit events about the scope's data that a
+    blinded reader's trail shows (its sites' events, less the updates it leaves out, and the
+    trial's own rows). Not an event id: the ids come from one sequence shared with writes hidden
+    from a blinded reader (the expedited report of a SUSAR, sent for active product only), so
+    the newest id, or the step between two exports' versions, would move with those writes."""
+    if scope is None or scope.unblinded:
+        newest = AuditEvent.objects.exclude(table_name="reports_export").aggregate(newest=Max("id"))["newest"]
+        return newest or 0
+    from trialsite.models import ProtocolVersion
+    from trialsite.selectors import hidden_from_blinded_readers
+
+    versions = [str(pk) for pk in ProtocolVersion.objects.filter(trial=scope.trial).values_list("pk", flat=True)]
+    about_the_scope = (
+        Q(site_id__in=scope.site_ids)
+        | Q(table_name=Trial._meta.db_table, record_pk=str(scope.trial.pk))
+        | Q(table_name=ProtocolVersion._meta.db_table, record_pk__in=versions)
+    )
+    return AuditEvent.objects.filter(about_the_scope).exclude(hidden_from_blinded_readers()).count()
 
 
 # --- Participants' facts, shared by the counts and CONSORT -----------------------------------

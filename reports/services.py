@@ -159,7 +159,7 @@ def export_run(*, export_id: int) -> bool:
         with translation.override(export.language), snapshot():
             # The requester's permissions now, not when they asked: a revoked role exports nothing.
             scope = selectors.report_scope(export.requested_by, site_id=export.site_id, trial=export.trial)
-            version = selectors.data_version()
+            version = selectors.data_version(scope)
             stamp = exports.make_stamp(scope, export_id=export.pk, version=version)
             rows = produce(export.kind, export.format, scope, stamp, partial, progress=progress.report)
         os.replace(partial, final)

@@ -321,8 +321,11 @@ def test_a_blinded_odm_has_no_arm_and_no_audit_value_the_blinded_trail_hides(
     assert "IT.ARM" not in document and "CL.ARM" not in document
     # A form item's unblinded value is a hidden column: never named to a blinded reader.
     assert "crf_itemvalue#" in document and "unblinded_value" not in document
-    ids = {record.get("ID") for record in root.iter(f"{ODM}AuditRecord")}
-    assert f"AR.{hidden.pk}" not in ids and "hidden column only" not in document
+    # The trail's records are numbered by their place in the file, not by the trail's event ids,
+    # whose gap where the update was left out would count it.
+    ids = [record.get("ID") for record in root.iter(f"{ODM}AuditRecord") if record.get("ID")]
+    assert ids == [f"AR.{number}" for number in range(1, len(ids) + 1)]
+    assert "hidden column only" not in document
     visible = {table: blinded_visible_columns(model) for table, model in _models_by_table().items()}
     sources = [record.find(f"{ODM}SourceID").text for record in root.iter(f"{ODM}AuditRecord")]
     assert len(sources) > 20
@@ -700,7 +703,19 @@ def test_a_death_is_in_the_adverse_event_form_with_its_audit_record(
         record = group.find(f"{ODM}AuditRecord")
         assert record.find(f"{ODM}SourceID").text.startswith(f"safety_death#{death.pk} INSERT")
         assert record.find(f"{ODM}UserRef").get("UserOID") == f"USR.{cast.coordinator.pk}"
-        assert f'ID="AR.{event.pk}"' in document
+        trail = {
+            record.find(f"{ODM}SourceID").text: record.get("ID")
+            for record in root.iter(f"{ODM}AuditRecord")
+            if record.get("ID")
+        }
+        death_record = next(
+            key for source, key in trail.items() if source.startswith(f"safety_death#{death.pk} INSERT")
+        )
+        # Under its event id unblinded; under its place in the file blinded (tests/test_audit_gaps.py).
+        if user == statistician_both:
+            assert death_record == f"AR.{event.pk}"
+        else:
+            assert re.fullmatch(r"AR\.\d+", death_record)
         # Others have no death group.
         assert document.count('ItemGroupOID="IG.DEATH">') == 1
         status = {i.get("ItemOID"): i.get("Value") for i in subject.iter(f"{ODM}ItemData")}["IT.STATUS"]

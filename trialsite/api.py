@@ -82,6 +82,15 @@ class SiteDetail(generics.RetrieveAPIView):
 
 
 class AuditEventSerializer(serializers.ModelSerializer):
+    id = serializers.IntegerField(
+        source="listed_id",
+        read_only=True,
+        help_text=(
+            "The event's id in the trail, for a reader who sees allocation at every site they audit; "
+            "for any other reader its position in this list (1 = the oldest event the filters give), "
+            "because the gaps between the trail's ids would count changes hidden from them."
+        ),
+    )
     actor = serializers.SlugRelatedField(slug_field="username", read_only=True, allow_null=True)
 
     class Meta:
@@ -132,4 +141,6 @@ class AuditEventList(generics.ListAPIView):
 
     def paginate_queryset(self, queryset):
         page = super().paginate_queryset(queryset)
-        return selectors.redact_for(self.request.user, page if page is not None else queryset)
+        events = selectors.redact_for(self.request.user, page if page is not None else queryset)
+        first = self.paginator.page.start_index() if page is not None else 1
+        return selectors.number_for(self.request.user, events, first=first)

@@ -31,6 +31,23 @@ def blinded_site_ids(user) -> set[int]:
     return access.site_ids_with(user, Capability.READ_AUDIT) - access.site_ids_with(user, Capability.VIEW_ALLOCATION)
 
 
+def hidden_from_blinded_readers() -> Q:
+    """The audit events a blinded reader's trail leaves out: an update that changed only columns
+    a blinded reader may not see. Its values would be blinded, but which rows changed together,
+    and when, is itself a value (an expiry corrected for one manufacturing lot names the kits of
+    one content). Everything a blinded reader is shown about the trail (its rows, their number,
+    an export's data version) is counted from the events this leaves in."""
+    visible_updates = [
+        Q(table_name=table, changed_fields__overlap=sorted(columns - {"id"}))
+        for table, columns in blinded_visible_columns_by_table().items()
+        if columns - {"id"}
+    ]
+    hidden = Q(action=AuditEvent.Action.UPDATE)
+    if visible_updates:
+        hidden &= ~functools.reduce(operator.or_, visible_updates)
+    return hidden
+
+
 def audit_events_for(
     user, *, table_name: str | None = None, record_pk: str | None = None, subject_id: int | None = None
 ) -> QuerySet[AuditEvent]:
@@ -46,19 +63,7 @@ def audit_events_for(
     )
     blinded_sites = blinded_site_ids(user)
     if blinded_sites:
-        # An update that changed only columns a blinded reader may not see is left out for
-        # them altogether: its values would be blinded, but which rows changed together, and
-        # when, is itself a value (an expiry corrected for one manufacturing lot names the
-        # kits of one content).
-        visible_updates = [
-            Q(table_name=table, changed_fields__overlap=sorted(columns - {"id"}))
-            for table, columns in blinded_visible_columns_by_table().items()
-            if columns - {"id"}
-        ]
-        hidden = Q(site_id__in=blinded_sites, action=AuditEvent.Action.UPDATE)
-        if visible_updates:
-            hidden &= ~functools.reduce(operator.or_, visible_updates)
-        events = events.exclude(hidden)
+        events = events.exclude(Q(site_id__in=blinded_sites) & hidden_from_blinded_readers())
     if table_name is not None:
         events = events.filter(table_name=table_name)
     if record_pk is not None:
@@ -88,6 +93,24 @@ def redact_for(user, events) -> list[AuditEvent]:
         event.changes = [(column, old.get(column), new.get(column)) for column in event.changed_fields]
         redacted.append(event)
     return redacted
+
+
+def reads_real_event_ids(user) -> bool:
+    """May the user read the trail's own event ids? Only someone who sees allocation at every
+    site whose trail they read: the ids come from one sequence shared with the writes a blinded
+    trail leaves out (a SUSAR's expedited report is sent for active product only), so the gaps
+    between the ids a blinded reader sees would count those writes, at any of their sites."""
+    return not blinded_site_ids(user)
+
+
+def number_for(user, events, *, first: int) -> list[AuditEvent]:
+    """Each event's `listed_id`: its id for a reader who may read ids (`reads_real_event_ids`);
+    for anyone else its position in what they were given, `first` for the first event (the
+    list's order is the trail's order, by time), which no hidden write moves."""
+    real = reads_real_event_ids(user)
+    for position, event in enumerate(events, start=first):
+        event.listed_id = event.pk if real else position
+    return events
 
 
 # --- The audit page in words -----------------------------------------------------------------
