@@ -31,7 +31,7 @@ import math
 import re
 from collections.abc import Iterable, Sequence
 
-from randomization.generator import StratumStream
+from trialsite.keyed_stream import StratumStream
 
 CONTENTS = ("active", "placebo")
 BLOCK_SIZES = (4, 8)

@@ -54,11 +54,11 @@ from dosing.reminders.services import reminders_replan
 from dosing.schedule import visits_end_for_withdrawal
 from dosing.selectors import BLINDED_KIT_FIELDS, dose_input_items, dose_inputs_on_forms, kits_blinded
 from enrollment.models import Participant, ParticipantStatus
-from randomization.selectors import allocated_arm
 from safety.open_events import grade_3_special_interest, open_events
 from schedules.models import Visit, VisitKind, VisitStatus
 from trialsite import access
 from trialsite.access import Capability
+from trialsite.allocation import allocated_arm
 from trialsite.audit import audit_context
 from trialsite.exceptions import Conflict, ReasonRequired, TrialRuleError
 from trialsite.models import Site

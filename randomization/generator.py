@@ -23,10 +23,11 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import hmac
 import io
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+
+from trialsite.keyed_stream import StratumStream
 
 CSV_HEADER = ["stratum", "sequence", "block", "block_size", "arm"]
 
@@ -38,33 +39,6 @@ class PlannedSlot:
     block: int
     block_size: int
     arm: str
-
-
-class StratumStream:
-    """The deterministic random integers of one stratum (steps 1 and 2)."""
-
-    def __init__(self, seed: str, stratum: str):
-        self.key = seed.encode("utf-8")
-        self.stratum = stratum
-        self.counter = 0
-        self.buffer = b""
-
-    def _next_word(self) -> int:
-        if len(self.buffer) < 4:
-            message = f"{self.stratum}|{self.counter}".encode()
-            self.buffer += hmac.new(self.key, message, hashlib.sha256).digest()
-            self.counter += 1
-        word, self.buffer = self.buffer[:4], self.buffer[4:]
-        return int.from_bytes(word, "big")
-
-    def below(self, n: int) -> int:
-        if n <= 0:
-            raise ValueError("n must be positive")
-        limit = 2**32 - (2**32 % n)
-        while True:
-            value = self._next_word()
-            if value < limit:
-                return value % n
 
 
 def block_arms(arms: Sequence[tuple[str, int]], size: int) -> list[str]:
