@@ -132,9 +132,25 @@ def load_rows(visits: int, due_fraction: float) -> None:
                 "screened_by_id",
                 "created_at",
                 "updated_at",
+                "subject_key",
             ],
             (
-                (n, site.pk, "BN", "1970-01-01", "F", f"H{n}", "2026-01-01", "eligible", "[]", "{}", user_id, now, now)
+                (
+                    n,
+                    site.pk,
+                    "BN",
+                    "1970-01-01",
+                    "F",
+                    f"H{n}",
+                    "2026-01-01",
+                    "eligible",
+                    "[]",
+                    "{}",
+                    user_id,
+                    now,
+                    now,
+                    f"{site.code}-P{n:05d}",
+                )
                 for n in range(1, participants + 1)
             ),
         )
