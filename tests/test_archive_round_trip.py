@@ -134,12 +134,13 @@ def manage(*arguments, database: str):
     return subprocess.run([sys.executable, "manage.py", *arguments], cwd=ROOT, env=env, capture_output=True, text=True)
 
 
-@pytest.fixture
-def empty_database():
-    """A new database migrated by the owner role, the way `make run` makes one: nothing in it."""
+@pytest.fixture(scope="module")
+def migrated_template():
+    """One new database migrated by the owner role, the way `make run` makes one, for the
+    module's tests to copy (migrating is the slow part)."""
     if dbsetup.plan.superuser is None:
         pytest.fail("the round trip needs a superuser DATABASE_URL to create its empty database")
-    name = f"{dbsetup.plan.name}_archive"
+    name = f"{dbsetup.plan.name}_archive_template"
     admin = {**dbsetup.plan.superuser, "dbname": "postgres"}
     with psycopg.connect(**admin) as server:
         server.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
@@ -150,6 +151,23 @@ def empty_database():
         dbroles.hand_over_database(database, database=name, owner=dbsetup.OWNER_ROLE)
     migrated = manage("migrate", "--no-input", "-v", "0", database=name)
     assert migrated.returncode == 0, migrated.stderr
+    yield name
+    with psycopg.connect(**admin) as server:
+        server.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def empty_database(migrated_template):
+    """An empty, migrated database of this system: a copy of the module's template."""
+    name = f"{dbsetup.plan.name}_archive"
+    admin = {**dbsetup.plan.superuser, "dbname": "postgres"}
+    with psycopg.connect(**admin) as server:
+        server.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        server.execute(
+            sql.SQL("CREATE DATABASE {} TEMPLATE {} OWNER {}").format(
+                sql.Identifier(name), sql.Identifier(migrated_template), sql.Identifier(dbsetup.OWNER_ROLE)
+            )
+        )
     yield name
     with psycopg.connect(**admin) as server:
         server.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
