@@ -34,6 +34,7 @@ from html.parser import HTMLParser
 from urllib.parse import urljoin, urlparse
 from xml.etree import ElementTree
 
+import numpy
 import openpyxl
 import pypdf
 import pytest
@@ -42,6 +43,7 @@ from django.core import mail
 from django.test import Client
 from rest_framework.test import APIClient
 
+from crf.models import FormRecord
 from dosing import services as dosing
 from dosing.exceptions import KitListInvalid, NoKitAvailable
 from dosing.models import Kit, KitStatus, Shipment
@@ -454,6 +456,7 @@ def play_trial(trial, site, other_site, cast, traveller, *, per_site: int = 18) 
 SKIP = ("/accounts/logout/", "/static/", "/i18n/", "/admin/", "/accounts/two-factor/")
 HREF = re.compile(r'href="([^"#]+)"')
 VISIT_PAGE = re.compile(r"^/visits/(\d+)/")
+FORM_PAGE = re.compile(r"^/participants/(\d+)/forms/([^/]+)/([^/]+)/$")
 
 
 @dataclasses.dataclass
@@ -474,8 +477,11 @@ PAGES_PER_LIST = 2
 def crawl(client, world: World) -> list[Read]:
     """Every page reachable from home by following links. A visit that was never recorded is
     only its planned dates, which the participant page and the visits API already show: those
-    visit pages are not opened (hundreds of copies of one template)."""
+    visit pages are not opened (hundreds of copies of one template), nor are the blank forms of
+    such a visit: nothing is entered on them, and they were more than half of all the pages."""
     recorded = set(Visit.objects.exclude(status=VisitStatus.SCHEDULED).values_list("pk", flat=True))
+    recorded_codes = set(Visit.objects.exclude(status=VisitStatus.SCHEDULED).values_list("participant_id", "code"))
+    filled = set(FormRecord.objects.values_list("participant_id", "form_code", "visit_code"))
     seen, queue, pages = set(), ["/"], []
     later_pages = collections.Counter()
     while queue:
@@ -486,6 +492,12 @@ def crawl(client, world: World) -> list[Read]:
         visit = VISIT_PAGE.match(url)
         if visit and int(visit.group(1)) not in recorded:
             continue
+        form = FORM_PAGE.match(url)
+        if form:
+            participant_id, form_code, visit_code = int(form.group(1)), form.group(2), form.group(3)
+            blank = (participant_id, form_code, visit_code) not in filled
+            if blank and (participant_id, visit_code) not in recorded_codes:
+                continue
         if "page=" in url:
             later_pages[template_of(url)] += 1
             if later_pages[template_of(url)] > PAGES_PER_LIST:
@@ -1083,36 +1095,70 @@ class Finding:
     z: float
 
 
+def tables(grouping: Grouping, labellings: numpy.ndarray, classes: int) -> numpy.ndarray:
+    """The contingency table of the grouping's groups against the classes, under each labelling
+    (a row of class indices per labelling): counts[labelling, group, class]."""
+    group_of = numpy.full(labellings.shape[1], -1)
+    for number, members in enumerate(grouping.groups):
+        group_of[[index for index in range(labellings.shape[1]) if members >> index & 1]] = number
+    grouped = numpy.flatnonzero(group_of >= 0)
+    cells = len(grouping.groups) * classes
+    flat = group_of[grouped] * classes + labellings[:, grouped] + numpy.arange(len(labellings))[:, None] * cells
+    return numpy.bincount(flat.ravel(), minlength=len(labellings) * cells).reshape(
+        len(labellings), len(grouping.groups), classes
+    )
+
+
+def accuracies(counts: numpy.ndarray, size: int) -> numpy.ndarray:
+    """`accuracy` of every labelling at once."""
+    return counts.max(axis=2).sum(axis=1) / size
+
+
+def g_statistics(counts: numpy.ndarray, size: int) -> numpy.ndarray:
+    """`g_statistic` of every labelling at once."""
+    expected = counts.sum(axis=2, keepdims=True) * counts.sum(axis=1, keepdims=True) / size
+    with numpy.errstate(divide="ignore", invalid="ignore"):
+        terms = numpy.where(counts > 0, counts * numpy.log(counts / expected), 0.0)
+    return numpy.maximum(2 * terms.sum(axis=(1, 2)), 0.0) ** (1 / 3)
+
+
+ARRAY_STATISTICS = {"accuracy": accuracies, "G": g_statistics}
+
+
 def permutation_test(found: list[Grouping], classes: list, seed: int) -> tuple[list[Finding], dict[str, float]]:
     """Each grouping's accuracy (and G) at predicting `classes`, against the same grouping under
     200 random relabellings (fixed seed). Returns each grouping's finding and, per statistic,
     the family-wise threshold of the largest standardized value over all groupings in each
     relabelling: with hundreds of groupings tried, some pass their own 99th percentile by
     chance every time, so a grouping fails only when it beats what the best of all groupings
-    reaches by chance (`family_wise_threshold`)."""
+    reaches by chance (`family_wise_threshold`). The statistics are those of `accuracy` and
+    `g_statistic`, computed for all relabellings at once."""
     rng = random.Random(seed)
+    index_of = {value: index for index, value in enumerate(dict.fromkeys(classes))}
     relabelled = []
     for _ in range(PERMUTATIONS):
         shuffled = list(classes)
         rng.shuffle(shuffled)
-        relabelled.append(class_masks(shuffled))
-    truth = class_masks(classes)
+        relabelled.append([index_of[value] for value in shuffled])
+    labellings = numpy.array([[index_of[value] for value in classes], *relabelled])
     findings = []
-    maxima = {name: [-math.inf] * PERMUTATIONS for name in STATISTICS}
+    maxima = {name: numpy.full(PERMUTATIONS, -math.inf) for name in STATISTICS}
     for grouping in found:
-        for name, statistic in STATISTICS.items():
-            chance = [statistic(grouping, masks) for masks in relabelled]
-            mean = sum(chance) / len(chance)
-            sd = math.sqrt(sum((value - mean) ** 2 for value in chance) / len(chance))
-            observed = statistic(grouping, truth)
+        counts = tables(grouping, labellings, len(index_of))
+        for name, statistic in ARRAY_STATISTICS.items():
+            values = statistic(counts, grouping.size)
+            observed, chance = float(values[0]), values[1:]
+            mean = chance.mean()
+            sd = math.sqrt(((chance - mean) ** 2).mean())
             if sd < 1e-12:
                 z = 0.0 if observed <= mean + 1e-12 else math.inf
             else:
                 z = (observed - mean) / sd
-                for k, value in enumerate(chance):
-                    maxima[name][k] = max(maxima[name][k], (value - mean) / sd)
-            findings.append(Finding(grouping.names, name, observed, sorted(chance)[int(0.99 * PERMUTATIONS) - 1], z))
-    thresholds = {name: family_wise_threshold(values) for name, values in maxima.items()}
+                maxima[name] = numpy.maximum(maxima[name], (chance - mean) / sd)
+            findings.append(
+                Finding(grouping.names, name, observed, float(numpy.sort(chance)[int(0.99 * PERMUTATIONS) - 1]), z)
+            )
+    thresholds = {name: family_wise_threshold([float(value) for value in values]) for name, values in maxima.items()}
     return findings, thresholds
 
 
