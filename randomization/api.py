@@ -122,7 +122,7 @@ class ParticipantRandomize(APIView):
                 {
                     "randomization_number": participant.randomization_number,
                     "randomized_at": participant.randomized_at,
-                    "visits": participant.visits.count(),
+                    "visits": participant.planned_visits,
                 }
             ).data
         )

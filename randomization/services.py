@@ -335,7 +335,7 @@ def _allocate(*, participant: Participant, randomized_by) -> Participant:
         # for, which is then only the slot, the number and the commit (bench/http_bench.py).
         # Day 0 is the day the randomization was asked for (the slot's time comes after the
         # stratum's lock, to keep allocation order time order).
-        visit_schedule_create(
+        visits = visit_schedule_create(
             participant=participant,
             day0=timezone.localdate(timezone.now(), timezone=participant.site.zone),
             reminders_after_commit=True,
@@ -370,6 +370,8 @@ def _allocate(*, participant: Participant, randomized_by) -> Participant:
             participant.randomization_number = cursor.fetchone()[0]
         participant.randomized_at = now
         participant.status = ParticipantStatus.RANDOMIZED
+        # What the API answers with, known here without counting the rows just written.
+        participant.planned_visits = len(visits)
     return participant
 
 

@@ -145,6 +145,7 @@ def _journey(trial) -> dict:
                 factories.sign_eligibility(participant, signer=cast[(site.code, Role.INVESTIGATOR)])
             randomized = coordinator.post(_url(coordinator, f"/api/v1/participants/{participant.pk}/randomize/"))
             assert randomized.status_code == 200, randomized.content
+            assert randomized.json()["visits"] == participant.visits.count() > 0
             participants.append(Participant.objects.get(pk=participant.pk))
 
     for participant in participants:
