@@ -238,7 +238,8 @@ def form_save(
         created = record is None
         # The record's own events carry a fixed reason: a reason typed for an unblinded-only
         # item must not reach blinded readers through the record. The items carry the reason.
-        with audit_context(actor=user, reason="form saved"):
+        # No savepoints of their own: this save's atomic block is where a failure rolls back to.
+        with audit_context(actor=user, reason="form saved", savepoint=False):
             if record is None:
                 sequence = 1
                 if form.kind == "log":
@@ -268,7 +269,7 @@ def form_save(
                 new = [code for code in new if code not in hidden]
         # A first value needs no reason from the user; the trail says it was a first entry (the
         # database asks a reason for any change of a clinical column, an empty one's included).
-        with audit_context(actor=user, reason=(reason or "").strip() or "first entry"):
+        with audit_context(actor=user, reason=(reason or "").strip() or "first entry", savepoint=False):
             ItemValue.objects.bulk_create(
                 ItemValue(
                     record=record,
@@ -290,7 +291,7 @@ def form_save(
         # an event, and cost a dosing visit, which saves two forms, five statements each).
         blinded_touched = any(code not in hidden for code in [*changed, *new])
         if not created and (blinded_touched or (record.status, record.warnings) != (status, warnings)):
-            with audit_context(actor=user, reason="form saved"):
+            with audit_context(actor=user, reason="form saved", savepoint=False):
                 record.status = status
                 record.warnings = warnings
                 record.save(update_fields=["status", "warnings", "updated_at"])

@@ -70,7 +70,9 @@ class Visit(Audited, models.Model):
         "protocol_version",
     )
 
-    participant = models.ForeignKey(Participant, on_delete=models.PROTECT, related_name="visits")
+    # No index of its own: the unique (participant, sequence) and (participant, code) lead with it,
+    # and a third copy only cost every randomization 17 more index entries.
+    participant = models.ForeignKey(Participant, on_delete=models.PROTECT, related_name="visits", db_index=False)
     # Copied from the participant, so site scoping and the audit trail need no join.
     site = models.ForeignKey(Site, on_delete=models.PROTECT, related_name="+")
     # Order in the plan (1, 2, ...; unscheduled visits after the plan), and the code staff use,

@@ -26,7 +26,7 @@ DAY0 = datetime.date(2026, 11, 3)
 LABS = {"neutrophils": 3000, "platelets": 200000, "alt_uln": Decimal("1"), "ast_uln": Decimal("1")}
 # BEGIN and COMMIT included. Most are the two case report forms the dose reads its weight and
 # labs from (crf.form_save, audited item by item); the kits are one statement.
-QUERY_BUDGET = 46
+QUERY_BUDGET = 38
 _numbers = itertools.count(1)
 
 

@@ -124,6 +124,26 @@ def test_a_nested_audit_context_restores_the_enclosing_actor_and_reason(cast, si
         assert settings() == (str(cast.coordinator.pk), "outer")
 
 
+@pytest.mark.django_db
+def test_a_nested_audit_context_without_a_savepoint_leaves_the_rollback_to_the_callers_block(cast, site):
+    def settings():
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT current_setting('trial.actor_id', true), current_setting('trial.reason', true)")
+            return cursor.fetchone()
+
+    with audit_context(actor=cast.coordinator, reason="outer"):
+        with CaptureQueriesContext(connection) as queries, audit_context(reason="inner", savepoint=False):
+            assert settings() == ("", "inner")
+        assert settings() == (str(cast.coordinator.pk), "outer")
+        assert not [query for query in queries.captured_queries if "SAVEPOINT" in query["sql"]]
+        # A failure inside: the caller's atomic block rolls back to its savepoint, settings and all.
+        with pytest.raises(LookupError), transaction.atomic():
+            with audit_context(actor=cast.investigator, reason="failing", savepoint=False):
+                assert settings() == (str(cast.investigator.pk), "failing")
+                raise LookupError("refused")
+        assert settings() == (str(cast.coordinator.pk), "outer")
+
+
 def reminder_rows(participant):
     return sorted(
         (reminder.visit.code, reminder.kind, reminder.audience, reminder.due_at)

@@ -581,7 +581,7 @@ def seal_after_commit(occasion: str) -> None:
 
 
 @contextlib.contextmanager
-def audit_context(*, actor=None, reason: str = "") -> Iterator[None]:
+def audit_context(*, actor=None, reason: str = "", savepoint: bool = True) -> Iterator[None]:
     """Run the block in a transaction whose writes are attributed to `actor`, with `reason`.
 
     The values are transaction-local settings that the trigger reads, so they cannot leak into
@@ -590,12 +590,19 @@ def audit_context(*, actor=None, reason: str = "") -> Iterator[None]:
     One statement on entry. The outermost context starts the transaction, whose end discards
     the settings, so it neither reads nor restores anything; a nested one reads the enclosing
     values in the statement that sets its own (the materialized CTE is read before the row that
-    calls set_config is formed) and restores them on leaving, unless they were the same."""
+    calls set_config is formed) and restores them on leaving, unless they were the same.
+
+    `savepoint=False`, for a nested context only, when the caller's own atomic block is where
+    the block's writes roll back to (as in a save that writes under two reasons): no savepoint
+    of its own, two statements fewer. The settings are then restored only when the block
+    succeeds; on an exception the caller's rollback restores them with everything else."""
     actor_id = str(actor.pk) if actor is not None and actor.pk else ""
     reason = reason or ""
     # Not autocommitting outside an atomic block: atomic() then runs in that open transaction.
     nested = connection.in_atomic_block or not connection.get_autocommit()
-    with transaction.atomic():
+    if not savepoint and not connection.in_atomic_block:
+        raise transaction.TransactionManagementError("audit_context(savepoint=False) needs an enclosing atomic block")
+    with transaction.atomic() if savepoint else contextlib.nullcontext():
         with connection.cursor() as cursor:
             if nested:
                 cursor.execute(
