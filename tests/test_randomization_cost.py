@@ -251,3 +251,43 @@ def test_two_dispatchers_planning_at_once_write_each_reminder_once(trial, cast, 
 
     rows = reminder_rows(participant)
     assert rows and len(rows) == len(set(rows)) == first.planned
+
+
+@pytest.mark.django_db
+def test_the_participant_locked_for_randomization_is_the_orms_participant_with_everything_read(cast, site):
+    """The statement is written from the models, not compiled by the ORM: every field of the five
+    models reads back as the ORM reads it (JSON, dates, times, choices), and nothing randomization
+    asks of the participant needs another query."""
+    from django.forms.models import model_to_dict
+
+    from enrollment.models import Participant
+    from enrollment.selectors import participant_locked_for_randomization
+
+    stayed = factories.make_participant(site, by=cast.coordinator, stratification={"ecog": "0"})
+    withdrawn = factories.make_participant(site, by=cast.coordinator)
+    participant_withdraw(
+        participant=withdrawn, withdrawn_by=cast.coordinator, withdrawn_on=datetime.date(2026, 11, 3), reason="moved"
+    )
+
+    def everything(participant) -> list[dict]:
+        withdrawal = getattr(participant, "withdrawal", None)
+        return [
+            {field.attname: getattr(one, field.attname) for field in type(one)._meta.concrete_fields}
+            for one in (participant, participant.screening, participant.site, participant.site.trial, withdrawal)
+            if one is not None
+        ]
+
+    for expected in (stayed, withdrawn):
+        orm = Participant.objects.select_related("screening", "site__trial").get(pk=expected.pk)
+        with CaptureQueriesContext(connection) as queries:
+            locked = participant_locked_for_randomization(expected.pk)
+            read = everything(locked)
+            assert locked.screening.participant is locked
+            assert locked.consented is True
+            assert locked.site.trial.protocol.randomization.method
+        assert len(queries.captured_queries) == 1
+        assert read == everything(orm)
+        assert model_to_dict(locked.screening) == model_to_dict(orm.screening)
+    assert hasattr(participant_locked_for_randomization(withdrawn.pk), "withdrawal")
+    assert not hasattr(participant_locked_for_randomization(stayed.pk), "withdrawal")
+    assert participant_locked_for_randomization(10**9) is None
