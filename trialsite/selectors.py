@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import functools
-import operator
 
-from django.db.models import Q, QuerySet
+from django.db.models import BooleanField, Expression, F, Q, QuerySet
 from django.utils.functional import Promise
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import gettext_noop
@@ -37,15 +36,53 @@ def hidden_from_blinded_readers() -> Q:
     and when, is itself a value (an expiry corrected for one manufacturing lot names the kits of
     one content). Everything a blinded reader is shown about the trail (its rows, their number,
     an export's data version) is counted from the events this leaves in."""
-    visible_updates = [
-        Q(table_name=table, changed_fields__overlap=sorted(columns - {"id"}))
-        for table, columns in blinded_visible_columns_by_table().items()
+    visible_updates = tuple(
+        (table, tuple(sorted(columns - {"id"})))
+        for table, columns in sorted(blinded_visible_columns_by_table().items())
         if columns - {"id"}
-    ]
-    hidden = Q(action=AuditEvent.Action.UPDATE)
-    if visible_updates:
-        hidden &= ~functools.reduce(operator.or_, visible_updates)
-    return hidden
+    )
+    return Q(HiddenUpdate(visible_updates))
+
+
+class HiddenUpdate(Expression):
+    """`action = 'UPDATE' AND NOT (one of the table's visible columns changed)`, for
+    `hidden_from_blinded_readers`. Written as SQL once per set of declarations rather than as a
+    Q of some forty branches: building and compiling that Q took longer than the database took
+    to count a site's trail, and the trail page compiles it twice (count, page). The table is
+    compared before the changed columns: PostgreSQL tests an AND's terms in the order written,
+    and a name comparison is cheap where an array overlap is not. No column it reads is
+    nullable, so it is never NULL and negates as the Q did."""
+
+    conditional = True
+    output_field = BooleanField()
+
+    def __init__(self, visible_updates: tuple[tuple[str, tuple[str, ...]], ...]):
+        super().__init__()
+        self.visible_updates = visible_updates
+        self.columns = [F("action"), F("table_name"), F("changed_fields")]
+
+    def get_source_expressions(self):
+        return self.columns
+
+    def set_source_expressions(self, expressions):
+        self.columns = list(expressions)
+
+    def as_sql(self, compiler, connection):
+        action, table, changed = (compiler.compile(column)[0] for column in self.columns)
+        template, params = _hidden_update_sql(self.visible_updates)
+        return template.format(action=action, table=table, changed=changed), list(params)
+
+
+@functools.cache
+def _hidden_update_sql(visible_updates) -> tuple[str, tuple]:
+    params: list = [AuditEvent.Action.UPDATE.value]
+    branches = []
+    for table, columns in visible_updates:
+        branches.append("({table} = %s AND {changed} && %s::text[])")
+        params += [table, list(columns)]
+    if not branches:
+        return "({action} = %s)", tuple(params)
+    return "({action} = %s AND NOT (" + " OR ".join(branches) + "))", tuple(params)
 
 
 def audit_events_for(
@@ -71,6 +108,13 @@ def audit_events_for(
     if subject_id is not None:
         events = events.filter(subject_id=subject_id)
     return events.select_related("actor").order_by("occurred_at", "id")
+
+
+def audit_events_in(page_ids) -> QuerySet[AuditEvent]:
+    """The events of one page of `audit_events_for`, given the page as a query of their ids: the
+    database sorts the reader's whole trail by narrow rows and then reads fifty wide ones (with
+    their values and actor), instead of carrying every wide row through the join and the sort."""
+    return AuditEvent.objects.filter(pk__in=page_ids).select_related("actor").order_by("occurred_at", "id")
 
 
 def redact_for(user, events) -> list[AuditEvent]:

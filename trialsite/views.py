@@ -71,13 +71,13 @@ def audit_trail(request: HttpRequest) -> HttpResponse:
     events = selectors.audit_events_for(request.user, table_name=table_name, record_pk=record_pk, subject_id=subject_id)
     if subject_error or table_error:
         events = events.none()
-    page = Paginator(events, 50).get_page(request.GET.get("page"))
+    page = Paginator(events.values_list("pk", flat=True), 50).get_page(request.GET.get("page"))
     return render(
         request,
         "trialsite/audit_trail.html",
         {
             "page": page,
-            "events": selectors.audit_rows_for(request.user, page.object_list),
+            "events": selectors.audit_rows_for(request.user, selectors.audit_events_in(page.object_list)),
             "tables": tables,
             "table_name": table_name,
             "table_error": table_error,
