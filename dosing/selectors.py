@@ -9,7 +9,8 @@ import datetime
 from decimal import Decimal
 
 from django.core.paginator import Page, Paginator
-from django.db.models import Count, Prefetch, Q, QuerySet
+from django.db.models import Case, Count, OuterRef, Prefetch, Q, QuerySet, Subquery, Value, When
+from django.db.models.functions import Coalesce
 from django.http import Http404
 from django.utils import timezone
 
@@ -117,7 +118,10 @@ def pharmacy_queue(user, *, dispense_page=None, return_page=None) -> PharmacyQue
         paginator.count = sizes[status]
         pages.append(paginator.get_page(number))
     to_dispense, awaiting_return = pages
-    quarantined = list(kits.filter(status=KitStatus.QUARANTINED).order_by("kit_number"))
+    # Kit numbers only: no participant, visit or dose joined in.
+    quarantined = list(
+        kits_blinded(Kit.objects.filter(site_id__in=site_ids, status=KitStatus.QUARANTINED)).order_by("kit_number")
+    )
     for page in (to_dispense, awaiting_return):
         page.object_list = list(page.object_list)
     for kit in [*to_dispense, *awaiting_return, *quarantined]:
@@ -275,10 +279,24 @@ def _visits_awaiting_kits(site_ids, *, trials: list[Trial]) -> list[Visit]:
         held = len(kit_types_given(trial, infusion_held=True))
         if not every:
             continue
-        kit_count = Count(
-            "kits", filter=Q(kits__status__in=[KitStatus.ASSIGNED, KitStatus.DISPENSED, KitStatus.RETURNED])
+        # Each recorded visit's kits counted by a lookup of its own (the kit's visit index),
+        # not by grouping every recorded visit of the site joined to its kits, participant and
+        # dose: the grouped query, and the two it was nested in, cost more to build and plan
+        # than to run. A visit gives the held count when its infusion was held, all its types
+        # otherwise (given, or recorded without a dose); a stopped one gives none.
+        kit_count = Coalesce(
+            Subquery(
+                Kit.objects.filter(
+                    visit=OuterRef("pk"), status__in=[KitStatus.ASSIGNED, KitStatus.DISPENSED, KitStatus.RETURNED]
+                )
+                .order_by()
+                .values("visit")
+                .annotate(count=Count("id"))
+                .values("count")
+            ),
+            0,
         )
-        waiting = (
+        visits = list(
             Visit.objects.filter(
                 site_id__in=site_ids,
                 site__trial=trial,
@@ -287,27 +305,15 @@ def _visits_awaiting_kits(site_ids, *, trials: list[Trial]) -> list[Visit]:
             )
             .exclude(dose__decision="stop")
             .annotate(kit_count=kit_count)
-            .filter(
-                Q(dose__decision="give", kit_count__lt=every)
-                | Q(dose__decision="hold", kit_count__lt=held)
-                | Q(dose__isnull=True, kit_count__lt=every)
-            )
-        )
-        # The visits counted first, by their ids alone, and only those found read with their
-        # participant and dose: grouping every recorded visit of the site with those columns
-        # joined had the database sort and group rows many times as wide.
-        visits = (
-            Visit.objects.filter(pk__in=waiting.values("pk"))
-            .annotate(kit_count=kit_count)
+            .filter(kit_count__lt=Case(When(dose__decision="hold", then=Value(held)), default=Value(every)))
             .select_related("participant", "dose", "site")
             .order_by("actual_date", "id")
         )
-        visits = list(visits)
         for visit in visits:
             # The trial read once (see pharmacy_queue), not its definition with every visit.
             visit.site.trial = trial
         if trial.protocol.blinded:
-            awaiting += list(visits)
+            awaiting += visits
         else:
             awaiting += [visit for visit in visits if len(needed_kits(visit)) > visit.kit_count]
     return sorted(awaiting, key=lambda visit: (visit.actual_date, visit.pk))
