@@ -94,6 +94,19 @@ class PharmacyQueue:
     quarantined: list[Kit]
 
 
+_QUEUE_JOINED_FIELDS = (
+    "participant__screening_number",
+    "participant__randomization_number",
+    "visit__code",
+    "visit__actual_date",
+    "visit__dose__visit",
+    "visit__dose__dose_mg",
+    "visit__dose__concentrate_ml",
+    "visit__dose__diluted_volume_ml",
+    "visit__dose__vial_plan",
+)
+
+
 def pharmacy_queue(user, *, dispense_page=None, return_page=None) -> PharmacyQueue:
     """What the pharmacist has to do at their sites: kits to dispense (assigned, oldest first),
     dispensed kits to collect back, dosing visits still waiting for a kit, shipments to receive.
@@ -103,7 +116,14 @@ def pharmacy_queue(user, *, dispense_page=None, return_page=None) -> PharmacyQue
     # Not the trial with each kit: every row would carry (and decode, and digest to find its
     # parsed protocol) the whole protocol definition. The trials once, shared by their kits.
     trials = {trial.pk: trial for trial in Trial.objects.filter(sites__in=site_ids).distinct()}
-    kits = kits_blinded(Kit.objects.filter(site_id__in=site_ids)).select_related("participant", "visit__dose")
+    # Of the joined rows, what a queue row shows (the participant's label, the visit's code and
+    # date, the infusion's preparation): their other columns were most of what each page query
+    # compiled, fetched and set on its fifty rows.
+    kits = (
+        kits_blinded(Kit.objects.filter(site_id__in=site_ids))
+        .select_related("participant", "visit__dose")
+        .only(*BLINDED_KIT_FIELDS, *_QUEUE_JOINED_FIELDS)
+    )
     # Both lists' sizes in one count, given to their paginators.
     sizes = Kit.objects.filter(site_id__in=site_ids).aggregate(
         assigned=Count("id", filter=Q(status=KitStatus.ASSIGNED)),
