@@ -479,8 +479,11 @@ def crawl(client, world: World) -> list[Read]:
     only its planned dates, which the participant page and the visits API already show: those
     visit pages are not opened (hundreds of copies of one template), nor are the blank forms of
     such a visit: nothing is entered on them, and they were more than half of all the pages."""
-    recorded = set(Visit.objects.exclude(status=VisitStatus.SCHEDULED).values_list("pk", flat=True))
-    recorded_codes = set(Visit.objects.exclude(status=VisitStatus.SCHEDULED).values_list("participant_id", "code"))
+    recorded_visits = list(
+        Visit.objects.exclude(status=VisitStatus.SCHEDULED).values_list("pk", "participant_id", "code")
+    )
+    recorded = {pk for pk, _participant_id, _code in recorded_visits}
+    recorded_codes = {(participant_id, code) for _pk, participant_id, code in recorded_visits}
     filled = set(FormRecord.objects.values_list("participant_id", "form_code", "visit_code"))
     seen, queue, pages = set(), ["/"], []
     later_pages = collections.Counter()

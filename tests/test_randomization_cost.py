@@ -38,6 +38,13 @@ def _frozen():
         yield traveller
 
 
+def audit_settings() -> tuple:
+    """The actor and reason the audit trigger would read now."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT current_setting('trial.actor_id', true), current_setting('trial.reason', true)")
+        return cursor.fetchone()
+
+
 def new_list(trial, cast, *, slots_per_stratum: int, version: int):
     made = services.list_generate(
         trial=trial,
@@ -100,48 +107,36 @@ def test_the_randomization_is_audited_as_before_by_its_actor_and_reason(trial, c
     assert changed.changed_fields == ["randomization_number", "randomized_at", "status"]
     assert rows.filter(table_name="dosing_visit").count() == participant.visits.count() > 10
     # No savepoint was left to restore the settings: the transaction ended with them.
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT current_setting('trial.actor_id', true), current_setting('trial.reason', true)")
-        assert cursor.fetchone() in {(None, None), ("", "")}
+    assert audit_settings() in {(None, None), ("", "")}
 
 
 @pytest.mark.django_db
 def test_a_nested_audit_context_restores_the_enclosing_actor_and_reason(cast, site):
-    def settings():
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT current_setting('trial.actor_id', true), current_setting('trial.reason', true)")
-            return cursor.fetchone()
-
     with audit_context(actor=cast.coordinator, reason="outer"):
         with audit_context(actor=cast.investigator, reason="inner"):
-            assert settings() == (str(cast.investigator.pk), "inner")
-        assert settings() == (str(cast.coordinator.pk), "outer")
+            assert audit_settings() == (str(cast.investigator.pk), "inner")
+        assert audit_settings() == (str(cast.coordinator.pk), "outer")
         with audit_context(actor=cast.coordinator, reason="outer"):
             pass
-        assert settings() == (str(cast.coordinator.pk), "outer")
+        assert audit_settings() == (str(cast.coordinator.pk), "outer")
         with pytest.raises(LookupError), audit_context(actor=None, reason="failing"):
             raise LookupError("refused")
-        assert settings() == (str(cast.coordinator.pk), "outer")
+        assert audit_settings() == (str(cast.coordinator.pk), "outer")
 
 
 @pytest.mark.django_db
 def test_a_nested_audit_context_without_a_savepoint_leaves_the_rollback_to_the_callers_block(cast, site):
-    def settings():
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT current_setting('trial.actor_id', true), current_setting('trial.reason', true)")
-            return cursor.fetchone()
-
     with audit_context(actor=cast.coordinator, reason="outer"):
         with CaptureQueriesContext(connection) as queries, audit_context(reason="inner", savepoint=False):
-            assert settings() == ("", "inner")
-        assert settings() == (str(cast.coordinator.pk), "outer")
+            assert audit_settings() == ("", "inner")
+        assert audit_settings() == (str(cast.coordinator.pk), "outer")
         assert not [query for query in queries.captured_queries if "SAVEPOINT" in query["sql"]]
         # A failure inside: the caller's atomic block rolls back to its savepoint, settings and all.
         with pytest.raises(LookupError), transaction.atomic():
             with audit_context(actor=cast.investigator, reason="failing", savepoint=False):
-                assert settings() == (str(cast.investigator.pk), "failing")
+                assert audit_settings() == (str(cast.investigator.pk), "failing")
                 raise LookupError("refused")
-        assert settings() == (str(cast.coordinator.pk), "outer")
+        assert audit_settings() == (str(cast.coordinator.pk), "outer")
 
 
 def reminder_rows(participant):
