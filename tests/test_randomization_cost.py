@@ -16,6 +16,7 @@ import pytest
 import time_machine
 from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
+from rest_framework.test import APIClient
 
 from dosing.reminders import services as reminders
 from dosing.reminders.models import Reminder
@@ -84,6 +85,27 @@ def test_a_randomization_takes_the_same_few_statements_for_a_short_list_or_a_lon
     assert [sql.split()[0] for sql in first] == [sql.split()[0] for sql in later]
     assert not any("SAVEPOINT" in sql for sql in later)
     assert not any("reminders_reminder" in sql for sql in later)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_randomize_request_adds_only_the_token_the_grants_and_the_participant_to_the_randomization(
+    trial, cast, site
+):
+    """Through the API as a client sends it: the token, the user's roles (which also tell the
+    trials they work in, so a token request asks no query of its own for that), the participant
+    at the user's sites, then the randomization's own statements."""
+    new_list(trial, cast, slots_per_stratum=40, version=1)
+    participant = factories.make_participant(site, by=cast.coordinator)
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"Token {factories.api_key(cast.coordinator)}")
+    # The token's first use is recorded once (trialsite.tokens.LAST_USE_PRECISION), not per request.
+    assert api.get("/api/v1/me/").status_code == 200
+    with CaptureQueriesContext(connection) as queries:
+        answer = api.post(f"/api/v1/participants/{participant.pk}/randomize/", {}, format="json")
+    assert answer.status_code == 200, answer.content
+    statements = [query["sql"] for query in queries.captured_queries]
+    assert len(statements) <= 3 + QUERY_BUDGET, statements
+    assert sum(1 for sql in statements if 'FROM "trialsite_staffrole"' in sql) == 1, statements
 
 
 @pytest.mark.django_db(transaction=True)

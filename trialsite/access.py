@@ -103,6 +103,11 @@ def _all_grants(user) -> dict[int, tuple[int, frozenset[str]]]:
     return cached
 
 
+def trial_ids(user) -> set[int]:
+    """The trials where the user holds any role (none for a disabled account, like every grant)."""
+    return {trial_id for trial_id, _capabilities in _all_grants(user).values()}
+
+
 def _grants(user) -> dict[int, frozenset[str]]:
     """Capabilities per site id, at the sites of the trial this request works in (every trial
     when the address names none: a user whose roles span trials is then refused by the
