@@ -122,9 +122,8 @@ def _grants(user) -> dict[int, frozenset[str]]:
 
 def forget_grants(user) -> None:
     """Drop the cached capabilities, after roles change."""
-    for name in ("_trial_capabilities", "_trial_ids"):
-        if hasattr(user, name):
-            delattr(user, name)
+    if hasattr(user, "_trial_capabilities"):
+        del user._trial_capabilities
 
 
 def site_ids(user) -> set[int]:
