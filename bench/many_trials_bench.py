@@ -5,7 +5,10 @@ time within 20%.
 Trial X is the first protocol file, built through the application's own services: its staff, a
 locked randomization list, 100 participants screened, signed and randomized (their visits,
 reminders and audit rows written by the services), and the first visit form of each filled.
-Its figures are measured, then the other trials are loaded, then the same figures again.
+That database is then copied (CREATE DATABASE ... TEMPLATE) and the other trials are loaded
+into the copy. Both are measured in alternating rounds (trial X alone, then among the others,
+--rounds times), so that a slower minute of a shared machine falls on both alike rather than on
+whichever was measured second.
 
 The other trials alternate between the protocol files, each with its own NCT id and site codes
 (the file's text rewritten in memory and loaded by `load_protocol`), and 100 randomized
@@ -13,12 +16,14 @@ participants each with their consent, eligibility answers, randomization slot, v
 filled first visit form, written by COPY with the audit triggers on: every row has its audit
 row, as if entered one by one. Reminders are not loaded (derived rows, produced when due).
 
-    .venv/bin/python bench/many_trials_bench.py [--trials 1000] [--participants 100] [--runs 15]
+    .venv/bin/python bench/many_trials_bench.py [--trials 1000] [--participants 100] [--runs 15] [--rounds 3]
 
 --trials counts trial X: `--trials 50` loads 49 others (a quick run; the figures then speak of
 50 trials, and the load time printed is extrapolated to 1,000). A scratch database is made on
-the server of DATABASE_URL (a superuser), with the owner and application roles of `make run`;
-everything runs as the application role."""
+the server of DATABASE_URL (a superuser), with its crowded copy, with the owner and application
+roles of `make run`; everything runs as the application role. This project's CI servers run
+PostgreSQL with autovacuum off: the bench runs ANALYZE as the load goes, and VACUUM ANALYZE before
+measuring, as autovacuum would on a production server."""
 
 from __future__ import annotations
 
@@ -31,12 +36,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import urlparse
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import (
     ROOT,
     analyze,
+    base_database_url,
     bench_environment,
     database_name,
     manage,
@@ -375,7 +382,13 @@ def load_others(first_number: int, count: int, participants: int) -> tuple[float
     for offset in range(count):
         number = first_number + offset
         rows += load_other_trial(number, files[number % len(files)], participants, loader)
-        if (offset + 1) % 50 == 0 or offset + 1 == count:
+        loaded = offset + 1
+        if loaded & (loaded - 1) == 0 or loaded % 50 == 0:
+            # As autovacuum's analyze would, when a table has grown by a tenth: without it this
+            # session's deferred foreign-key checks keep the plan made when trial X was alone (a
+            # scan of every participant per visit row), and each trial loads slower than the last.
+            analyze()
+        if loaded % 50 == 0 or loaded == count:
             elapsed = time.perf_counter() - started
             print(
                 f"  loaded {offset + 1}/{count} other trials, {rows:,} rows (+ their audit rows) in {elapsed:.0f} s",
@@ -535,16 +548,45 @@ def measure_all(world: dict, runs: int, randomizations: int) -> dict[str, tuple[
     return figures
 
 
+def copy_database(superuser_url: str, template: str, name: str) -> tuple[str, str]:
+    """A copy of the database `template` (trial X alone) as `name` on the server of
+    `superuser_url`: its (DATABASE_URL, DATABASE_OWNER_URL). The template must have no
+    connection open meanwhile."""
+    import psycopg
+    from django.db import connections
+
+    from trialsite.devstack import create_roles
+
+    connections.close_all()
+    parsed = urlparse(superuser_url)
+    admin_url = parsed._replace(path="/postgres").geturl().replace("postgres://", "postgresql://", 1)
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+    return create_roles(parsed._replace(path=f"/{name}").geturl(), name)
+
+
+def use_database(name: str, owner_url: str) -> None:
+    """Point this process's connection (and the owner's, for ANALYZE) at the database `name`."""
+    from django.db import connections
+
+    connections.close_all()
+    connections["default"].settings_dict["NAME"] = name
+    os.environ["DATABASE_OWNER_URL"] = owner_url
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--trials", type=int, default=1000, help="trials in the database at the end, X included")
     parser.add_argument("--participants", type=int, default=100)
-    parser.add_argument("--runs", type=int, default=15)
-    parser.add_argument("--randomizations", type=int, default=15, help="per measurement")
+    parser.add_argument("--runs", type=int, default=15, help="timed requests per address and database")
+    parser.add_argument("--randomizations", type=int, default=15, help="per database")
+    parser.add_argument("--rounds", type=int, default=3, help="alternations between the two databases")
     options = parser.parse_args()
 
     from trialsite.devstack import create_roles
 
+    superuser_url = base_database_url()
     name = database_name("trialsite_bench_many")
     app_url, owner_url = create_roles(scratch_database_url(name), name)
     env = bench_environment(app_url, DATABASE_OWNER_URL=owner_url)
@@ -563,12 +605,14 @@ def main() -> int:
         f"{world['forms_saved']} first visit forms saved",
         flush=True,
     )
-    analyze()
-    alone = measure_all(world, options.runs, options.randomizations)
+    analyze(vacuum=True)
 
+    crowded_name = f"{name}_crowded"
+    _app_url, crowded_owner_url = copy_database(superuser_url, name, crowded_name)
+    use_database(crowded_name, crowded_owner_url)
     others = options.trials - 1
     seconds, rows = load_others(2, others, options.participants)
-    analyze()
+    analyze(vacuum=True)
     with connection.cursor() as cursor:
         cursor.execute("SELECT count(*) FROM trialsite_trial")
         trials = cursor.fetchone()[0]
@@ -583,7 +627,15 @@ def main() -> int:
         f"Now {trials} trials, {audit_rows:,} audit rows, database {size}",
         flush=True,
     )
-    crowded = measure_all(world, options.runs, options.randomizations)
+
+    rounds = max(1, options.rounds)
+    alone, crowded = {}, {}
+    for _round in range(rounds):
+        for figures, database, owner in ((alone, name, owner_url), (crowded, crowded_name, crowded_owner_url)):
+            use_database(database, owner)
+            measured = measure_all(world, max(1, options.runs // rounds), max(1, options.randomizations // rounds))
+            for what, (times, queries, note, pages) in measured.items():
+                figures[what] = (figures.get(what, ([],))[0] + times, queries, note, pages)
 
     print(
         f"\ntrial X alone and among {trials} trials: server time (best and median of the runs), queries, and "

@@ -41,6 +41,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=200, help="measured per request kind, and as many profiled")
     parser.add_argument("--top", type=int, default=12, help="functions listed per profile")
+    parser.add_argument(
+        "--statements", action="store_true", help="also list the statements of one request of each kind"
+    )
     options = parser.parse_args()
 
     from trialsite.devstack import create_roles
@@ -120,13 +123,17 @@ def main() -> None:
 
     # Per measured request, the time of each statement it sent.
     statements: list[list[float]] = []
+    # The text and time of each statement of the latest measured request.
+    sent: list[tuple[str, float]] = []
 
     def timed(execute, sql, params, many, context):
         started = time.perf_counter()
         try:
             return execute(sql, params, many, context)
         finally:
-            statements[-1].append(time.perf_counter() - started)
+            took = time.perf_counter() - started
+            statements[-1].append(took)
+            sent.append((" ".join(sql.split()), took))
 
     print(f"one request in process, production settings, PostgreSQL {connection.pg_version // 10000}")
     for label, requests in kinds:
@@ -142,9 +149,14 @@ def main() -> None:
         with connection.execute_wrapper(timed):
             for request in measured:
                 statements.append([])
+                sent.clear()
                 started = time.perf_counter()
                 send(*request)
                 totals.append(time.perf_counter() - started)
+        if options.statements:
+            # The last measured request's statements, in the order it sent them.
+            for index, (sql_text, took) in enumerate(sent, start=1):
+                print(f"  {index:>2}. {took * 1000:6.2f} ms  {sql_text[:160]}")
         median = statistics.median(totals) * 1000
         sql = statistics.median(sum(times) for times in statements) * 1000
         print(
