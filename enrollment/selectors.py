@@ -1,4 +1,5 @@
 import functools
+from collections.abc import Collection
 
 from django.db import connection
 from django.db.models import Q, QuerySet
@@ -52,7 +53,9 @@ _LOCKED_FOR_RANDOMIZATION = (
 
 
 @functools.cache
-def _locked_for_randomization_statement() -> tuple[str, list[tuple[str, type, list[str], list[list]]]]:
+def _locked_for_randomization_statement(
+    within_sites: bool = False,
+) -> tuple[str, list[tuple[str, type, list[str], list[list]]]]:
     """The statement of `participant_locked_for_randomization`, written once per process from the
     models' own columns (so it follows every migration), with each column's converters from
     the database value to Python, as the ORM applies them. The ORM compiled this five-table
@@ -80,20 +83,23 @@ def _locked_for_randomization_statement() -> tuple[str, list[tuple[str, type, li
         f" JOIN {table['trial']} AS trial ON trial.id = site.trial_id"
         f" LEFT JOIN {table['withdrawal']} AS withdrawal ON withdrawal.participant_id = participant.screening_id"
         " WHERE participant.screening_id = %s"
-        " FOR UPDATE OF screening, participant"
+        + (" AND participant.site_id = ANY(%s)" if within_sites else "")
+        + " FOR UPDATE OF screening, participant"
     )
     return statement, layout
 
 
-def participant_locked_for_randomization(pk: int) -> Participant | None:
+def participant_locked_for_randomization(pk: int, *, site_ids: Collection[int] | None = None) -> Participant | None:
     """The participant with everything randomization decides on, in one statement: the
     screening and participant rows locked (the screening first, as
     `enrollment.services.lock_screening_and_participant` locks them, so the two cannot
     deadlock), the site and trial, the withdrawal if any, and `consented` (a consent signed on
-    or before the screening date). None when the screening has no participant."""
-    statement, layout = _locked_for_randomization_statement()
+    or before the screening date). None when the screening has no participant, or, given
+    `site_ids`, when the participant is at none of those sites (a caller's access check, made
+    by the same statement)."""
+    statement, layout = _locked_for_randomization_statement(within_sites=site_ids is not None)
     with connection.cursor() as cursor:
-        cursor.execute(statement, [pk])
+        cursor.execute(statement, [pk] if site_ids is None else [pk, list(site_ids)])
         row = cursor.fetchone()
     if row is None:
         return None

@@ -113,10 +113,7 @@ class ListLock(APIView):
 class ParticipantRandomize(APIView):
     @extend_schema(request=None, responses=RandomizedSerializer)
     def post(self, request, pk: int):
-        participant = access.get_for_user(Participant.objects.all(), request.user, Capability.RANDOMIZE, pk=pk)
-        participant = services.participant_randomize(
-            participant=participant, randomized_by=request.user, request=request
-        )
+        participant = services.participant_randomize_reachable(pk=pk, randomized_by=request.user, request=request)
         return Response(
             RandomizedSerializer(
                 {

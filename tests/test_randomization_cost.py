@@ -88,12 +88,11 @@ def test_a_randomization_takes_the_same_few_statements_for_a_short_list_or_a_lon
 
 
 @pytest.mark.django_db(transaction=True)
-def test_the_randomize_request_adds_only_the_token_the_grants_and_the_participant_to_the_randomization(
-    trial, cast, site
-):
+def test_the_randomize_request_adds_only_the_token_and_the_grants_to_the_randomization(trial, cast, site):
     """Through the API as a client sends it: the token, the user's roles (which also tell the
-    trials they work in, so a token request asks no query of its own for that), the participant
-    at the user's sites, then the randomization's own statements."""
+    trials they work in, so a token request asks no query of its own for that), then the
+    randomization's own statements, whose locked read of the participant is also the check that
+    the participant is at one of the user's sites."""
     new_list(trial, cast, slots_per_stratum=40, version=1)
     participant = factories.make_participant(site, by=cast.coordinator)
     api = APIClient()
@@ -104,8 +103,56 @@ def test_the_randomize_request_adds_only_the_token_the_grants_and_the_participan
         answer = api.post(f"/api/v1/participants/{participant.pk}/randomize/", {}, format="json")
     assert answer.status_code == 200, answer.content
     statements = [query["sql"] for query in queries.captured_queries]
-    assert len(statements) <= 3 + QUERY_BUDGET, statements
+    assert len(statements) <= 2 + QUERY_BUDGET, statements
     assert sum(1 for sql in statements if 'FROM "trialsite_staffrole"' in sql) == 1, statements
+    # The participant is read once, locked: the access check is a condition of that read.
+    reads = [sql for sql in statements if sql.startswith("SELECT") and "enrollment_participant" in sql]
+    assert len(reads) == 1 and "FOR UPDATE" in reads[0], statements
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_api_randomizes_nobody_at_a_site_the_user_cannot_randomize_at(trial, cast, site, other_site):
+    """The access check made by the locked read refuses as the separate read did: 404 alike for a
+    participant elsewhere and for none at all, and nothing written, the slots untouched."""
+    new_list(trial, cast, slots_per_stratum=4, version=1)
+    elsewhere = factories.make_participant(other_site, by=cast.other_coordinator)
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"Token {factories.api_key(cast.coordinator)}")
+    events_before = AuditEvent.objects.count()
+
+    refused = api.post(f"/api/v1/participants/{elsewhere.pk}/randomize/", {}, format="json")
+    missing = api.post(f"/api/v1/participants/{elsewhere.pk + 10_000}/randomize/", {}, format="json")
+
+    assert refused.status_code == missing.status_code == 404
+    assert refused.json() == missing.json()
+    elsewhere.refresh_from_db()
+    assert elsewhere.randomization_number in ("", None) and elsewhere.randomized_at is None
+    assert not Visit.objects.filter(participant=elsewhere).exists()
+    assert not trial.randomization_lists.get().slots.filter(participant__isnull=False).exists()
+    assert AuditEvent.objects.count() == events_before
+    # The participant's own coordinator randomizes them.
+    own = APIClient()
+    own.credentials(HTTP_AUTHORIZATION=f"Token {factories.api_key(cast.other_coordinator)}")
+    assert own.post(f"/api/v1/participants/{elsewhere.pk}/randomize/", {}, format="json").status_code == 200
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_exhausted_stratum_through_the_api_alerts_the_statistician_of_the_participants_site(
+    trial, cast, site, mailoutbox
+):
+    cast.statistician.email = "stats@sponsor.example"
+    cast.statistician.save()
+    new_list(trial, cast, slots_per_stratum=1, version=1)
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"Token {factories.api_key(cast.coordinator)}")
+    first, second = (factories.make_participant(site, by=cast.coordinator) for _ in range(2))
+    assert api.post(f"/api/v1/participants/{first.pk}/randomize/", {}, format="json").status_code == 200
+
+    refused = api.post(f"/api/v1/participants/{second.pk}/randomize/", {}, format="json")
+
+    assert refused.status_code == 409, refused.content
+    [alert] = mailoutbox
+    assert alert.to == ["stats@sponsor.example"] and site.code in alert.subject
 
 
 @pytest.mark.django_db(transaction=True)
