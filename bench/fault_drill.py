@@ -7,7 +7,9 @@ drill checks, and prints, that nothing was lost or doubled:
 - every participant is randomized exactly once, and every request ended in a success, a clean
   4xx, or a failure whose retry succeeded; no request hung;
 - no slot is used twice, none skipped, in any stratum;
-- every randomized participant has the whole visit schedule and one reminder per visit and kind;
+- every randomized participant has the whole visit schedule and, once the dispatcher's first
+  step has run as beat runs it every minute (the request leaves the reminders to it), one
+  reminder per visit and kind;
 - the audit chain extends over everything and `audit_verify` passes.
 
 Private servers only (an embedded PostgreSQL under var/drill/ and a Redis on a free port), so the
@@ -140,6 +142,7 @@ def main() -> int:
     from django.db import connection
 
     from dosing.reminders.models import Reminder
+    from dosing.reminders.services import reminders_plan_pending
     from enrollment.models import Participant
     from randomization import services
     from randomization.models import Slot
@@ -230,6 +233,9 @@ def main() -> int:
         len(schedule_sizes) == 1 and len(visit_counts) == len(participants),
         f"every randomized participant has the whole schedule (visits per participant: {dict(schedule_sizes)})",
     )
+    # No beat runs in the drill: its first step, run here, plans what the randomizations left to it.
+    planned = reminders_plan_pending()
+    check(failures, planned > 0, f"the dispatcher's first step planned the reminders ({planned})")
     reminders = Counter(Reminder.objects.filter(participant__in=randomized).values_list("visit", "kind", "audience"))
     doubled = sum(1 for count in reminders.values() if count > 1)
     per_participant = Counter(Reminder.objects.filter(participant__in=randomized).values_list("participant", flat=True))
