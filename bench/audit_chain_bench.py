@@ -19,15 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import (
-    bench_environment,
-    database_name,
-    load_first_protocol,
-    manage,
-    report,
-    scratch_database_url,
-    setup_django,
-)
+from bench.common import report, scratch_trial_database
 
 
 def main() -> None:
@@ -37,15 +29,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     options = parser.parse_args()
 
-    from trialsite.devstack import create_roles
-
-    app_url, owner_url = create_roles(
-        scratch_database_url("trialsite_bench_chain"), database_name("trialsite_bench_chain")
-    )
-    env = bench_environment(app_url, DATABASE_OWNER_URL=owner_url)
-    manage(env, "migrate", "--no-input")
-    load_first_protocol(env)
-    setup_django(app_url)
+    scratch_trial_database("trialsite_bench_chain")
 
     from django.db import connection
 

@@ -77,6 +77,35 @@ def load_first_protocol(env: dict[str, str]) -> None:
     manage(env, "load_protocol", str(PROTOCOL_FILE))
 
 
+def scratch_trial_database(name: str) -> str:
+    """The scratch database `name` (behind BENCH_DATABASE_PREFIX), re-created with the owner and
+    application roles of `make run`, migrated, with the first protocol loaded, and this process's
+    Django set up on it as the application role. Returns its DATABASE_URL."""
+    from trialsite.devstack import create_roles
+
+    app_url, owner_url = create_roles(scratch_database_url(name), database_name(name))
+    env = bench_environment(app_url, DATABASE_OWNER_URL=owner_url)
+    manage(env, "migrate", "--no-input")
+    load_first_protocol(env)
+    setup_django(app_url)
+    return app_url
+
+
+def dosing_visit_body(day) -> str:
+    """A dosing visit's POST visits/<pk>/record/ body as the benches send it: within every
+    safety gate, so the dose is given and its kits assigned."""
+    return dumps(
+        {
+            "actual_date": day.isoformat(),
+            "weight_kg": "68.0",
+            "neutrophils": 3000,
+            "platelets": 200000,
+            "alt_uln": "0.9",
+            "ast_uln": "0.9",
+        }
+    )
+
+
 def analyze(*, vacuum: bool = False) -> None:
     """ANALYZE (VACUUM ANALYZE with `vacuum`) as the owner of the tables (DATABASE_OWNER_URL): the
     application role may not, and PostgreSQL skips, with a warning only, every table it does not

@@ -26,6 +26,7 @@ from bench.common import (
     analyze,
     bench_environment,
     database_name,
+    dosing_visit_body,
     dumps,
     load_first_protocol,
     manage,
@@ -200,16 +201,7 @@ def kit_section(server, cast, options) -> None:
                     dosing_factories.make_kit(
                         kit_type=kit_type, content=content, site=site, expiry=today + datetime.timedelta(days=400)
                     )
-    body = dumps(
-        {
-            "actual_date": today.isoformat(),
-            "weight_kg": "68.0",
-            "neutrophils": 3000,
-            "platelets": 200000,
-            "alt_uln": "0.9",
-            "ast_uln": "0.9",
-        }
-    )
+    body = dosing_visit_body(today)
     floor = run_load(
         name="floor GET /api/v1/me/",
         port=server.port,

@@ -19,15 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import (
-    bench_environment,
-    database_name,
-    load_first_protocol,
-    manage,
-    report,
-    scratch_database_url,
-    setup_django,
-)
+from bench.common import report, scratch_trial_database
 
 QUERY_TARGET = 8
 MS_TARGET = 6.0
@@ -39,14 +31,7 @@ def main() -> None:
     parser.add_argument("--many", type=int, default=1000, help="participants randomized before the long-list run")
     options = parser.parse_args()
 
-    from trialsite.devstack import create_roles
-
-    name = "trialsite_bench_randomize"
-    app_url, owner_url = create_roles(scratch_database_url(name), database_name(name))
-    env = bench_environment(app_url, DATABASE_OWNER_URL=owner_url)
-    manage(env, "migrate", "--no-input")
-    load_first_protocol(env)
-    setup_django(app_url)
+    scratch_trial_database("trialsite_bench_randomize")
 
     from django.db import connection
     from django.test.utils import CaptureQueriesContext

@@ -18,7 +18,6 @@ import argparse
 import cProfile
 import datetime
 import io
-import json
 import pstats
 import statistics
 import sys
@@ -27,14 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import (
-    bench_environment,
-    database_name,
-    load_first_protocol,
-    manage,
-    scratch_database_url,
-    setup_django,
-)
+from bench.common import dosing_visit_body, scratch_trial_database
 
 
 def main() -> None:
@@ -46,14 +38,7 @@ def main() -> None:
     )
     options = parser.parse_args()
 
-    from trialsite.devstack import create_roles
-
-    name = "trialsite_bench_profile"
-    app_url, owner_url = create_roles(scratch_database_url(name), database_name(name))
-    env = bench_environment(app_url, DATABASE_OWNER_URL=owner_url)
-    manage(env, "migrate", "--no-input")
-    load_first_protocol(env)
-    setup_django(app_url)
+    scratch_trial_database("trialsite_bench_profile")
 
     from django.db import connection
     from django.test import Client
@@ -67,14 +52,15 @@ def main() -> None:
     site = Site.objects.get(code="NT")
     coordinator = factories.make_user(Role.COORDINATOR, site, username="profile-coordinator")
     statistician = factories.make_user(Role.STATISTICIAN, site, username="profile-statistician")
+    # Twice the measured requests of each kind (measured, then profiled), and a few to warm up.
+    count = 2 * options.requests + 10
+    # Every participant may fall in one stratum: the randomized ones and those randomized to record a visit.
     randomization_list = services.list_generate(
-        trial=trial, seed="profile-seed-not-secret", slots_per_stratum=6 * options.requests, created_by=statistician
+        trial=trial, seed="profile-seed-not-secret", slots_per_stratum=2 * count, created_by=statistician
     )
     services.list_lock(randomization_list=randomization_list, locked_by=statistician, password=factories.PASSWORD)
     client = Client(HTTP_AUTHORIZATION=f"Token {factories.api_key(coordinator)}", SERVER_NAME="127.0.0.1")
 
-    # Twice the measured requests of each kind (measured, then profiled), and a few to warm up.
-    count = 2 * options.requests + 10
     participants = [factories.make_participant(site, by=coordinator) for _ in range(count)]
     recorded = [
         services.participant_randomize(
@@ -91,16 +77,7 @@ def main() -> None:
                 dosing_factories.make_kit(
                     kit_type=kit_type, content=content, site=site, expiry=today + datetime.timedelta(days=400)
                 )
-    visit_body = json.dumps(
-        {
-            "actual_date": today.isoformat(),
-            "weight_kg": "68.0",
-            "neutrophils": 3000,
-            "platelets": 200000,
-            "alt_uln": "0.9",
-            "ast_uln": "0.9",
-        }
-    )
+    visit_body = dosing_visit_body(today)
     kinds = (
         ("floor GET /api/v1/me/", [("get", "/api/v1/me/", None)] * count),
         (

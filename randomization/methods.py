@@ -79,6 +79,8 @@ class StratumExhausted(Conflict):
     def __init__(self, message=None, *, stratum: str = "", **kwargs):
         super().__init__(message, **kwargs)
         self.stratum = stratum
+        # The participant's site, set by the randomization that found the stratum used up.
+        self.site = None
 
 
 def stratum_levels(stratum: str) -> dict[str, str]:

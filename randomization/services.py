@@ -308,12 +308,7 @@ def participant_randomize(*, participant: Participant, randomized_by, request=No
     parallel. The slot row is locked too, and unique constraints back it all up. A minimization
     list serializes every allocation of the trial on the list's row instead (each depends on
     all the earlier ones) and creates the filled slot (randomization/methods.py)."""
-    try:
-        return _allocate(pk=participant.pk, randomized_by=randomized_by)
-    except StratumExhausted as exhausted:
-        # The refused transaction is rolled back; the alert goes out regardless.
-        _alert_exhausted(participant.site, exhausted.stratum)
-        raise
+    return _randomize(pk=participant.pk, randomized_by=randomized_by)
 
 
 def participant_randomize_reachable(*, pk: int, randomized_by, request=None) -> Participant:
@@ -321,10 +316,16 @@ def participant_randomize_reachable(*, pk: int, randomized_by, request=None) -> 
     RANDOMIZE capability: Http404 alike for a participant that does not exist and for one at a
     site where they may not randomize. The access check is a condition of the locked read, not
     a read of its own: the API's randomize request sends one statement fewer (issue 20)."""
-    site_ids = access.site_ids_with(randomized_by, Capability.RANDOMIZE)
+    return _randomize(
+        pk=pk, randomized_by=randomized_by, site_ids=access.site_ids_with(randomized_by, Capability.RANDOMIZE)
+    )
+
+
+def _randomize(*, pk: int, randomized_by, site_ids: set[int] | None = None) -> Participant:
     try:
         return _allocate(pk=pk, randomized_by=randomized_by, site_ids=site_ids)
     except StratumExhausted as exhausted:
+        # The refused transaction is rolled back; the alert goes out regardless.
         _alert_exhausted(exhausted.site, exhausted.stratum)
         raise
 
@@ -368,7 +369,7 @@ def _allocate(*, pk: int, randomized_by, site_ids: set[int] | None = None) -> Pa
             try:
                 slot = method.allocate(active=active, participant=participant, stratum=stratum)
             except StratumExhausted as exhausted:
-                # Whom to alert: the caller may know the participant by its id alone.
+                # Whom to alert, known only here when the caller gave the participant's id alone.
                 exhausted.site = participant.site
                 raise
             if slot is not None:
