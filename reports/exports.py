@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import datetime
 import json
+import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from xml.sax.saxutils import escape
@@ -232,6 +233,13 @@ def consort_table(scope: ReportScope, flow: selectors.ConsortFlow | None = None)
 # `safe_cell`'s quote prefix. A test holds the two paths byte-for-byte equal.
 
 
+class _SqlWithoutMarkup(str):
+    """An SQL expression whose text cannot hold a character XML escapes: a date or a number cast
+    to text, a timestamp in `_sql_utc`'s format, an OID of `_sql_oid`. Escaping one is eight
+    replace() calls for nothing, and there are a dozen such values per visit (bench/export_bench.py).
+    Anything built from one with an f-string is a plain str again, so escaped."""
+
+
 def _sql_text(expression: str) -> str:
     """A text cell: empty as an empty cell, and neutralized like `safe_cell`, from the same
     trigger characters."""
@@ -241,11 +249,11 @@ def _sql_text(expression: str) -> str:
 def _sql_date(expression: str) -> str:
     # ISO (YYYY-MM-DD) because the connection's DateStyle is ISO (settings.py); a cast is
     # cheaper than to_char, which matters at a few million dates.
-    return f"({expression})::text"
+    return _SqlWithoutMarkup(f"({expression})::text")
 
 
 def _sql_utc(expression: str) -> str:
-    return f"""to_char({expression} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"')"""
+    return _SqlWithoutMarkup(f"""to_char({expression} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"')""")
 
 
 # `age_on(date_of_birth, screening_date)`, the failed criteria and the latest consent of screening `s`.
@@ -1058,7 +1066,7 @@ def _sql_latest_audit(scope: ReportScope, table: str, record_pk: str, location_o
 
 
 def _sql_signature(signature_id: str, definition: str) -> str:
-    location = _sql_xml_attribute("'LOC.' || " + _sql_oid_part("ss.code"))
+    location = _sql_xml_attribute(_sql_oid("LOC.", "ss.code"))
     return (
         f"""coalesce((SELECT '<Signature ID="SG.' || sg.id || '"><UserRef UserOID="USR.' || sg.signer_id || '"/><LocationRef LocationOID='"""
         f""" || {location} || '/><SignatureRef SignatureOID="{definition}"/><DateTimeStamp>' || {_sql_utc("sg.signed_at")}"""
@@ -1178,8 +1186,8 @@ def _sql_crf_form(scope: ReportScope, layout: CrfLayout, location_oid: str, repe
         f" ORDER BY array_position({_sql_text_array(layout.items)}, {pair})) FROM crf_itemvalue iv"
         f" WHERE iv.record_id = r.id AND {pair} = ANY({_sql_text_array(layout.items)})), '')"
     )
-    form_oid = _sql_xml_attribute("'F.CRF.' || " + _sql_oid_part("r.form_code"))
-    group_oid = _sql_xml_attribute("'IG.CRF.' || " + _sql_oid_part("r.form_code"))
+    form_oid = _sql_xml_attribute(_sql_oid("F.CRF.", "r.form_code"))
+    group_oid = _sql_xml_attribute(_sql_oid("IG.CRF.", "r.form_code"))
     repeat = """ || ' FormRepeatKey="' || r.sequence || '"'""" if repeat_key else ""
     return (
         f"'<FormData FormOID=' || {form_oid}{repeat} || '>' || "
@@ -1204,7 +1212,7 @@ def _sql_log_forms(scope: ReportScope, layout: CrfLayout, location_oid: str) -> 
     """Subject `s`'s log entries: one SE.LOG.<form> event per log form, an entry per repeat."""
     if not layout.log_forms:
         return "''"
-    event_oid = _sql_xml_attribute("'SE.LOG.' || " + _sql_oid_part("r.form_code"))
+    event_oid = _sql_xml_attribute(_sql_oid("SE.LOG.", "r.form_code"))
     return (
         "coalesce((SELECT string_agg(logged.xml, '' ORDER BY logged.position) FROM ("
         f"SELECT array_position({_sql_text_array(layout.form_order)}, r.form_code) AS position,"
@@ -1223,11 +1231,25 @@ def _sql_log_forms(scope: ReportScope, layout: CrfLayout, location_oid: str) -> 
 
 
 def _sql_xml_attribute(expression: str) -> str:
+    if isinstance(expression, _SqlWithoutMarkup):
+        return f"""('"' || {expression} || '"')"""
     return f"""('"' || {_sql_xml_text(expression)} || '"')"""
 
 
 def _sql_oid_part(expression: str) -> str:
     return f"regexp_replace({expression}, '[^A-Za-z0-9._-]', '_', 'g')"
+
+
+def _sql_oid(prefix: str, expression: str) -> _SqlWithoutMarkup:
+    """`prefix` (an OID's own letters) and the expression's text as `oid_part` makes it."""
+    if not re.fullmatch(r"[A-Za-z0-9._-]*", prefix):
+        raise ValueError(f"not an OID prefix: {prefix!r}")
+    return _SqlWithoutMarkup(f"'{prefix}' || {_sql_oid_part(expression)}")
+
+
+def _sql_number(expression: str) -> _SqlWithoutMarkup:
+    """A number column as text."""
+    return _SqlWithoutMarkup(f"({expression})::text")
 
 
 def _sql_item(item_oid_sql: str, value: str) -> str:
@@ -1253,14 +1275,14 @@ def odm_subjects_query(
     """One row per screening in scope (of `version`, when given), in id order: its whole
     <SubjectData> element and a newline."""
     visit_table = selectors._visit_model()._meta.db_table
-    location_oid = _sql_xml_attribute("'LOC.' || " + _sql_oid_part("st.code"))
+    location_oid = _sql_xml_attribute(_sql_oid("LOC.", "st.code"))
     screening = _sql_group(
         "IG.SCREENING",
         [
             ("IT.SITE", "st.code"),
             ("IT.SCREENING_DATE", _sql_date("s.screening_date")),
             ("IT.SEX", "s.sex"),
-            ("IT.AGE", f"{_SQL_AGE}::text"),
+            ("IT.AGE", _sql_number(_SQL_AGE)),
             ("IT.CONSENT_DATE", _sql_date(_SQL_CONSENT_DATE)),
             ("IT.OUTCOME", "s.outcome"),
             ("IT.FAILED_CRITERIA", _SQL_FAILED_CRITERIA),
@@ -1301,7 +1323,7 @@ def odm_subjects_query(
         "IG.VISIT",
         [
             ("IT.VISIT_KIND", "v.kind"),
-            ("IT.VISIT_CYCLE", "v.cycle::text"),
+            ("IT.VISIT_CYCLE", _sql_number("v.cycle")),
             ("IT.VISIT_TARGET_DATE", _sql_date("v.target_date")),
             ("IT.VISIT_WINDOW_START", _sql_date("v.window_start")),
             ("IT.VISIT_WINDOW_END", _sql_date("v.window_end")),
@@ -1309,7 +1331,7 @@ def odm_subjects_query(
             ("IT.VISIT_DATE", _sql_date("v.actual_date")),
         ],
     )
-    visit_event_oid = _sql_xml_attribute("'SE.VISIT.' || " + _sql_oid_part("v.code"))
+    visit_event_oid = _sql_xml_attribute(_sql_oid("SE.VISIT.", "v.code"))
     visit_audit = _sql_latest_audit(scope, visit_table, "v.id", location_oid)
     layout = layout or CrfLayout()
     visit_forms = _sql_visit_forms(scope, layout, location_oid)
@@ -1370,12 +1392,12 @@ def _sql_adverse_events(scope: ReportScope, location_oid: str) -> str:
     from safety.models import Seriousness
 
     items = [
-        ("IT.AE_SEQUENCE", "ae.sequence::text"),
-        ("IT.AE_FOLLOWS", "f.sequence::text"),
+        ("IT.AE_SEQUENCE", _sql_number("ae.sequence")),
+        ("IT.AE_FOLLOWS", _sql_number("f.sequence")),
         ("IT.AE_TERM", "ae.term"),
         ("IT.AE_MEDDRA", f"({_sql_meddra_codes()} ->> ae.term)"),
         ("IT.AE_TERM_TEXT", "ae.term_text"),
-        ("IT.AE_GRADE", "ae.grade::text"),
+        ("IT.AE_GRADE", _sql_number("ae.grade")),
         ("IT.AE_ONSET_DATE", _sql_date("ae.onset_date")),
         ("IT.AE_RESOLUTION_DATE", _sql_date("ae.resolution_date")),
         ("IT.AE_SERIOUS", _sql_yes_no("ae.serious")),
@@ -1414,8 +1436,8 @@ def _sql_sae_reports(scope: ReportScope, location_oid: str) -> str:
     audit record and, when the PI signed it, its signature: ODM allows one Signature per
     ItemGroupData, so a version of its own is where each signature goes. Parameter: the site ids."""
     items = [
-        ("IT.SAE_AE", "r.event_sequence::text"),
-        ("IT.SAE_VERSION", "r.version::text"),
+        ("IT.SAE_AE", _sql_number("r.event_sequence")),
+        ("IT.SAE_VERSION", _sql_number("r.version")),
         ("IT.SAE_COMPLETE", _sql_yes_no("r.complete")),
         ("IT.SAE_WRITTEN_AT", _sql_utc("r.written_at")),
     ]
@@ -1440,7 +1462,7 @@ def _sql_death(scope: ReportScope, location_oid: str) -> str:
     items = [
         ("IT.DEATH_DATE", _sql_date("d.died_on")),
         ("IT.DEATH_CAUSE", "d.cause"),
-        ("IT.DEATH_AE", "fatal.sequence::text"),
+        ("IT.DEATH_AE", _sql_number("fatal.sequence")),
     ]
     inner = " || ".join(_sql_item(f"'{item_oid}'", value) for item_oid, value in items)
     return (
@@ -1638,7 +1660,7 @@ class OdmWriter:
 
     def _audit_trail_query(self, version: OdmVersion, first: int = 1) -> tuple[str, list]:
         """`first`: the number of the version's first AuditRecord in a blinded file."""
-        location_oid = _sql_xml_attribute("'LOC.' || " + _sql_oid_part("st.code"))
+        location_oid = _sql_xml_attribute(_sql_oid("LOC.", "st.code"))
         if self.scope.unblinded:
             record_id, parameters = "e.id", []
         else:

@@ -407,6 +407,15 @@ def test_postgresql_and_python_build_the_same_file_with_audit_records_and_signat
         )
 
 
+def test_only_oid_characters_are_written_unescaped():
+    """What the SQL writes without XML escapes is limited to what cannot need them."""
+    with pytest.raises(ValueError):
+        exports._sql_oid('LOC."', "st.code")
+    assert "&amp;" not in exports._sql_xml_attribute(exports._sql_oid("LOC.", "st.code"))
+    assert "&amp;" in exports._sql_xml_attribute("'LOC.' || st.code")
+    assert "&amp;" in exports._sql_xml_attribute(f"{exports._sql_date('v.target_date')} || v.code")
+
+
 # --- the second trial -------------------------------------------------------------------------
 
 
