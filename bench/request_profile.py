@@ -36,6 +36,10 @@ def main() -> None:
     parser.add_argument(
         "--statements", action="store_true", help="also list the statements of one request of each kind"
     )
+    parser.add_argument(
+        "--sort", default="tottime", help="pstats order of the functions: tottime (own time) or cumulative"
+    )
+    parser.add_argument("--only", help="profile only the requests whose label contains this (record, randomize)")
     options = parser.parse_args()
 
     scratch_trial_database("trialsite_bench_profile")
@@ -114,6 +118,8 @@ def main() -> None:
 
     print(f"one request in process, production settings, PostgreSQL {connection.pg_version // 10000}")
     for label, requests in kinds:
+        if options.only and options.only not in label:
+            continue
         warm, measured, profiled = (
             requests[:10],
             requests[10 : 10 + options.requests],
@@ -146,7 +152,7 @@ def main() -> None:
             send(*request)
             profile.disable()
         listing = io.StringIO()
-        pstats.Stats(profile, stream=listing).sort_stats("tottime").print_stats(options.top)
+        pstats.Stats(profile, stream=listing).sort_stats(options.sort).print_stats(options.top)
         # The profile's own header and the function table only, not the blank lines around them.
         print("\n".join(line for line in listing.getvalue().splitlines() if line.strip()))
 

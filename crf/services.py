@@ -51,6 +51,8 @@ class SaveResult:
     warnings: list[dict] = field(default_factory=list)
     # Shown required items still empty: the form stays in progress until they are filled.
     missing: list[str] = field(default_factory=list)
+    # The form's stored values after the save, by item code, of the items the saving user sees.
+    values: dict = field(default_factory=dict)
 
 
 def sees_unblinded(user, site_id: int, protocol: Protocol) -> bool:
@@ -167,19 +169,29 @@ def form_save(
     participant: Participant | None = None,
     form_code: str | None = None,
     visit_code: str | None = None,
+    participant_locked: bool = False,
 ) -> SaveResult:
     """Save `values` (item code -> raw value; an absent item is left as it is, an empty one is
     cleared) into `record`, or into the participant's form at `visit_code` (a visit form, made
-    on first save), or into a new entry of a log. Refused with FormInvalid listing every error."""
+    on first save), or into a new entry of a log. Refused with FormInvalid listing every error.
+
+    `participant_locked`: the caller's transaction holds the participant's row lock and is where
+    a refused save rolls back to (a dosing visit saving its weight and labs): no lock and no
+    savepoint of this save's own, three statements fewer per form."""
     if record is not None:
         participant, form_code, visit_code = record.participant, record.form_code, record.visit_code
     protocol = participant.site.trial.protocol
     form = form_spec(protocol, form_code, visit_code)
     unblinded = sees_unblinded(user, participant.site_id, protocol)
-    with transaction.atomic():
-        # One writer per participant's forms at a time: a log's next entry number, and the
-        # values a save checks against, cannot change under it.
-        Participant.objects.select_for_update().filter(pk=participant.pk).first()
+    if participant_locked and not transaction.get_connection().in_atomic_block:
+        raise transaction.TransactionManagementError(
+            "form_save(participant_locked=True) needs the caller's transaction"
+        )
+    with transaction.atomic(savepoint=not participant_locked):
+        if not participant_locked:
+            # One writer per participant's forms at a time: a log's next entry number, and the
+            # values a save checks against, cannot change under it.
+            Participant.objects.select_for_update().filter(pk=participant.pk).first()
         if record is None and form.kind == "visit":
             record = FormRecord.objects.filter(
                 participant=participant, form_code=form.code, visit_code=visit_code
@@ -295,7 +307,8 @@ def form_save(
                 record.status = status
                 record.warnings = warnings
                 record.save(update_fields=["status", "warnings", "updated_at"])
-    return SaveResult(record=record, warnings=warnings, missing=missing_items(form, after))
+    seen = {code: value for code, value in after.items() if unblinded or code not in hidden}
+    return SaveResult(record=record, warnings=warnings, missing=missing_items(form, after), values=seen)
 
 
 def value_words(protocol: Protocol, item: ItemSpec, value) -> str:

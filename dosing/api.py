@@ -127,6 +127,21 @@ class VisitSerializer(serializers.ModelSerializer):
         return DoseSerializer(visit.dose).data if hasattr(visit, "dose") else None
 
 
+class RecordedVisitSerializer(VisitSerializer):
+    """A visit as `visit_record` leaves it, answered without two more reads: its kits are those
+    the recording assigned (context "kits"), and it has no repeated labs, which only follow a
+    dose held at a visit already recorded."""
+
+    repeat_labs = serializers.SerializerMethodField()
+    kits = serializers.SerializerMethodField()
+
+    def get_repeat_labs(self, visit) -> list:
+        return []
+
+    def get_kits(self, visit) -> list:
+        return BlindedKitSerializer(self.context["kits"], many=True).data
+
+
 def _count_field(**kwargs):
     return serializers.DecimalField(
         max_digits=12,
@@ -417,13 +432,16 @@ class VisitRecord(APIView):
         data = VisitRecordSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         outcome = services.visit_record(visit=visit, recorded_by=request.user, **data.validated_data)
-        fresh = Visit.objects.select_related("dose").prefetch_related(_blinded_kits(), "repeat_labs").get(pk=visit.pk)
-        payload = {
-            "visit": fresh,
-            "no_kit": outcome.no_kit,
-            "message": str(NoKitAvailable().message) if outcome.no_kit else "",
-        }
-        return Response(VisitRecordResultSerializer(payload).data)
+        # Read back for the values as stored (rounded to their columns), with the dose; the kits
+        # are those the claiming statement returned.
+        recorded = Visit.objects.select_related("dose").get(pk=visit.pk)
+        return Response(
+            {
+                "visit": RecordedVisitSerializer(recorded, context={"kits": outcome.kits}).data,
+                "no_kit": outcome.no_kit,
+                "message": str(NoKitAvailable().message) if outcome.no_kit else "",
+            }
+        )
 
 
 class VisitRepeatLabs(APIView):

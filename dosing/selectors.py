@@ -400,7 +400,7 @@ def dose_inputs_on_forms(visit: Visit) -> dict:
     """The weight and labs saved on the forms of this visit, by visit_record's field names (None
     when not saved), for the inputs the protocol puts on forms. Read as `crf.selectors.value`
     reads one item (the latest record of each form at the visit, typed by the protocol), but
-    every item of every form in one query: visit_record reads them twice per dosing visit."""
+    every item of every form in one query."""
     protocol = visit.site.trial.protocol
     items = dose_input_items(protocol)
     if not items:

@@ -21,6 +21,7 @@ from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from crf.services import FormInvalid, form_save
+from crf.values import typed
 from dosing import kitlist
 from dosing.dose import check_weight, infusion_decision, infusion_dose, weight_change_flagged
 from dosing.exceptions import (
@@ -205,10 +206,9 @@ def visit_record(
                 if weight_kg is not None:
                     # The protocol's dosing bounds first, so an impossible weight is refused as before.
                     check_weight(weight_kg=weight_kg, rules=rules.infusion)
-                _dose_inputs_save(visit=visit, recorded_by=recorded_by, given=given, on_forms=on_forms)
                 # The dose reads its inputs from the forms: what was just entered, or what a
                 # coordinator entered on them before.
-                read = dose_inputs_on_forms(visit)
+                read = _dose_inputs_save(visit=visit, recorded_by=recorded_by, given=given, on_forms=on_forms)
                 given.update({name: read[name] for name in on_forms})
                 weight_kg, neutrophils, platelets, alt_uln, ast_uln = given.values()
             dose = infusion_dose(weight_kg=weight_kg, rules=rules.infusion)
@@ -291,14 +291,18 @@ def _dosing_goes_ahead(*, events, confirmed: bool, recorded_by, reason: str):
 DOSING_VISIT_ENTRY = "entered at the dosing visit"
 
 
-def _dose_inputs_save(*, visit: Visit, recorded_by, given: dict, on_forms: dict) -> None:
+def _dose_inputs_save(*, visit: Visit, recorded_by, given: dict, on_forms: dict) -> dict:
     """Save the weight and labs given at the dosing visit into the forms the protocol has the dose
     read them from (crf.form_save: checked and audited item by item). A value already on the form
     is left as it is when equal, and replaced when different, with the reason DOSING_VISIT_ENTRY.
-    A value the form refuses is refused at the visit's field."""
+    A value the form refuses is refused at the visit's field. Returns the inputs the forms then
+    hold, as `dose_inputs_on_forms` would read them, without reading them again."""
+    protocol = visit.site.trial.protocol
+    items = dose_input_items(protocol)
+    held = dict(on_forms)
     fields = {}
     by_form: dict[str, dict] = {}
-    for name, (form_code, item_code) in dose_input_items(visit.site.trial.protocol).items():
+    for name, (form_code, item_code) in items.items():
         value = given.get(name)
         if value is None or value == on_forms.get(name):
             continue
@@ -306,17 +310,22 @@ def _dose_inputs_save(*, visit: Visit, recorded_by, given: dict, on_forms: dict)
         fields[(form_code, item_code)] = name
     for form_code, values in by_form.items():
         try:
-            form_save(
+            saved = form_save(
                 user=recorded_by,
                 values=values,
                 reason=f"{DOSING_VISIT_ENTRY} {visit.code}",
                 participant=visit.participant,
                 form_code=form_code,
                 visit_code=visit.code,
+                participant_locked=True,
             )
         except FormInvalid as error:
             item_code, messages = next(iter(error.errors.items()))
             raise DoseInputInvalid(messages[0], field=fields.get((form_code, item_code))) from None
+        for name, (input_form, item_code) in items.items():
+            if input_form == form_code and item_code in saved.values:
+                held[name] = typed(protocol.form(form_code).item(item_code), saved.values[item_code])
+    return held
 
 
 def _stop_treatment(participant: Participant) -> None:
@@ -447,6 +456,7 @@ def _repeat_labs_save(*, visit: Visit, recorded_by, measured_on: datetime.date, 
             participant=visit.participant,
             form_code=labs_form,
             visit_code=visit.code,
+            participant_locked=True,
         )
     except FormInvalid as error:
         item_code, messages = next(iter(error.errors.items()))
@@ -731,12 +741,13 @@ def _kits_at_recorded_visit(outcome: VisitOutcome, *, decision: str, assigned_by
     arm = allocated_arm(visit.participant)
     if arm is None:
         raise NotRandomized()
-    with audit_context(actor=assigned_by, reason=KIT_ASSIGNMENT_REASON):
+    # The recording's transaction is where a failed claim rolls back to: no savepoint of its own.
+    with audit_context(actor=assigned_by, reason=KIT_ASSIGNMENT_REASON, savepoint=False):
         outcome.kits, outcome.no_kit = _kits_assign_read(
             visit=visit, arm=arm, decision=decision, assigned_by=assigned_by
         )
     if outcome.no_kit:
-        outcome.kits = list(kits_blinded(visit.kits.all()))
+        outcome.kits = list(kits_blinded(visit.kits.all()).order_by("kit_type"))
 
 
 def kits_assign(*, visit: Visit, assigned_by) -> list[Kit]:

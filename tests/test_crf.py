@@ -442,6 +442,15 @@ def test_unblinded_only_items_are_hidden_from_blinded_users_on_the_page_the_api_
     assert "matches the arm" in str(everything) and "checked twice" in str(everything)
 
 
+def test_a_save_returns_the_form_values_its_user_may_see_and_nothing_hidden(participant, cast, unblinded):
+    """What a save returns (read by the dosing visit instead of the form again) keeps the blind."""
+    tablets = {"participant": participant, "form_code": "tablets", "visit_code": "C3"}
+    first = services.form_save(user=unblinded, values={"returned": 4, "kit_content": "matches the arm"}, **tablets)
+    assert first.values["returned"] == 4 and first.values["kit_content"] == "matches the arm"
+    second = services.form_save(user=cast.coordinator, values={"returned": 5}, reason="Recounted", **tablets)
+    assert second.values["returned"] == 5 and "kit_content" not in second.values
+
+
 def test_the_tablet_form_is_carried_at_every_cycle_visit_by_its_pattern(participant, cast):
     visits = {
         visit_code: [entry.form.code for entry in entries]

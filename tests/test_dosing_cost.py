@@ -13,20 +13,23 @@ from decimal import Decimal
 
 import pytest
 import time_machine
-from django.db import connection
+from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
+from rest_framework.test import APIClient
 
 from dosing import services
 from dosing.models import Kit, KitStatus
 from schedules.models import Visit
 from tests import dosing_factories as df
+from tests import factories
 from trialsite.audit import audit_context
 
 DAY0 = datetime.date(2026, 11, 3)
 LABS = {"neutrophils": 3000, "platelets": 200000, "alt_uln": Decimal("1"), "ast_uln": Decimal("1")}
-# BEGIN and COMMIT included. Most are the two case report forms the dose reads its weight and
-# labs from (crf.form_save, audited item by item); the kits are one statement.
-QUERY_BUDGET = 38
+# BEGIN and COMMIT included. A third are the two case report forms the dose reads its weight and
+# labs from (crf.form_save, audited item by item, under the visit's lock and transaction); the
+# kits are one statement.
+QUERY_BUDGET = 29
 _numbers = itertools.count(1)
 
 
@@ -116,3 +119,54 @@ def test_assigning_kits_again_takes_the_same_statements_whatever_the_stock(site,
         assert len(services.kits_assign(visit=participants[1].visits.get(code="C1"), assigned_by=cast.pharmacist)) == 2
     assert kinds([q["sql"] for q in small.captured_queries]) == kinds([q["sql"] for q in large.captured_queries])
     assert len(large.captured_queries) <= 8, [q["sql"] for q in large.captured_queries]
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("stocked", [True, False], ids=["kits assigned", "no kit"])
+def test_the_record_request_answers_the_visit_as_it_is_then_read_with_one_statement(site, cast, stocked):
+    """The API answers from what the recording did (its kits from the claiming statement, no
+    repeated labs yet) after one read of the visit and its dose: the same visit a GET then gives,
+    the token and the roles besides the recording's own statements."""
+    participant = df.randomized_participant(site, arm_code="COMBO", by=cast.coordinator, day0=DAY0)
+    if stocked:
+        stock(site, per_content=3, lots=2)
+    visit = participant.visits.get(code="C1")
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"Token {factories.api_key(cast.coordinator)}")
+    body = {"actual_date": DAY0.isoformat(), "weight_kg": "61.4", **{name: str(value) for name, value in LABS.items()}}
+    with time_machine.travel(datetime.datetime.combine(DAY0, datetime.time(4, 0), tzinfo=datetime.UTC), tick=False):
+        # The token's first use is recorded once (trialsite.tokens.LAST_USE_PRECISION), not per request.
+        assert api.get("/api/v1/me/").status_code == 200
+        with CaptureQueriesContext(connection) as queries:
+            answer = api.post(f"/api/v1/visits/{visit.pk}/record/", body, format="json")
+        assert answer.status_code == 200, answer.content
+        # Read now: the next request's start clears the connection's log of queries.
+        statements = [query["sql"] for query in queries.captured_queries]
+        assert answer.json()["no_kit"] is not stocked
+        shown = api.get(f"/api/v1/visits/{visit.pk}/").json()
+    assert answer.json()["visit"] == shown
+    assert len(shown["kits"]) == (2 if stocked else 0) and shown["dose"]["weight_kg"] == "61.4"
+    assert not [sql for sql in statements if "dosing_repeatlabs" in sql]
+    if stocked:
+        # The token, the roles and the visit for the access check; the recording (whose roles the
+        # request has read already); the one read back. The kits are not read again.
+        assert len(statements) <= 3 + QUERY_BUDGET - 1 + 1, statements
+        assert not [sql for sql in statements if sql.startswith('SELECT "dosing_kit"')]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_form_saved_as_part_of_a_locked_recording_needs_the_recordings_transaction(site, cast):
+    """form_save(participant_locked=True) takes no lock of its own: outside a transaction that
+    holds one, it is refused rather than run unlocked."""
+    from crf.services import form_save
+
+    participant = df.randomized_participant(site, arm_code="TOC", by=cast.coordinator, day0=DAY0)
+    with pytest.raises(transaction.TransactionManagementError):
+        form_save(
+            user=cast.coordinator,
+            values={"weight": "60"},
+            participant=participant,
+            form_code="vitals",
+            visit_code="C1",
+            participant_locked=True,
+        )
