@@ -428,13 +428,15 @@ class VisitDetail(generics.RetrieveAPIView):
 class VisitRecord(APIView):
     @extend_schema(request=VisitRecordSerializer, responses={200: VisitRecordResultSerializer})
     def post(self, request, pk):
-        visit = selectors.visit_for(request.user, pk, Capability.RECORD_VISITS)
         data = VisitRecordSerializer(data=request.data)
-        data.is_valid(raise_exception=True)
-        outcome = services.visit_record(visit=visit, recorded_by=request.user, **data.validated_data)
+        if not data.is_valid():
+            # A visit the user cannot reach is not found, whatever was sent.
+            selectors.visit_for(request.user, pk, Capability.RECORD_VISITS)
+            raise serializers.ValidationError(data.errors)
+        outcome = services.visit_record_reachable(pk=pk, recorded_by=request.user, **data.validated_data)
         # Read back for the values as stored (rounded to their columns), with the dose; the kits
         # are those the claiming statement returned.
-        recorded = Visit.objects.select_related("dose").get(pk=visit.pk)
+        recorded = Visit.objects.select_related("dose").get(pk=pk)
         return Response(
             {
                 "visit": RecordedVisitSerializer(recorded, context={"kits": outcome.kits}).data,

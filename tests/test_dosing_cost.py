@@ -170,3 +170,29 @@ def test_a_form_saved_as_part_of_a_locked_recording_needs_the_recordings_transac
             visit_code="C1",
             participant_locked=True,
         )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_record_request_finds_no_visit_at_a_site_the_user_cannot_record_at(site, cast):
+    """The access check is a condition of the participant's locked read: another site's visit
+    and a visit that does not exist are the same 404, valid body or not, with nothing written."""
+    participant = df.randomized_participant(site, arm_code="TOC", by=cast.coordinator, day0=DAY0)
+    stock(site, per_content=2, lots=1)
+    visit = participant.visits.get(code="C1")
+    body = {"actual_date": DAY0.isoformat(), "weight_kg": "61.4", **{name: str(value) for name, value in LABS.items()}}
+    with time_machine.travel(datetime.datetime.combine(DAY0, datetime.time(4, 0), tzinfo=datetime.UTC), tick=False):
+        for user in (cast.other_coordinator, cast.monitor):
+            api = APIClient()
+            api.credentials(HTTP_AUTHORIZATION=f"Token {factories.api_key(user)}")
+            elsewhere = api.post(f"/api/v1/visits/{visit.pk}/record/", body, format="json")
+            missing = api.post(f"/api/v1/visits/{visit.pk + 10_000}/record/", body, format="json")
+            invalid = api.post(f"/api/v1/visits/{visit.pk}/record/", {"weight_kg": "x"}, format="json")
+            assert elsewhere.status_code == missing.status_code == invalid.status_code == 404, user.username
+            assert elsewhere.json() == missing.json()
+        visit.refresh_from_db()
+        assert visit.status == "scheduled" and not Kit.objects.filter(visit=visit).exists()
+        api = APIClient()
+        api.credentials(HTTP_AUTHORIZATION=f"Token {factories.api_key(cast.coordinator)}")
+        invalid = api.post(f"/api/v1/visits/{visit.pk}/record/", {"weight_kg": "x"}, format="json")
+        assert invalid.status_code == 400 and "actual_date" in invalid.json()
+        assert api.post(f"/api/v1/visits/{visit.pk}/record/", body, format="json").status_code == 200
