@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from django.db import transaction
-from django.db.models import Max
+from django.db.models import Max, Q
 from django.utils.translation import get_language, gettext_lazy
 from django.utils.translation import gettext as _
 
@@ -33,6 +33,8 @@ class FormInvalid(TrialRuleError):
 
     def __init__(self, errors: dict[str, list[str]]):
         self.errors = errors
+        # The form refused, when several were saved at once (forms_save).
+        self.form_code: str | None = None
         super().__init__()
 
     def as_dict(self) -> dict[str, list[str]]:
@@ -160,6 +162,42 @@ def stored(row: ItemValue | None, item: ItemSpec):
     return row.unblinded_value if item.unblinded_only else row.value
 
 
+@dataclass(frozen=True)
+class FormEntry:
+    """One form of a `forms_save`: the participant's form `form_code` at `visit_code` (a visit
+    form, made on first save) or a new entry of a log, and the values to save into it (item code
+    -> raw value; an absent item is left as it is, an empty one is cleared)."""
+
+    form_code: str
+    values: dict
+    visit_code: str | None = None
+
+
+@dataclass
+class _PlannedSave:
+    """One form's save, checked and ready to write."""
+
+    form: FormSpec
+    visit_code: str | None
+    record: FormRecord | None
+    rows: dict[str, ItemValue]
+    submitted: dict
+    new: list[str]
+    changed: list[str]
+    first_hidden: list[str]
+    hidden: set[str]
+    after: dict
+    status: str
+    warnings: list[dict]
+    # Set when written: the record was made by this save, with this entry number.
+    created: bool = False
+    sequence: int = 1
+
+    @property
+    def column(self) -> dict[str, str]:
+        return {item.code: "unblinded_value" if item.unblinded_only else "value" for item in self.form.items}
+
+
 def form_save(
     *,
     user,
@@ -174,14 +212,39 @@ def form_save(
     """Save `values` (item code -> raw value; an absent item is left as it is, an empty one is
     cleared) into `record`, or into the participant's form at `visit_code` (a visit form, made
     on first save), or into a new entry of a log. Refused with FormInvalid listing every error.
-
-    `participant_locked`: the caller's transaction holds the participant's row lock and is where
-    a refused save rolls back to (a dosing visit saving its weight and labs): no lock and no
-    savepoint of this save's own, three statements fewer per form."""
+    `participant_locked` as for `forms_save`."""
     if record is not None:
         participant, form_code, visit_code = record.participant, record.form_code, record.visit_code
+    (result,) = forms_save(
+        user=user,
+        participant=participant,
+        entries=[FormEntry(form_code=form_code, values=values, visit_code=visit_code)],
+        reason=reason,
+        record=record,
+        participant_locked=participant_locked,
+    )
+    return result
+
+
+def forms_save(
+    *,
+    user,
+    participant: Participant,
+    entries: list[FormEntry],
+    reason: str | None = None,
+    record: FormRecord | None = None,
+    participant_locked: bool = False,
+) -> list[SaveResult]:
+    """Save several forms of one participant at once, all or none, in as many statements as one
+    (a dosing visit saves its weight and its labs): every form is checked as `form_save` checks
+    it, the first form refused raises its FormInvalid before anything is written, and the
+    records, then the values, are each written in one statement under their audit reasons.
+    `record`: the existing record of the one entry (a log entry edited).
+
+    `participant_locked`: the caller's transaction holds the participant's row lock and is where
+    a refused save rolls back to (a dosing visit): no lock and no savepoint of this save's own."""
     protocol = participant.site.trial.protocol
-    form = form_spec(protocol, form_code, visit_code)
+    forms = [form_spec(protocol, entry.form_code, entry.visit_code) for entry in entries]
     unblinded = sees_unblinded(user, participant.site_id, protocol)
     if participant_locked and not transaction.get_connection().in_atomic_block:
         raise transaction.TransactionManagementError(
@@ -192,123 +255,202 @@ def form_save(
             # One writer per participant's forms at a time: a log's next entry number, and the
             # values a save checks against, cannot change under it.
             Participant.objects.select_for_update().filter(pk=participant.pk).first()
-        if record is None and form.kind == "visit":
-            record = FormRecord.objects.filter(
-                participant=participant, form_code=form.code, visit_code=visit_code
-            ).first()
-        if record is not None:
-            record = FormRecord.objects.get(pk=record.pk)
-        rows = stored_values(record)
-        before = {item.code: stored(rows.get(item.code), item) for item in form.items}
-        errors: dict[str, list] = {}
-        submitted = {}
-        for code, raw in values.items():
-            item = form.item(code)
-            if item is None or (item.unblinded_only and not unblinded):
-                # An unblinded-only item does not exist for a blinded user.
-                errors[code] = [_("Not an item of this form.")]
-                continue
-            code_list = protocol.code_list(item.code_list) if item.code_list else None
+        records = _records_of(participant, entries, forms, record)
+        plans = []
+        for index, (entry, form) in enumerate(zip(entries, forms, strict=True)):
             try:
-                submitted[code] = normalise(item, raw, code_list)
-            except ItemValueError as error:
-                errors[code] = [str(error)]
-        after = {**before, **submitted}
-        for item in form.items:
-            if after.get(item.code) is not None and item.code not in errors and not shown(form, item, after):
-                condition = form.item(item.show_if.item)
-                errors.setdefault(item.code, []).append(
-                    _("Leave this empty: it is asked only when %(item)s is %(value)s.")
-                    % {"item": values_label(condition), "value": value_words(protocol, condition, item.show_if.equals)}
-                )
-        _cross_check_errors(form, after, errors)
-        hidden = {item.code for item in form.items if item.unblinded_only}
-        # An unblinded-only item's row is made empty with its record (below), so its first value
-        # is an UPDATE of a column blinded readers never see, not an INSERT they would.
-        first_hidden = [
-            code
-            for code in submitted
-            if code in hidden and code in rows and before[code] is None and submitted[code] is not None
-        ]
-        changed = [
-            code for code in submitted if code in rows and submitted[code] != before[code] and code not in first_hidden
-        ]
-        if changed and not (reason or "").strip():
-            errors["reason"] = [_("A reason is required to change a saved value.")]
-        new = [code for code in submitted if code not in rows and submitted[code] is not None]
-        if record is None and new and all(code in hidden for code in new) and not errors:
-            # A record made by unblinded-only values alone would show blinded readers that
-            # something only unblinded staff know was entered for this participant.
-            errors["non_field_errors"] = [_("Save the form's other items first.")]
-        if record is None and not new and not errors:
-            errors["non_field_errors"] = [_("Nothing to save: fill at least one item.")]
-        if errors:
-            raise FormInvalid(errors)
-        warnings = warnings_of(form, after)
-        status = status_of(form, after)
-        column = {item.code: "unblinded_value" if item.unblinded_only else "value" for item in form.items}
-        created = record is None
+                plans.append(_planned(protocol, form, entry, records.get(index), unblinded, reason))
+            except FormInvalid as error:
+                error.form_code = form.code
+                raise
+        _write(user, participant, plans, reason)
+    return [
+        SaveResult(
+            record=plan.record,
+            warnings=plan.warnings,
+            missing=missing_items(plan.form, plan.after),
+            values={code: value for code, value in plan.after.items() if unblinded or code not in plan.hidden},
+        )
+        for plan in plans
+    ]
+
+
+def _records_of(participant, entries: list[FormEntry], forms: list[FormSpec], record) -> dict[int, FormRecord]:
+    """The existing record of each entry (by its index) with its values, read in one statement
+    and one more for the values when any exists: `record` re-read under the lock, or the visit
+    form's record at its visit. A log entry without `record` is a new one."""
+    if record is not None:
+        return {0: FormRecord.objects.prefetch_related("values").get(pk=record.pk)}
+    wanted = {
+        (form.code, entry.visit_code): index
+        for index, (entry, form) in enumerate(zip(entries, forms, strict=True))
+        if form.kind == "visit"
+    }
+    if not wanted:
+        return {}
+    pairs = Q()
+    for form_code, visit_code in wanted:
+        pairs |= Q(form_code=form_code, visit_code=visit_code)
+    found = {}
+    for existing in FormRecord.objects.filter(pairs, participant=participant).prefetch_related("values").order_by("pk"):
+        # The first by id, as `.first()` took it.
+        found.setdefault(wanted[(existing.form_code, existing.visit_code)], existing)
+    return found
+
+
+def _planned(protocol, form: FormSpec, entry: FormEntry, record, unblinded: bool, reason) -> _PlannedSave:
+    """The save of one form checked (FormInvalid naming every error), not yet written."""
+    values = entry.values
+    rows = {row.item_code: row for row in record.values.all()} if record is not None else {}
+    before = {item.code: stored(rows.get(item.code), item) for item in form.items}
+    errors: dict[str, list] = {}
+    submitted = {}
+    for code, raw in values.items():
+        item = form.item(code)
+        if item is None or (item.unblinded_only and not unblinded):
+            # An unblinded-only item does not exist for a blinded user.
+            errors[code] = [_("Not an item of this form.")]
+            continue
+        code_list = protocol.code_list(item.code_list) if item.code_list else None
+        try:
+            submitted[code] = normalise(item, raw, code_list)
+        except ItemValueError as error:
+            errors[code] = [str(error)]
+    after = {**before, **submitted}
+    for item in form.items:
+        if after.get(item.code) is not None and item.code not in errors and not shown(form, item, after):
+            condition = form.item(item.show_if.item)
+            errors.setdefault(item.code, []).append(
+                _("Leave this empty: it is asked only when %(item)s is %(value)s.")
+                % {"item": values_label(condition), "value": value_words(protocol, condition, item.show_if.equals)}
+            )
+    _cross_check_errors(form, after, errors)
+    hidden = {item.code for item in form.items if item.unblinded_only}
+    # An unblinded-only item's row is made empty with its record (below), so its first value
+    # is an UPDATE of a column blinded readers never see, not an INSERT they would.
+    first_hidden = [
+        code
+        for code in submitted
+        if code in hidden and code in rows and before[code] is None and submitted[code] is not None
+    ]
+    changed = [
+        code for code in submitted if code in rows and submitted[code] != before[code] and code not in first_hidden
+    ]
+    if changed and not (reason or "").strip():
+        errors["reason"] = [_("A reason is required to change a saved value.")]
+    new = [code for code in submitted if code not in rows and submitted[code] is not None]
+    if record is None and new and all(code in hidden for code in new) and not errors:
+        # A record made by unblinded-only values alone would show blinded readers that
+        # something only unblinded staff know was entered for this participant.
+        errors["non_field_errors"] = [_("Save the form's other items first.")]
+    if record is None and not new and not errors:
+        errors["non_field_errors"] = [_("Nothing to save: fill at least one item.")]
+    if errors:
+        raise FormInvalid(errors)
+    return _PlannedSave(
+        form=form,
+        visit_code=entry.visit_code,
+        record=record,
+        rows=rows,
+        submitted=submitted,
+        new=new,
+        changed=changed,
+        first_hidden=first_hidden,
+        hidden=hidden,
+        after=after,
+        status=status_of(form, after),
+        warnings=warnings_of(form, after),
+    )
+
+
+def _write(user, participant, plans: list[_PlannedSave], reason) -> None:
+    """Write checked saves: the new records (each with an empty row per unblinded-only item),
+    then every value, then the status of the records that existed."""
+    made = [plan for plan in plans if plan.record is None]
+    if made:
         # The record's own events carry a fixed reason: a reason typed for an unblinded-only
         # item must not reach blinded readers through the record. The items carry the reason.
         # No savepoints of their own: this save's atomic block is where a failure rolls back to.
         with audit_context(actor=user, reason="form saved", savepoint=False):
-            if record is None:
-                sequence = 1
-                if form.kind == "log":
-                    last = FormRecord.objects.filter(participant=participant, form_code=form.code).aggregate(
-                        last=Max("sequence")
-                    )["last"]
-                    sequence = (last or 0) + 1
-                record = FormRecord.objects.create(
+            next_entry: dict[str, int] = {}
+            for plan in made:
+                plan.created = True
+                if plan.form.kind == "log":
+                    if plan.form.code not in next_entry:
+                        last = FormRecord.objects.filter(participant=participant, form_code=plan.form.code).aggregate(
+                            last=Max("sequence")
+                        )["last"]
+                        next_entry[plan.form.code] = (last or 0) + 1
+                    plan.sequence = next_entry[plan.form.code]
+                    next_entry[plan.form.code] += 1
+            records = FormRecord.objects.bulk_create(
+                FormRecord(
                     participant=participant,
                     site_id=participant.site_id,
-                    form_code=form.code,
-                    visit_code=visit_code,
-                    sequence=sequence,
+                    form_code=plan.form.code,
+                    visit_code=plan.visit_code,
+                    sequence=plan.sequence,
                     protocol_version_id=participant.site.trial.current_version_id,
-                    status=status,
-                    warnings=warnings,
+                    status=plan.status,
+                    warnings=plan.warnings,
                     created_by=user,
                 )
-                # Every unblinded-only row is made empty, whatever was entered: its values then
-                # arrive as UPDATEs of the hidden column, the same events whether filled or not.
-                made = ItemValue.objects.bulk_create(
-                    ItemValue(record=record, participant=participant, site_id=participant.site_id, item_code=code)
-                    for code in sorted(hidden)
-                )
-                rows.update({row.item_code: row for row in made})
-                first_hidden += [code for code in new if code in hidden]
-                new = [code for code in new if code not in hidden]
+                for plan in made
+            )
+            for plan, record in zip(made, records, strict=True):
+                plan.record = record
+            # Every unblinded-only row is made empty, whatever was entered: its values then
+            # arrive as UPDATEs of the hidden column, the same events whether filled or not.
+            empty = ItemValue.objects.bulk_create(
+                ItemValue(record=plan.record, participant=participant, site_id=participant.site_id, item_code=code)
+                for plan in made
+                for code in sorted(plan.hidden)
+            )
+            for row in empty:
+                plan = next(plan for plan in made if plan.record is row.record)
+                plan.rows[row.item_code] = row
+            for plan in made:
+                plan.first_hidden += [code for code in plan.new if code in plan.hidden]
+                plan.new = [code for code in plan.new if code not in plan.hidden]
+    if any(plan.new or plan.changed or plan.first_hidden for plan in plans):
         # A first value needs no reason from the user; the trail says it was a first entry (the
         # database asks a reason for any change of a clinical column, an empty one's included).
         with audit_context(actor=user, reason=(reason or "").strip() or "first entry", savepoint=False):
             ItemValue.objects.bulk_create(
                 ItemValue(
-                    record=record,
+                    record=plan.record,
                     participant=participant,
                     site_id=participant.site_id,
                     item_code=code,
-                    **{column[code]: submitted[code]},
+                    **{plan.column[code]: plan.submitted[code]},
                 )
-                for code in new
+                for plan in plans
+                for code in plan.new
             )
             # One UPDATE per item, so the trail shows each item's old and new value and the reason.
-            for code in [*changed, *first_hidden]:
-                row = rows[code]
-                setattr(row, column[code], submitted[code])
-                row.save(update_fields=[column[code]])
-        # Status and warnings rest on items every reader sees: a save of unblinded-only items
-        # leaves the record untouched (its updated_at would otherwise time the hidden change).
-        # A record this save made was written with them already (a second write would only add
-        # an event, and cost a dosing visit, which saves two forms, five statements each).
-        blinded_touched = any(code not in hidden for code in [*changed, *new])
-        if not created and (blinded_touched or (record.status, record.warnings) != (status, warnings)):
-            with audit_context(actor=user, reason="form saved", savepoint=False):
-                record.status = status
-                record.warnings = warnings
-                record.save(update_fields=["status", "warnings", "updated_at"])
-    seen = {code: value for code, value in after.items() if unblinded or code not in hidden}
-    return SaveResult(record=record, warnings=warnings, missing=missing_items(form, after), values=seen)
+            for plan in plans:
+                for code in [*plan.changed, *plan.first_hidden]:
+                    row = plan.rows[code]
+                    setattr(row, plan.column[code], plan.submitted[code])
+                    row.save(update_fields=[plan.column[code]])
+    # Status and warnings rest on items every reader sees: a save of unblinded-only items
+    # leaves the record untouched (its updated_at would otherwise time the hidden change).
+    # A record this save made was written with them already.
+    touched = [
+        plan
+        for plan in plans
+        if not plan.created
+        and (
+            any(code not in plan.hidden for code in [*plan.changed, *plan.new])
+            or (plan.record.status, plan.record.warnings) != (plan.status, plan.warnings)
+        )
+    ]
+    if touched:
+        with audit_context(actor=user, reason="form saved", savepoint=False):
+            for plan in touched:
+                plan.record.status = plan.status
+                plan.record.warnings = plan.warnings
+                plan.record.save(update_fields=["status", "warnings", "updated_at"])
 
 
 def value_words(protocol: Protocol, item: ItemSpec, value) -> str:

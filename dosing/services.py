@@ -21,7 +21,7 @@ from django.http import Http404
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
-from crf.services import FormInvalid, form_save
+from crf.services import FormEntry, FormInvalid, form_save, forms_save
 from crf.values import typed
 from dosing import kitlist
 from dosing.dose import check_weight, infusion_decision, infusion_dose, weight_change_flagged
@@ -318,9 +318,9 @@ DOSING_VISIT_ENTRY = "entered at the dosing visit"
 
 def _dose_inputs_save(*, visit: Visit, recorded_by, given: dict, on_forms: dict) -> dict:
     """Save the weight and labs given at the dosing visit into the forms the protocol has the dose
-    read them from (crf.form_save: checked and audited item by item). A value already on the form
-    is left as it is when equal, and replaced when different, with the reason DOSING_VISIT_ENTRY.
-    A value the form refuses is refused at the visit's field. Returns the inputs the forms then
+    read them from (crf.forms_save, every form at once: checked and audited item by item). A
+    value already on the form is left as it is when equal, and replaced when different, with the
+    reason DOSING_VISIT_ENTRY. A value the form refuses is refused at the visit's field. Returns the inputs the forms then
     hold, as `dose_inputs_on_forms` would read them, without reading them again."""
     protocol = visit.site.trial.protocol
     items = dose_input_items(protocol)
@@ -333,23 +333,26 @@ def _dose_inputs_save(*, visit: Visit, recorded_by, given: dict, on_forms: dict)
             continue
         by_form.setdefault(form_code, {})[item_code] = value
         fields[(form_code, item_code)] = name
-    for form_code, values in by_form.items():
-        try:
-            saved = form_save(
-                user=recorded_by,
-                values=values,
-                reason=f"{DOSING_VISIT_ENTRY} {visit.code}",
-                participant=visit.participant,
-                form_code=form_code,
-                visit_code=visit.code,
-                participant_locked=True,
-            )
-        except FormInvalid as error:
-            item_code, messages = next(iter(error.errors.items()))
-            raise DoseInputInvalid(messages[0], field=fields.get((form_code, item_code))) from None
+    if not by_form:
+        return held
+    try:
+        saved = forms_save(
+            user=recorded_by,
+            participant=visit.participant,
+            entries=[
+                FormEntry(form_code=form_code, values=values, visit_code=visit.code)
+                for form_code, values in by_form.items()
+            ],
+            reason=f"{DOSING_VISIT_ENTRY} {visit.code}",
+            participant_locked=True,
+        )
+    except FormInvalid as error:
+        item_code, messages = next(iter(error.errors.items()))
+        raise DoseInputInvalid(messages[0], field=fields.get((error.form_code, item_code))) from None
+    for form_code, result in zip(by_form, saved, strict=True):
         for name, (input_form, item_code) in items.items():
-            if input_form == form_code and item_code in saved.values:
-                held[name] = typed(protocol.form(form_code).item(item_code), saved.values[item_code])
+            if input_form == form_code and item_code in result.values:
+                held[name] = typed(protocol.form(form_code).item(item_code), result.values[item_code])
     return held
 
 

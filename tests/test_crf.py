@@ -230,6 +230,48 @@ def test_a_change_after_the_first_save_needs_a_reason_and_is_audited_item_by_ite
     assert {event.subject_id for event in updates} == {participant.pk}
 
 
+def test_several_forms_are_saved_at_once_all_or_none_each_audited_as_alone(participant, cast):
+    """forms_save (a dosing visit's weight and labs): a refusal in the second form writes nothing
+    of the first and names its form; accepted, the records and values carry the reasons a save
+    of each form alone would give them."""
+    labs = {"neutrophils": "2500", "platelets": "180000", "alt_uln": "0.8", "ast_uln": "0.9"}
+    entries = [
+        services.FormEntry(form_code="vitals", visit_code="C1", values=VITALS),
+        services.FormEntry(form_code="predose_labs", visit_code="C1", values={**labs, "platelets": "-1"}),
+    ]
+    with pytest.raises(services.FormInvalid) as refused:
+        services.forms_save(user=cast.coordinator, participant=participant, entries=entries)
+    assert refused.value.form_code == "predose_labs" and list(refused.value.errors) == ["platelets"]
+    assert not FormRecord.objects.filter(participant=participant).exists()
+
+    entries[1] = services.FormEntry(form_code="predose_labs", visit_code="C1", values=labs)
+    saved = services.forms_save(user=cast.coordinator, participant=participant, entries=entries)
+    assert [result.record.form_code for result in saved] == ["vitals", "predose_labs"]
+    assert saved[1].values["platelets"] == 180000 and saved[0].values["weight"] == "62.5"
+    assert selectors.value(participant, "predose_labs", "C1", "alt_uln") == Decimal("0.8")
+    records = AuditEvent.objects.filter(table_name="crf_formrecord", action="INSERT")
+    values = AuditEvent.objects.filter(table_name="crf_itemvalue", action="INSERT")
+    assert records.count() == 2 and {event.reason for event in records} == {"form saved"}
+    assert values.count() == 10 and {event.reason for event in values} == {"first entry"}
+    assert {event.actor_id for event in [*records, *values]} == {cast.coordinator.pk}
+
+    # Saved again, one value changed on each: a reason, and an UPDATE per item.
+    again = [
+        services.FormEntry(form_code="vitals", visit_code="C1", values={"pulse": "80"}),
+        services.FormEntry(form_code="predose_labs", visit_code="C1", values={"ast_uln": "1.1"}),
+    ]
+    with pytest.raises(services.FormInvalid) as refused:
+        services.forms_save(user=cast.coordinator, participant=participant, entries=again)
+    assert refused.value.form_code == "vitals" and list(refused.value.errors) == ["reason"]
+    services.forms_save(user=cast.coordinator, participant=participant, entries=again, reason="Re-measured")
+    updates = AuditEvent.objects.filter(table_name="crf_itemvalue", action="UPDATE").order_by("id")
+    assert [(event.new_values["item_code"], event.reason) for event in updates] == [
+        ("pulse", "Re-measured"),
+        ("ast_uln", "Re-measured"),
+    ]
+    assert FormRecord.objects.filter(participant=participant).count() == 2
+
+
 def test_the_database_refuses_a_changed_value_without_a_reason(participant, cast):
     from django.db import DatabaseError
 

@@ -26,10 +26,10 @@ from trialsite.audit import audit_context
 
 DAY0 = datetime.date(2026, 11, 3)
 LABS = {"neutrophils": 3000, "platelets": 200000, "alt_uln": Decimal("1"), "ast_uln": Decimal("1")}
-# BEGIN and COMMIT included. A third are the two case report forms the dose reads its weight and
-# labs from (crf.form_save, audited item by item, under the visit's lock and transaction); the
+# BEGIN and COMMIT included. Seven are the two case report forms the dose reads its weight and
+# labs from (crf.forms_save: both at once, audited item by item, in the visit's transaction); the
 # kits are one statement.
-QUERY_BUDGET = 29
+QUERY_BUDGET = 22
 _numbers = itertools.count(1)
 
 
