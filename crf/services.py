@@ -33,7 +33,8 @@ class FormInvalid(TrialRuleError):
 
     def __init__(self, errors: dict[str, list[str]]):
         self.errors = errors
-        # The form refused, when several were saved at once (forms_save).
+        # The form refused when several were saved at once (forms_save), for a caller that
+        # answers at its own fields (a dosing visit); not part of the answer's errors.
         self.form_code: str | None = None
         super().__init__()
 
@@ -189,13 +190,11 @@ class _PlannedSave:
     after: dict
     status: str
     warnings: list[dict]
+    # The column each item's value is stored in.
+    column: dict[str, str]
     # Set when written: the record was made by this save, with this entry number.
     created: bool = False
     sequence: int = 1
-
-    @property
-    def column(self) -> dict[str, str]:
-        return {item.code: "unblinded_value" if item.unblinded_only else "value" for item in self.form.items}
 
 
 def form_save(
@@ -242,14 +241,23 @@ def forms_save(
     `record`: the existing record of the one entry (a log entry edited).
 
     `participant_locked`: the caller's transaction holds the participant's row lock and is where
-    a refused save rolls back to (a dosing visit): no lock and no savepoint of this save's own."""
+    a refused save rolls back to (a dosing visit): no lock and no savepoint of this save's own.
+    A FormInvalid then leaves that transaction to be rolled back: the caller re-raises, it cannot
+    carry on."""
+    if record is not None and (
+        len(entries) != 1
+        or (entries[0].form_code, entries[0].visit_code) != (record.form_code, record.visit_code)
+        or record.participant_id != participant.pk
+    ):
+        raise ValueError("a record is saved alone, as its own form of its own participant")
+    visit_forms = [(entry.form_code, entry.visit_code) for entry in entries if entry.visit_code is not None]
+    if len(set(visit_forms)) != len(visit_forms):
+        raise ValueError("each visit form once per save: merge its values")
     protocol = participant.site.trial.protocol
     forms = [form_spec(protocol, entry.form_code, entry.visit_code) for entry in entries]
     unblinded = sees_unblinded(user, participant.site_id, protocol)
     if participant_locked and not transaction.get_connection().in_atomic_block:
-        raise transaction.TransactionManagementError(
-            "form_save(participant_locked=True) needs the caller's transaction"
-        )
+        raise transaction.TransactionManagementError("participant_locked=True needs the caller's transaction")
     with transaction.atomic(savepoint=not participant_locked):
         if not participant_locked:
             # One writer per participant's forms at a time: a log's next entry number, and the
@@ -264,6 +272,10 @@ def forms_save(
                 error.form_code = form.code
                 raise
         _write(user, participant, plans, reason)
+    for plan in plans:
+        # The values read with an existing record are stale now (rows were added); whoever shows
+        # the record next reads them again.
+        getattr(plan.record, "_prefetched_objects_cache", {}).pop("values", None)
     return [
         SaveResult(
             record=plan.record,
@@ -360,6 +372,7 @@ def _planned(protocol, form: FormSpec, entry: FormEntry, record, unblinded: bool
         after=after,
         status=status_of(form, after),
         warnings=warnings_of(form, after),
+        column={item.code: "unblinded_value" if item.unblinded_only else "value" for item in form.items},
     )
 
 

@@ -157,7 +157,7 @@ def _record(
     reason = (out_of_window_reason or "").strip()
     with audit_context(actor=recorded_by, reason=reason or "visit recorded"):
         # The participant before the visit, the order withdrawal takes them in: the forms the dose
-        # reads are saved under the participant's lock (crf.form_save), so the two cannot deadlock.
+        # reads are saved under the participant's lock (crf.forms_save), so the two cannot deadlock.
         visit_of = Visit.objects.filter(pk=pk)
         if site_ids is not None:
             visit_of = visit_of.filter(site_id__in=site_ids)
@@ -459,7 +459,7 @@ def visit_repeat_labs(
             dose.decision = decision.decision
             dose.reasons = decision.reasons
             dose.save(update_fields=["decision", "reasons"])
-        outcome = VisitOutcome(visit=visit, dose=dose, kits=list(visit.kits.all()))
+        outcome = VisitOutcome(visit=visit, dose=dose, kits=list(kits_blinded(visit.kits.all())))
         if decision.decision == Decision.STOP:
             _stop_treatment(participant)
         elif decision.decision == Decision.GIVE:
@@ -467,7 +467,7 @@ def visit_repeat_labs(
                 outcome.kits = kits_assign(visit=visit, assigned_by=recorded_by)
             except NoKitAvailable:
                 outcome.no_kit = True
-                outcome.kits = list(visit.kits.all())
+                outcome.kits = list(kits_blinded(visit.kits.all()))
     return outcome
 
 

@@ -272,6 +272,29 @@ def test_several_forms_are_saved_at_once_all_or_none_each_audited_as_alone(parti
     assert FormRecord.objects.filter(participant=participant).count() == 2
 
 
+def test_an_item_filled_on_a_saved_form_is_in_the_answer_of_that_save(participant, cast):
+    url = f"/api/v1/participants/{participant.pk}/forms/vitals/C1/"
+    first = api(cast.coordinator).put(url, {"values": {"weight": "62.5"}}, format="json")
+    assert first.status_code == 200 and "pulse" in first.json()["missing"]
+    added = api(cast.coordinator).put(url, {"values": {"pulse": "76"}}, format="json")
+    assert added.status_code == 200
+    assert added.json()["values"]["pulse"] == 76 and added.json()["values"]["weight"] == "62.5"
+    assert "pulse" not in added.json()["missing"]
+    assert added.json() == api(cast.coordinator).get(url).json()
+
+
+def test_a_batch_of_forms_is_refused_when_it_cannot_be_saved_as_one(participant, cast):
+    vitals = services.FormEntry(form_code="vitals", visit_code="C1", values=VITALS)
+    with pytest.raises(ValueError):
+        services.forms_save(user=cast.coordinator, participant=participant, entries=[vitals, vitals])
+    record = services.form_save(
+        user=cast.coordinator, participant=participant, form_code="vitals", visit_code="C1", values=VITALS
+    ).record
+    labs = services.FormEntry(form_code="predose_labs", visit_code="C1", values={"platelets": "180000"})
+    with pytest.raises(ValueError):
+        services.forms_save(user=cast.coordinator, participant=participant, entries=[labs], record=record)
+
+
 def test_the_database_refuses_a_changed_value_without_a_reason(participant, cast):
     from django.db import DatabaseError
 
