@@ -419,9 +419,9 @@ def _write(user, participant, plans: list[_PlannedSave], reason) -> None:
                 for plan in made
                 for code in sorted(plan.hidden)
             )
+            plan_of = {id(plan.record): plan for plan in made}
             for row in empty:
-                plan = next(plan for plan in made if plan.record is row.record)
-                plan.rows[row.item_code] = row
+                plan_of[id(row.record)].rows[row.item_code] = row
             for plan in made:
                 plan.first_hidden += [code for code in plan.new if code in plan.hidden]
                 plan.new = [code for code in plan.new if code not in plan.hidden]

@@ -320,8 +320,9 @@ def _dose_inputs_save(*, visit: Visit, recorded_by, given: dict, on_forms: dict)
     """Save the weight and labs given at the dosing visit into the forms the protocol has the dose
     read them from (crf.forms_save, every form at once: checked and audited item by item). A
     value already on the form is left as it is when equal, and replaced when different, with the
-    reason DOSING_VISIT_ENTRY. A value the form refuses is refused at the visit's field. Returns the inputs the forms then
-    hold, as `dose_inputs_on_forms` would read them, without reading them again."""
+    reason DOSING_VISIT_ENTRY. A value the form refuses is refused at the visit's field. Returns
+    the inputs the forms then hold, as `dose_inputs_on_forms` would read them, without reading
+    them again."""
     protocol = visit.site.trial.protocol
     items = dose_input_items(protocol)
     held = dict(on_forms)
